@@ -1,0 +1,35 @@
+# Shoal: build, lint and test entry points. `make test` is what CI runs (via .ci/run).
+
+# rustup installs cargo into ~/.cargo/bin, which non-login shells may not have on PATH.
+export PATH := $(HOME)/.cargo/bin:$(PATH)
+
+CARGO ?= cargo
+PYTHON ?= python3
+# Extra arguments for `shoal demo`, e.g. make demo DEMO_ARGS="--workers 3"
+DEMO_ARGS ?=
+# Extra arguments for `cargo test`, e.g. make test TEST_ARGS="-p shoal-sql -- --nocapture"
+TEST_ARGS ?=
+
+.PHONY: all deps build demo lint test clean
+
+all: build
+
+deps:
+	bash scripts/ensure-deps.sh
+
+build: deps
+	$(CARGO) build --release -p shoal-cli
+
+demo: build
+	./target/release/shoal demo $(DEMO_ARGS)
+
+lint: deps
+	$(CARGO) fmt --all -- --check
+	$(PYTHON) scripts/check-imports.py
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+test: lint
+	RUST_BACKTRACE=1 $(CARGO) test --workspace $(TEST_ARGS)
+
+clean:
+	$(CARGO) clean

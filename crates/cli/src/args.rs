@@ -1,0 +1,223 @@
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Shoal turns plain PostgreSQL servers into one sharded database.
+///
+/// Connect to the coordinator with any PostgreSQL client and use plain SQL; use this tool to
+/// manage nodes and to distribute tables. The coordinator is given by --coordinator, the
+/// SHOAL_COORDINATOR environment variable, or the config file.
+#[derive(Debug, Parser)]
+#[command(
+    name = "shoal",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
+pub struct Cli {
+    /// Coordinator connection URI, e.g. postgresql://postgres@127.0.0.1:9700/shoal
+    #[arg(
+        long,
+        global = true,
+        env = "SHOAL_COORDINATOR",
+        value_name = "URI",
+        hide_env_values = true
+    )]
+    pub coordinator: Option<String>,
+
+    /// TOML config file (keys: coordinator)
+    #[arg(
+        long,
+        global = true,
+        env = "SHOAL_CONFIG",
+        value_name = "FILE",
+        hide_env_values = true
+    )]
+    pub config: Option<PathBuf>,
+
+    /// More log output on stderr (-v: progress, -vv: debug); SHOAL_LOG overrides
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create or migrate the catalog (schema `shoal`) in the coordinator database; idempotent
+    Init,
+    /// Run a coordinator and workers on this machine from the system's PostgreSQL
+    #[command(subcommand)]
+    Local(LocalCommand),
+    /// Register, list and remove worker nodes
+    #[command(subcommand)]
+    Node(NodeCommand),
+    /// Distribute tables, make reference tables, list them
+    #[command(subcommand)]
+    Table(TableCommand),
+    /// List shards and where they live
+    #[command(subcommand)]
+    Shard(ShardCommand),
+    /// Distributed (tenant) schemas: every table of the schema together on one node
+    #[command(subcommand)]
+    Schema(SchemaCommand),
+    /// Remove objects left on nodes by failed or finished operations (safe to run any time)
+    Cleanup(JsonFlag),
+    /// Start a local cluster with 2 workers, build a small shop on it and show where rows live
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct JsonFlag {
+    /// Print JSON instead of a table
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct LocalDir {
+    /// Directory holding the local cluster (data directories, logs, cluster.toml, shoal.env)
+    #[arg(long, env = "SHOAL_LOCAL_DIR", value_name = "DIR")]
+    pub dir: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LocalCommand {
+    /// Create and start a coordinator and N workers (or start what is stopped in an existing DIR)
+    Up {
+        #[command(flatten)]
+        dir: LocalDir,
+        /// Number of workers
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
+        workers: u16,
+        /// Coordinator port; worker i listens on PORT+i
+        #[arg(long, default_value_t = 9700)]
+        port: u16,
+        /// Database created on every server
+        #[arg(long, default_value = "shoal")]
+        dbname: String,
+    },
+    /// Stop every server of the local cluster
+    Down {
+        #[command(flatten)]
+        dir: LocalDir,
+    },
+    /// Show each server of the local cluster
+    Status {
+        #[command(flatten)]
+        dir: LocalDir,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// Start one more worker and register it as a node
+    AddWorker {
+        #[command(flatten)]
+        dir: LocalDir,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NodeCommand {
+    /// Register a worker: checks the connection, version (15+) and wal_level = logical
+    Add {
+        /// HOST:PORT of the worker
+        address: String,
+        /// Database on the worker (default: the coordinator's database name)
+        #[arg(long)]
+        dbname: Option<String>,
+        /// Register the node without placing shards on it
+        #[arg(long)]
+        no_shards: bool,
+    },
+    /// List registered nodes
+    List(JsonFlag),
+    /// Unregister a node that holds no shards (reference table copies are removed)
+    Remove {
+        /// Node id or HOST:PORT
+        node: String,
+    },
+    /// Mark a node inactive: it gets no new shards
+    Disable {
+        /// Node id or HOST:PORT
+        node: String,
+    },
+    /// Mark a node active again
+    Activate {
+        /// Node id or HOST:PORT
+        node: String,
+    },
+    /// Change a node's settings
+    Set {
+        /// Node id or HOST:PORT
+        node: String,
+        /// Whether new shards may be placed on the node
+        #[arg(long, value_name = "BOOL", action = clap::ArgAction::Set)]
+        should_have_shards: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TableCommand {
+    /// Hash-distribute a coordinator table (its rows move into shards on the workers)
+    Distribute {
+        /// Table name as in SQL, e.g. orders or shop."Order Items"
+        table: String,
+        /// Distribution column
+        #[arg(long)]
+        column: String,
+        /// Number of shards, 1..=4096 (default 32, or the colocated table's count)
+        #[arg(long)]
+        shards: Option<i64>,
+        /// Put shard i on the same node as shard i of this table, or `none` for a new group
+        #[arg(long, value_name = "TABLE|none")]
+        colocate_with: Option<String>,
+    },
+    /// Bring every row back into a plain coordinator table and remove the shards
+    Undistribute { table: String },
+    /// Make a table a reference table: copied to every node and kept in sync
+    Reference { table: String },
+    /// List distributed and reference tables
+    List(JsonFlag),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ShardCommand {
+    /// List shards with their node and size (sizes are measured now)
+    List {
+        /// Only the shards of this table
+        #[arg(long)]
+        table: Option<String>,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SchemaCommand {
+    /// Place every table of the schema, together, on the node with the fewest shards
+    Distribute {
+        schema: String,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// Add tables created in a distributed schema since it was distributed
+    Sync {
+        schema: String,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Directory of the demo cluster (recreated on every run)
+    #[arg(long, default_value = "/tmp/shoal-demo")]
+    pub dir: PathBuf,
+    /// Coordinator port; workers listen on the next ports
+    #[arg(long, default_value_t = 9800)]
+    pub port: u16,
+    /// Stop the servers at the end instead of leaving them running for you to explore
+    #[arg(long)]
+    pub stop: bool,
+}

@@ -1,0 +1,442 @@
+//! One function per command: read arguments, call the library, print the result.
+
+use std::path::Path;
+
+use anyhow::Context;
+use serde::Serialize;
+
+use shoal_catalog::{model, ConnectParams};
+use shoal_cluster::nodes::{self, AddNode};
+use shoal_cluster::{cleanup, inspect, Cluster, Colocate};
+use shoal_local::LocalCluster;
+
+use crate::args::{
+    Cli, Command, LocalCommand, NodeCommand, SchemaCommand, ShardCommand, TableCommand,
+};
+use crate::config::coordinator_uri;
+use crate::output::{human_bytes, print_json, print_table};
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let coordinator = || coordinator_uri(cli.coordinator.as_deref(), cli.config.as_deref());
+    match cli.command {
+        Command::Init => init(&coordinator()?).await,
+        Command::Local(command) => local(command).await,
+        Command::Demo(args) => crate::demo::run(&args).await,
+        Command::Node(command) => node(&connect(&coordinator()?).await?, command).await,
+        Command::Table(command) => table(&connect(&coordinator()?).await?, command).await,
+        Command::Shard(ShardCommand::List { table, json }) => {
+            shard_list(
+                &connect(&coordinator()?).await?,
+                table.as_deref(),
+                json.json,
+            )
+            .await
+        }
+        Command::Schema(command) => schema(&connect(&coordinator()?).await?, command).await,
+        Command::Cleanup(json) => {
+            let cluster = connect(&coordinator()?).await?;
+            let report = cleanup::run_cleanup(&cluster, None).await?;
+            if json.json {
+                return print_json(&report);
+            }
+            for removed in &report.removed {
+                println!("removed {removed}");
+            }
+            if report.skipped_running > 0 {
+                println!(
+                    "left {} record(s) of operations still running",
+                    report.skipped_running
+                );
+            }
+            if !report.is_clean() {
+                anyhow::bail!(
+                    "could not remove {}; run `shoal cleanup` again later",
+                    report.failed.join(", ")
+                );
+            }
+            if report.removed.is_empty() {
+                println!("nothing to clean up");
+            }
+            Ok(())
+        }
+    }
+}
+
+pub async fn connect(uri: &str) -> anyhow::Result<Cluster> {
+    let params = ConnectParams::parse(uri)?;
+    Ok(Cluster::connect(params).await?)
+}
+
+pub async fn init(uri: &str) -> anyhow::Result<()> {
+    let params = ConnectParams::parse(uri)?;
+    let mut client = shoal_catalog::connect(&params, "shoal init").await?;
+    let report = shoal_catalog::init(&mut client).await?;
+    if report.from_version == report.to_version {
+        println!("catalog is up to date (version {})", report.to_version);
+    } else {
+        println!(
+            "catalog migrated from version {} to {}",
+            report.from_version, report.to_version
+        );
+    }
+    Ok(())
+}
+
+/// Initialises the catalog of a local cluster and registers the workers not registered yet.
+pub async fn register_local_workers(
+    uri: &str,
+    workers: &[(String, u16)],
+) -> anyhow::Result<Cluster> {
+    let params = ConnectParams::parse(uri)?;
+    let mut client = shoal_catalog::connect(&params, "shoal local").await?;
+    shoal_catalog::init(&mut client).await?;
+    let cluster = Cluster::connect(params).await?;
+    let known = model::list_nodes(cluster.client()).await?;
+    for (host, port) in workers {
+        if known.iter().any(|n| &n.host == host && n.port == *port) {
+            continue;
+        }
+        let address = format!("{host}:{port}");
+        let node = nodes::add_node(
+            &cluster,
+            &AddNode {
+                address: &address,
+                dbname: None,
+                should_have_shards: true,
+            },
+        )
+        .await
+        .with_context(|| format!("registering worker {address}"))?;
+        println!("registered node {} at {}", node.node_id, node.address());
+    }
+    Ok(cluster)
+}
+
+async fn local(command: LocalCommand) -> anyhow::Result<()> {
+    match command {
+        LocalCommand::Up {
+            dir,
+            workers,
+            port,
+            dbname,
+        } => {
+            let report = LocalCluster::up(&dir.dir, workers.into(), port, &dbname).await?;
+            for note in &report.notes {
+                println!("note: {note}");
+            }
+            if report.created {
+                println!(
+                    "created a coordinator and {} worker(s) in {}",
+                    report.workers.len(),
+                    dir.dir.display()
+                );
+            } else if report.started.is_empty() {
+                println!("every server in {} is already running", dir.dir.display());
+            } else {
+                println!("started {}", report.started.join(", "));
+            }
+            register_local_workers(&report.coordinator_uri, &report.workers).await?;
+            print_connect_hint(&dir.dir, &report.coordinator_uri);
+            Ok(())
+        }
+        LocalCommand::Down { dir } => {
+            let cluster = LocalCluster::open(&dir.dir)?;
+            let stopped = cluster.down()?;
+            if stopped.is_empty() {
+                println!("nothing was running");
+            } else {
+                println!("stopped {}", stopped.join(", "));
+            }
+            Ok(())
+        }
+        LocalCommand::Status { dir, json } => {
+            let cluster = LocalCluster::open(&dir.dir)?;
+            let status = cluster.status();
+            if json.json {
+                return print_json(&status);
+            }
+            let rows: Vec<Vec<String>> = status
+                .iter()
+                .map(|s| {
+                    vec![
+                        s.name.clone(),
+                        format!("{:?}", s.role).to_lowercase(),
+                        format!("127.0.0.1:{}", s.port),
+                        if s.running { "running" } else { "stopped" }.to_string(),
+                        s.data_dir.display().to_string(),
+                    ]
+                })
+                .collect();
+            print_table(
+                &["server", "role", "address", "state", "data directory"],
+                &rows,
+            );
+            println!("\ncoordinator: {}", cluster.coordinator_uri());
+            Ok(())
+        }
+        LocalCommand::AddWorker { dir } => {
+            let mut cluster = LocalCluster::open(&dir.dir)?;
+            let server = cluster.add_worker().await?;
+            println!("started {} on 127.0.0.1:{}", server.name, server.port);
+            register_local_workers(
+                &cluster.coordinator_uri(),
+                &[("127.0.0.1".to_string(), server.port)],
+            )
+            .await?;
+            Ok(())
+        }
+    }
+}
+
+fn print_connect_hint(dir: &Path, uri: &str) {
+    println!("\ncoordinator: {uri}");
+    println!("  psql {uri}");
+    println!(
+        "  . {}/shoal.env    # sets SHOAL_COORDINATOR for the shoal commands",
+        dir.display()
+    );
+}
+
+async fn node(cluster: &Cluster, command: NodeCommand) -> anyhow::Result<()> {
+    match command {
+        NodeCommand::Add {
+            address,
+            dbname,
+            no_shards,
+        } => {
+            let node = nodes::add_node(
+                cluster,
+                &AddNode {
+                    address: &address,
+                    dbname: dbname.as_deref(),
+                    should_have_shards: !no_shards,
+                },
+            )
+            .await?;
+            println!(
+                "registered node {} at {} (database {})",
+                node.node_id,
+                node.address(),
+                node.dbname
+            );
+        }
+        NodeCommand::List(json) => {
+            let nodes = model::list_nodes(cluster.client()).await?;
+            let counts: std::collections::HashMap<i32, i64> =
+                model::shard_counts_by_node(cluster.client())
+                    .await?
+                    .into_iter()
+                    .collect();
+            if json.json {
+                #[derive(Serialize)]
+                struct NodeOut<'a> {
+                    #[serde(flatten)]
+                    node: &'a model::Node,
+                    shards: i64,
+                }
+                let out: Vec<_> = nodes
+                    .iter()
+                    .map(|n| NodeOut {
+                        node: n,
+                        shards: counts.get(&n.node_id).copied().unwrap_or(0),
+                    })
+                    .collect();
+                return print_json(&out);
+            }
+            let rows: Vec<Vec<String>> = nodes
+                .iter()
+                .map(|n| {
+                    vec![
+                        n.node_id.to_string(),
+                        n.address(),
+                        n.dbname.clone(),
+                        if n.is_active { "active" } else { "disabled" }.to_string(),
+                        if n.should_have_shards { "yes" } else { "no" }.to_string(),
+                        counts.get(&n.node_id).copied().unwrap_or(0).to_string(),
+                    ]
+                })
+                .collect();
+            print_table(
+                &[
+                    "id",
+                    "address",
+                    "database",
+                    "state",
+                    "shards allowed",
+                    "shards",
+                ],
+                &rows,
+            );
+        }
+        NodeCommand::Remove { node } => {
+            let node = nodes::remove_node(cluster, &node).await?;
+            println!("removed node {} at {}", node.node_id, node.address());
+        }
+        NodeCommand::Disable { node } => {
+            let node = nodes::set_node_flags(cluster, &node, Some(false), None).await?;
+            println!(
+                "node {} at {} is disabled: it gets no new shards",
+                node.node_id,
+                node.address()
+            );
+        }
+        NodeCommand::Activate { node } => {
+            let node = nodes::set_node_flags(cluster, &node, Some(true), None).await?;
+            println!("node {} at {} is active", node.node_id, node.address());
+        }
+        NodeCommand::Set {
+            node,
+            should_have_shards,
+        } => {
+            let node =
+                nodes::set_node_flags(cluster, &node, None, Some(should_have_shards)).await?;
+            println!(
+                "node {} at {}: should have shards = {}",
+                node.node_id,
+                node.address(),
+                node.should_have_shards
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn table(cluster: &Cluster, command: TableCommand) -> anyhow::Result<()> {
+    match command {
+        TableCommand::Distribute {
+            table,
+            column,
+            shards,
+            colocate_with,
+        } => {
+            let shards = match shards {
+                Some(n) if !(1..=4096).contains(&n) => {
+                    return Err(shoal_cluster::ClusterError::ShardCountOutOfRange(n).into())
+                }
+                other => other.map(|n| n as i32),
+            };
+            let colocate = match colocate_with.as_deref() {
+                None => Colocate::Default,
+                Some("none") => Colocate::None,
+                Some(other) => Colocate::With(other.to_string()),
+            };
+            let report =
+                shoal_cluster::distribute_table(cluster, &table, &column, shards, colocate).await?;
+            let nodes: std::collections::BTreeSet<i32> =
+                report.shards.iter().map(|s| s.1).collect();
+            println!(
+                "distributed {} by {} into {} shards on {} node(s) (colocation group {}); moved {} row(s)",
+                report.table,
+                report.distribution_column,
+                report.shard_count,
+                nodes.len(),
+                report.colocation_id,
+                report.rows_moved
+            );
+        }
+        TableCommand::Undistribute { table } => {
+            let rows = shoal_cluster::undistribute_table(cluster, &table).await?;
+            println!("{table} is a plain coordinator table again ({rows} row(s) brought back)");
+        }
+        TableCommand::Reference { table } => {
+            let nodes = shoal_cluster::reference_table(cluster, &table).await?;
+            println!(
+                "{table} is a reference table, replicated to {} node(s)",
+                nodes.len()
+            );
+        }
+        TableCommand::List(json) => {
+            let tables = inspect::table_summaries(cluster).await?;
+            if json.json {
+                return print_json(&tables);
+            }
+            let rows: Vec<Vec<String>> = tables
+                .iter()
+                .map(|t| {
+                    vec![
+                        t.table.to_string(),
+                        t.kind.as_str().to_string(),
+                        t.distribution_column.clone().unwrap_or_else(|| "-".into()),
+                        t.shard_count.to_string(),
+                        t.colocation_id.to_string(),
+                        t.nodes
+                            .iter()
+                            .map(i32::to_string)
+                            .collect::<Vec<_>>()
+                            .join(","),
+                        human_bytes(t.size_bytes),
+                    ]
+                })
+                .collect();
+            print_table(
+                &[
+                    "table",
+                    "kind",
+                    "column",
+                    "shards",
+                    "colocation",
+                    "nodes",
+                    "size",
+                ],
+                &rows,
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn shard_list(cluster: &Cluster, table: Option<&str>, json: bool) -> anyhow::Result<()> {
+    let rows = inspect::shard_rows(cluster, table).await?;
+    if json {
+        return print_json(&rows);
+    }
+    let text: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            vec![
+                r.table.to_string(),
+                r.shard_id.to_string(),
+                r.shard_index.to_string(),
+                r.shard_table.to_string(),
+                format!("{} ({})", r.node_id, r.node_address),
+                human_bytes(r.size_bytes),
+            ]
+        })
+        .collect();
+    print_table(
+        &["table", "shard", "index", "shard table", "node", "size"],
+        &text,
+    );
+    Ok(())
+}
+
+async fn schema(cluster: &Cluster, command: SchemaCommand) -> anyhow::Result<()> {
+    let (report, json) = match command {
+        SchemaCommand::Distribute { schema, json } => (
+            shoal_cluster::distribute_schema(cluster, &schema).await?,
+            json.json,
+        ),
+        SchemaCommand::Sync { schema, json } => (
+            shoal_cluster::sync_schema(cluster, &schema).await?,
+            json.json,
+        ),
+    };
+    if json {
+        return print_json(&report);
+    }
+    let names: Vec<String> = report.tables.iter().map(ToString::to_string).collect();
+    println!(
+        "schema {}: {} table(s) placed on node {} ({}){}; moved {} row(s)",
+        report.schema,
+        names.len(),
+        report.node_id,
+        report.node_address,
+        if names.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", names.join(", "))
+        },
+        report.rows_moved
+    );
+    Ok(())
+}

@@ -1,0 +1,279 @@
+//! `shoal demo`: a local cluster with two workers and a small shop on it, showing routing
+//! through the coordinator and where rows live.
+
+use std::collections::{BTreeMap, HashMap};
+
+use anyhow::{bail, Context};
+use tokio_postgres::Client;
+
+use shoal_catalog::model;
+use shoal_cluster::{inspect, Cluster, Colocate};
+use shoal_local::LocalCluster;
+
+use crate::args::DemoArgs;
+use crate::commands::register_local_workers;
+use crate::output::{human_bytes, print_table};
+
+const SCHEMA_SQL: &str = "
+CREATE TABLE products (
+    id int PRIMARY KEY,
+    name text NOT NULL,
+    category text NOT NULL,
+    price numeric(10, 2) NOT NULL
+);
+CREATE TABLE orders (
+    id bigserial,
+    customer_id bigint NOT NULL,
+    product_id int NOT NULL REFERENCES products (id),
+    quantity int NOT NULL CHECK (quantity > 0),
+    created_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (customer_id, id)
+);
+CREATE TABLE order_items (
+    customer_id bigint NOT NULL,
+    order_id bigint NOT NULL,
+    line int NOT NULL,
+    product_id int NOT NULL REFERENCES products (id),
+    qty int NOT NULL,
+    PRIMARY KEY (customer_id, order_id, line)
+);
+CREATE SCHEMA \"Tenant Acme\";
+CREATE TABLE \"Tenant Acme\".users (id serial PRIMARY KEY, email text NOT NULL UNIQUE);
+CREATE TABLE \"Tenant Acme\".tickets (
+    id serial PRIMARY KEY,
+    user_id int NOT NULL REFERENCES \"Tenant Acme\".users (id),
+    title text NOT NULL
+);
+INSERT INTO products
+SELECT g, 'product ' || g, (ARRAY['books', 'garden', 'kitchen', 'music', 'toys'])[1 + g % 5],
+       round((5 + (g * 37) % 200)::numeric, 2)
+FROM generate_series(1, 100) g;
+INSERT INTO orders (customer_id, product_id, quantity)
+SELECT 1 + (g * 7919) % 500, 1 + g % 100, 1 + g % 4 FROM generate_series(1, 10000) g;
+INSERT INTO order_items
+SELECT o.customer_id, o.id, l, 1 + (o.id + l) % 100, l FROM orders o, generate_series(1, 2) l;
+INSERT INTO \"Tenant Acme\".users (email) SELECT 'user' || g || '@acme.example' FROM generate_series(1, 50) g;
+INSERT INTO \"Tenant Acme\".tickets (user_id, title)
+SELECT 1 + g % 50, 'ticket ' || g FROM generate_series(1, 200) g;
+";
+
+pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
+    step("Starting a local cluster: a coordinator and 2 workers");
+    if args.dir.join(shoal_local::CLUSTER_FILE).exists() {
+        let old = LocalCluster::open(&args.dir)?;
+        old.down()?;
+        std::fs::remove_dir_all(&args.dir).with_context(|| {
+            format!("cannot remove the previous demo in {}", args.dir.display())
+        })?;
+    } else if args.dir.exists() && std::fs::read_dir(&args.dir)?.next().is_some() {
+        bail!(
+            "{} exists and is not a Shoal demo directory; pass another --dir",
+            args.dir.display()
+        );
+    }
+    let report = LocalCluster::up(&args.dir, 2, args.port, "shoal").await?;
+    println!("coordinator at {}", report.coordinator_uri);
+    let cluster = register_local_workers(&report.coordinator_uri, &report.workers).await?;
+    let sql = cluster.coordinator("shoal demo").await?;
+
+    step("Creating a small shop on the coordinator, as plain PostgreSQL tables");
+    sql.batch_execute(SCHEMA_SQL)
+        .await
+        .context("creating the demo tables")?;
+    println!("products: 100 rows, orders: 10000 rows, order_items: 20000 rows, \"Tenant Acme\": 2 tables");
+
+    step(
+        "Distributing: products everywhere, orders and order_items by customer, one tenant schema",
+    );
+    shoal_cluster::reference_table(&cluster, "products").await?;
+    println!("$ shoal table reference products");
+    let orders = shoal_cluster::distribute_table(
+        &cluster,
+        "orders",
+        "customer_id",
+        Some(8),
+        Colocate::Default,
+    )
+    .await?;
+    println!(
+        "$ shoal table distribute orders --column customer_id --shards 8   ({} rows moved)",
+        orders.rows_moved
+    );
+    let items = shoal_cluster::distribute_table(
+        &cluster,
+        "order_items",
+        "customer_id",
+        None,
+        Colocate::With("orders".into()),
+    )
+    .await?;
+    println!("$ shoal table distribute order_items --column customer_id --colocate-with orders   ({} rows moved)", items.rows_moved);
+    let tenant = shoal_cluster::distribute_schema(&cluster, "\"Tenant Acme\"").await?;
+    println!(
+        "$ shoal schema distribute '\"Tenant Acme\"'   (placed on node {})",
+        tenant.node_id
+    );
+
+    step("Plain SQL through the coordinator");
+    show(&sql, "SELECT count(*) FROM orders", "orders in all shards").await?;
+    show(
+        &sql,
+        "SELECT p.category, sum(o.quantity * p.price) AS revenue FROM orders o JOIN products p ON p.id = o.product_id GROUP BY 1 ORDER BY 2 DESC",
+        "revenue per category (distributed table joined with a reference table)",
+    )
+    .await?;
+    show(
+        &sql,
+        "SELECT count(*) FROM orders o JOIN order_items i ON i.customer_id = o.customer_id AND i.order_id = o.id WHERE o.customer_id = 42",
+        "a colocated join for one customer",
+    )
+    .await?;
+    let plan = sql
+        .query(
+            "EXPLAIN (COSTS OFF) SELECT * FROM orders WHERE customer_id = 42",
+            &[],
+        )
+        .await?;
+    println!("\nkey lookup plan: partition pruning sends it to one shard on one worker");
+    for row in plan {
+        println!("    {}", row.get::<_, String>(0));
+    }
+
+    let partition_node = partition_nodes(&cluster).await?;
+    let inserted = sql
+        .query_one(
+            "INSERT INTO orders (customer_id, product_id, quantity) VALUES (4242, 7, 3)
+             RETURNING id, tableoid::regclass::text",
+            &[],
+        )
+        .await?;
+    let shard: String = inserted.get(1);
+    println!(
+        "\nINSERT INTO orders (customer_id = 4242 ...) went to shard {shard} on {}",
+        partition_node.get(&shard).cloned().unwrap_or_default()
+    );
+    sql.execute(
+        "UPDATE orders SET quantity = 5 WHERE customer_id = 4242",
+        &[],
+    )
+    .await?;
+    let deleted = sql
+        .execute("DELETE FROM orders WHERE customer_id = 4242", &[])
+        .await?;
+    println!("UPDATE and DELETE of customer 4242 are routed the same way ({deleted} row deleted)");
+
+    step("Where the rows live");
+    let counts = sql
+        .query(
+            "SELECT tableoid::regclass::text, count(*) FROM orders GROUP BY 1 ORDER BY 1",
+            &[],
+        )
+        .await?;
+    let mut per_node: BTreeMap<String, i64> = BTreeMap::new();
+    for row in &counts {
+        let node = partition_node
+            .get(&row.get::<_, String>(0))
+            .cloned()
+            .unwrap_or_default();
+        *per_node.entry(node).or_default() += row.get::<_, i64>(1);
+    }
+    let rows: Vec<Vec<String>> = per_node
+        .iter()
+        .map(|(node, n)| vec![node.clone(), n.to_string()])
+        .collect();
+    print_table(&["node", "orders rows"], &rows);
+    println!();
+    let shards = inspect::shard_rows(&cluster, None).await?;
+    let mut by_table_node: BTreeMap<(String, String), (usize, i64)> = BTreeMap::new();
+    for shard in &shards {
+        let entry = by_table_node
+            .entry((
+                shard.table.to_string(),
+                format!("{} ({})", shard.node_id, shard.node_address),
+            ))
+            .or_default();
+        entry.0 += 1;
+        entry.1 += shard.size_bytes.unwrap_or(0);
+    }
+    let rows: Vec<Vec<String>> = by_table_node
+        .iter()
+        .map(|((table, node), (count, size))| {
+            vec![
+                table.clone(),
+                node.clone(),
+                count.to_string(),
+                human_bytes(Some(*size)),
+            ]
+        })
+        .collect();
+    print_table(&["table", "node", "shards", "size"], &rows);
+
+    if args.stop {
+        step("Stopping the demo cluster");
+        LocalCluster::open(&args.dir)?.down()?;
+    } else {
+        step("Explore it yourself");
+        println!("  psql {}", report.coordinator_uri);
+        println!(
+            "  . {}/shoal.env && shoal table list && shoal shard list --table orders",
+            args.dir.display()
+        );
+        println!(
+            "  shoal local down --dir {}    # when you are done",
+            args.dir.display()
+        );
+    }
+    Ok(())
+}
+
+fn step(title: &str) {
+    println!("\n== {title}");
+}
+
+async fn show(sql: &Client, query: &str, title: &str) -> anyhow::Result<()> {
+    println!("\n{title}:\n  {query}");
+    let rows = sql.simple_query(query).await?;
+    let mut out = Vec::new();
+    let mut headers: Vec<String> = Vec::new();
+    for message in rows {
+        if let tokio_postgres::SimpleQueryMessage::Row(row) = message {
+            if headers.is_empty() {
+                headers = row.columns().iter().map(|c| c.name().to_string()).collect();
+            }
+            out.push(
+                (0..row.len())
+                    .map(|i| row.get(i).unwrap_or("NULL").to_string())
+                    .collect(),
+            );
+        }
+    }
+    let header_refs: Vec<&str> = headers.iter().map(String::as_str).collect();
+    print_table(&header_refs, &out);
+    Ok(())
+}
+
+/// Foreign partition name (as `regclass` prints it) to `node N (host:port)`.
+async fn partition_nodes(cluster: &Cluster) -> anyhow::Result<HashMap<String, String>> {
+    let nodes: HashMap<i32, String> = model::list_nodes(cluster.client())
+        .await?
+        .into_iter()
+        .map(|n| (n.node_id, format!("node {} ({})", n.node_id, n.address())))
+        .collect();
+    let mut out = HashMap::new();
+    for placement in model::all_placements(cluster.client()).await? {
+        let printed: String = cluster
+            .client()
+            .query_one(
+                "SELECT to_regclass($1)::text",
+                &[&placement.shard_table.quoted()],
+            )
+            .await?
+            .get::<_, Option<String>>(0)
+            .unwrap_or_default();
+        out.insert(
+            printed,
+            nodes.get(&placement.node_id).cloned().unwrap_or_default(),
+        );
+    }
+    Ok(out)
+}

@@ -1,0 +1,78 @@
+//! The sharded cluster's operations: registering nodes, distributing tables (hash, reference,
+//! distributed schemas), undistributing them, and cleaning up after failures.
+//!
+//! Each operation follows one shape: validate everything first on the coordinator (bad input
+//! changes nothing), write a cleanup record before creating any object on a node, build the
+//! shards on the nodes, then switch the coordinator over in one transaction that also deletes the
+//! cleanup records. Either that transaction commits, or the records are still there and the
+//! objects they name are removed.
+
+pub mod cleanup;
+pub mod ddl;
+mod distribute;
+mod error;
+pub mod inspect;
+pub mod nodes;
+pub mod placement;
+mod reference;
+mod resolve;
+mod schema;
+
+pub use distribute::{distribute_table, undistribute_table, Colocate, DistributeReport};
+pub use error::{pg_message, ClusterError};
+pub use reference::reference_table;
+pub use resolve::{resolve_node, NodeRef};
+pub use schema::{distribute_schema, sync_schema, SchemaReport};
+
+use tokio_postgres::Client;
+
+use shoal_catalog::{check_version, connect, ConnectParams};
+
+/// A handle on a Shoal cluster: the coordinator's connection parameters and one autocommit
+/// connection to it. Operations open further connections (to nodes, or a second coordinator
+/// connection for a long transaction) as they need them.
+pub struct Cluster {
+    params: ConnectParams,
+    client: Client,
+}
+
+impl Cluster {
+    /// Connects to the coordinator and checks that its catalog matches this binary.
+    pub async fn connect(params: ConnectParams) -> Result<Cluster, ClusterError> {
+        let client = connect(&params, "shoal").await?;
+        check_version(&client).await?;
+        Ok(Cluster { params, client })
+    }
+
+    pub fn params(&self) -> &ConnectParams {
+        &self.params
+    }
+
+    /// The autocommit catalog connection.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// A new coordinator connection, labelled for `pg_stat_activity`.
+    pub async fn coordinator(&self, label: &str) -> Result<Client, ClusterError> {
+        Ok(connect(&self.params, label).await?)
+    }
+
+    /// A new connection to a node, labelled for `pg_stat_activity`.
+    pub async fn node_client(
+        &self,
+        node: &shoal_catalog::model::Node,
+        label: &str,
+    ) -> Result<Client, ClusterError> {
+        let params = self.params.with_target(&node.host, node.port, &node.dbname);
+        connect(&params, label)
+            .await
+            .map_err(|e| ClusterError::NodeUnreachable {
+                address: node.address(),
+                reason: match e {
+                    shoal_catalog::CatalogError::Connect { source, .. } => pg_message(&source),
+                    other => other.to_string(),
+                },
+            })
+    }
+}

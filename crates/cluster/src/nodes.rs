@@ -1,0 +1,245 @@
+//! Registering, removing and flagging worker nodes.
+
+use shoal_catalog::model::{self, NewNode, Node, TableKind};
+use shoal_sql::{quote_ident, quote_literal};
+
+use crate::error::{pg_message, ClusterError, PgContext};
+use crate::reference;
+use crate::resolve::{parse_address, resolve_node};
+use crate::Cluster;
+
+/// The oldest PostgreSQL Shoal works with.
+pub const MIN_SERVER_VERSION_NUM: i32 = 150000;
+
+pub struct AddNode<'a> {
+    /// `HOST:PORT`.
+    pub address: &'a str,
+    /// The node's database; the coordinator's by default.
+    pub dbname: Option<&'a str>,
+    pub should_have_shards: bool,
+}
+
+/// Registers a node after checking that it can serve as one: reachable with the coordinator's
+/// credentials, PostgreSQL 15 or newer, `wal_level = logical`. Creates the postgres_fdw server
+/// and user mapping the coordinator reaches it through, and copies every reference table to it.
+pub async fn add_node(cluster: &Cluster, request: &AddNode<'_>) -> Result<Node, ClusterError> {
+    let (host, port) = parse_address(request.address)?;
+    let dbname = request
+        .dbname
+        .unwrap_or(&cluster.params().dbname)
+        .to_string();
+    let address = format!("{host}:{port}");
+    if let Some(existing) = model::find_node_by_address(cluster.client(), &host, port)
+        .await?
+        .into_iter()
+        .find(|n| n.dbname == dbname)
+    {
+        return Err(ClusterError::NodeAlreadyRegistered {
+            address,
+            node_id: existing.node_id,
+        });
+    }
+
+    let params = cluster.params().with_target(&host, port, &dbname);
+    let node_client = shoal_catalog::connect(&params, "shoal node add")
+        .await
+        .map_err(|e| ClusterError::NodeUnreachable {
+            address: address.clone(),
+            reason: match e {
+                shoal_catalog::CatalogError::Connect { source, .. } => pg_message(&source),
+                other => other.to_string(),
+            },
+        })?;
+    let row = node_client
+        .query_one(
+            "SELECT current_setting('server_version_num')::int, current_setting('server_version'),
+                    current_setting('wal_level')",
+            &[],
+        )
+        .await
+        .context(|| format!("reading the settings of {address}"))?;
+    let version_num: i32 = row.get(0);
+    if version_num < MIN_SERVER_VERSION_NUM {
+        return Err(ClusterError::NodeTooOld {
+            address,
+            version: row.get(1),
+        });
+    }
+    let wal_level: String = row.get(2);
+    if wal_level != "logical" {
+        return Err(ClusterError::NodeNotLogical { address, wal_level });
+    }
+    if is_same_server(cluster, &node_client).await? {
+        return Err(ClusterError::Unsupported(format!(
+            "{address}/{dbname} is the coordinator database itself; a node must be another database"
+        )));
+    }
+
+    let mut coordinator = cluster.coordinator("shoal node add").await?;
+    let tx = coordinator.transaction().await?;
+    let node = model::insert_node(
+        &tx,
+        &NewNode {
+            host: &host,
+            port,
+            dbname: &dbname,
+            username: &cluster.params().user,
+            should_have_shards: request.should_have_shards,
+            server_version_num: version_num,
+        },
+    )
+    .await?;
+    tx.batch_execute(&fdw_server_ddl(&node, cluster.params().password()))
+        .await
+        .context(|| format!("creating the foreign server for {address}"))?;
+    tx.commit()
+        .await
+        .context(|| "registering the node".to_string())?;
+
+    if let Err(error) = reference::replicate_all_to_node(cluster, &node).await {
+        // Leave nothing half-registered: the node goes, its replicas are cleaned up.
+        let _ = forget_node(cluster, &node).await;
+        return Err(error);
+    }
+    Ok(node)
+}
+
+/// Whether `node_client` is connected to the coordinator's own database: a node that is the
+/// coordinator would make every foreign table point back at itself.
+async fn is_same_server(
+    cluster: &Cluster,
+    node_client: &tokio_postgres::Client,
+) -> Result<bool, ClusterError> {
+    let identity = "SELECT system_identifier::text || '/' || current_database()
+                    FROM pg_control_system()";
+    let ours: String = cluster.client().query_one(identity, &[]).await?.get(0);
+    let theirs: String = node_client.query_one(identity, &[]).await?.get(0);
+    Ok(ours == theirs)
+}
+
+/// DDL for the postgres_fdw server and user mapping of a node. Options are literals (DDL takes no
+/// bind parameters), quoted.
+fn fdw_server_ddl(node: &Node, password: Option<&str>) -> String {
+    let server = quote_ident(&node.fdw_server);
+    // async_capable lets the planner scan shards on different nodes in parallel; batch_size
+    // makes INSERT routing send rows in batches; fetch_size reads large scans in fewer round trips.
+    let mut ddl = format!(
+        "CREATE SERVER {server} FOREIGN DATA WRAPPER postgres_fdw OPTIONS (host {}, port {}, \
+         dbname {}, async_capable 'true', batch_size '1000', fetch_size '10000');\n\
+         CREATE USER MAPPING FOR CURRENT_USER SERVER {server} OPTIONS (user {}",
+        quote_literal(&node.host),
+        quote_literal(&node.port.to_string()),
+        quote_literal(&node.dbname),
+        quote_literal(&node.username),
+    );
+    if let Some(password) = password {
+        ddl.push_str(&format!(", password {}", quote_literal(password)));
+    }
+    ddl.push_str(");");
+    ddl
+}
+
+/// Unregisters a node. Refused while it holds shards of distributed tables; reference table
+/// replicas on it are removed with it.
+pub async fn remove_node(cluster: &Cluster, node_text: &str) -> Result<Node, ClusterError> {
+    let node = resolve_node(cluster.client(), node_text).await?;
+    let placements = model::placements_on_node(cluster.client(), node.node_id).await?;
+    let tables = model::list_tables(cluster.client()).await?;
+    let shard_placements: Vec<_> = placements
+        .iter()
+        .filter(|p| {
+            tables
+                .iter()
+                .any(|t| t.table_id == p.table_id && t.kind != TableKind::Reference)
+        })
+        .collect();
+    if !shard_placements.is_empty() {
+        let examples = shard_placements
+            .iter()
+            .take(5)
+            .map(|p| format!("shard {} ({})", p.shard_id, p.shard_table))
+            .collect::<Vec<_>>()
+            .join(", ");
+        return Err(ClusterError::NodeHasPlacements {
+            node: format!("{} ({})", node.node_id, node.address()),
+            count: shard_placements.len(),
+            examples: if shard_placements.len() > 5 {
+                format!("{examples}, ...")
+            } else {
+                examples
+            },
+        });
+    }
+    forget_node(cluster, &node).await?;
+    Ok(node)
+}
+
+/// Drops the node's reference replication and replicas (best effort: it may be unreachable),
+/// then its foreign server and its catalog rows.
+async fn forget_node(cluster: &Cluster, node: &Node) -> Result<(), ClusterError> {
+    reference::detach_node(cluster, node).await?;
+    let mut coordinator = cluster.coordinator("shoal node remove").await?;
+    let tx = coordinator.transaction().await?;
+    model::delete_placements_on_node(&tx, node.node_id).await?;
+    tx.execute(
+        "DELETE FROM shoal.cleanup_record WHERE node_id = $1",
+        &[&node.node_id],
+    )
+    .await?;
+    tx.batch_execute(&format!(
+        "DROP SERVER IF EXISTS {} CASCADE",
+        quote_ident(&node.fdw_server)
+    ))
+    .await
+    .context(|| format!("dropping the foreign server of node {}", node.node_id))?;
+    model::delete_node(&tx, node.node_id).await?;
+    tx.commit()
+        .await
+        .context(|| "removing the node".to_string())?;
+    Ok(())
+}
+
+/// `node disable` / `node activate` / the should-have-shards setting.
+pub async fn set_node_flags(
+    cluster: &Cluster,
+    node_text: &str,
+    is_active: Option<bool>,
+    should_have_shards: Option<bool>,
+) -> Result<Node, ClusterError> {
+    let node = resolve_node(cluster.client(), node_text).await?;
+    model::set_node_flags(
+        cluster.client(),
+        node.node_id,
+        is_active,
+        should_have_shards,
+    )
+    .await?;
+    Ok(model::get_node(cluster.client(), node.node_id)
+        .await?
+        .unwrap_or(node))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fdw_ddl_quotes_every_option() {
+        let node = Node {
+            node_id: 3,
+            host: "db'host".into(),
+            port: 5433,
+            dbname: "my db".into(),
+            username: "alice".into(),
+            is_active: true,
+            should_have_shards: true,
+            server_version_num: 150000,
+            fdw_server: "shoal_node_3".into(),
+        };
+        let ddl = fdw_server_ddl(&node, Some("pa'ss"));
+        assert!(ddl.contains(r#"CREATE SERVER "shoal_node_3" FOREIGN DATA WRAPPER postgres_fdw"#));
+        assert!(ddl.contains("host 'db''host', port '5433', dbname 'my db'"));
+        assert!(ddl.contains("user 'alice', password 'pa''ss'"));
+        assert!(!fdw_server_ddl(&node, None).contains("password"));
+    }
+}
