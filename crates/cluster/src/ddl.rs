@@ -439,14 +439,24 @@ pub fn foreign_key_ddl(
 }
 
 /// DDL that gives a plain coordinator table back the constraints (foreign keys included) and
-/// indexes it had before it was distributed. Foreign keys whose referenced table `keep_fk`
-/// rejects are left out.
+/// indexes it had before it was distributed. Check constraints are left out (the table is made
+/// with `LIKE ... INCLUDING CONSTRAINTS`, which keeps them), and so are foreign keys whose
+/// referenced table `keep_fk` rejects.
 pub fn restore_ddl(
     def: &TableDef,
     table: &QualifiedName,
     keep_fk: impl Fn(&ForeignKeyDef) -> bool,
 ) -> Vec<String> {
-    let mut ddl: Vec<String> = shard_table_ddl(def, table, None)
+    let without_checks = TableDef {
+        constraints: def
+            .constraints
+            .iter()
+            .filter(|c| c.kind != ConstraintKind::Check)
+            .cloned()
+            .collect(),
+        ..def.clone()
+    };
+    let mut ddl: Vec<String> = shard_table_ddl(&without_checks, table, None)
         .into_iter()
         .skip(2)
         .collect();

@@ -561,6 +561,8 @@ pub(crate) async fn create_shards(
         let node = node_by_id
             .get(&node_id)
             .ok_or_else(|| ClusterError::UnknownNode(node_id.to_string()))?;
+        // Connect first: a record for a node never reached would only wait for cleanup.
+        let client = cluster.node_client(node, label).await?;
         for shard in &node_shards {
             model::insert_cleanup_record(
                 cluster.client(),
@@ -573,7 +575,6 @@ pub(crate) async fn create_shards(
             )
             .await?;
         }
-        let client = cluster.node_client(node, label).await?;
         let mut ddl = vec!["BEGIN".to_string()];
         for shard in &node_shards {
             ddl.extend(shard_table_ddl(def, &shard.table, Some(shard.shard_id)));

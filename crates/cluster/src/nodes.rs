@@ -59,16 +59,7 @@ pub async fn add_node(cluster: &Cluster, request: &AddNode<'_>) -> Result<Node, 
         .await
         .context(|| format!("reading the settings of {address}"))?;
     let version_num: i32 = row.get(0);
-    if version_num < MIN_SERVER_VERSION_NUM {
-        return Err(ClusterError::NodeTooOld {
-            address,
-            version: row.get(1),
-        });
-    }
-    let wal_level: String = row.get(2);
-    if wal_level != "logical" {
-        return Err(ClusterError::NodeNotLogical { address, wal_level });
-    }
+    check_node_settings(&address, version_num, row.get(1), row.get(2))?;
     if is_same_server(cluster, &node_client).await? {
         return Err(ClusterError::Unsupported(format!(
             "{address}/{dbname} is the coordinator database itself; a node must be another database"
@@ -104,13 +95,38 @@ pub async fn add_node(cluster: &Cluster, request: &AddNode<'_>) -> Result<Node, 
     Ok(node)
 }
 
+/// A node must run PostgreSQL 15 or newer with `wal_level = logical` (shard moves and change
+/// capture use logical replication and decoding).
+pub fn check_node_settings(
+    address: &str,
+    version_num: i32,
+    version: &str,
+    wal_level: &str,
+) -> Result<(), ClusterError> {
+    if version_num < MIN_SERVER_VERSION_NUM {
+        return Err(ClusterError::NodeTooOld {
+            address: address.to_string(),
+            version: version.to_string(),
+        });
+    }
+    if wal_level != "logical" {
+        return Err(ClusterError::NodeNotLogical {
+            address: address.to_string(),
+            wal_level: wal_level.to_string(),
+        });
+    }
+    Ok(())
+}
+
 /// Whether `node_client` is connected to the coordinator's own database: a node that is the
 /// coordinator would make every foreign table point back at itself.
 async fn is_same_server(
     cluster: &Cluster,
     node_client: &tokio_postgres::Client,
 ) -> Result<bool, ClusterError> {
-    let identity = "SELECT system_identifier::text || '/' || current_database()
+    // Copies of one data directory share a system identifier, so the port is compared too.
+    let identity = "SELECT system_identifier::text || '/' || current_setting('port') || '/'
+                           || current_database()
                     FROM pg_control_system()";
     let ours: String = cluster.client().query_one(identity, &[]).await?.get(0);
     let theirs: String = node_client.query_one(identity, &[]).await?.get(0);
@@ -222,6 +238,20 @@ pub async fn set_node_flags(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn node_settings_are_checked() {
+        assert!(check_node_settings("h:1", 150004, "15.4", "logical").is_ok());
+        assert!(check_node_settings("h:1", 170000, "17.0", "logical").is_ok());
+        let old = check_node_settings("h:1", 140010, "14.10", "logical").unwrap_err();
+        assert!(old.to_string().contains("PostgreSQL 14.10"), "{old}");
+        assert!(old.to_string().contains("15 or newer"), "{old}");
+        let replica = check_node_settings("h:1", 150004, "15.4", "replica").unwrap_err();
+        assert!(
+            replica.to_string().contains("wal_level = logical"),
+            "{replica}"
+        );
+    }
 
     #[test]
     fn fdw_ddl_quotes_every_option() {
