@@ -5,16 +5,15 @@ use std::path::Path;
 use anyhow::Context;
 use serde::Serialize;
 
-use shoal_catalog::{model, ConnectParams};
-use shoal_cluster::nodes::{self, AddNode};
-use shoal_cluster::{cleanup, inspect, Cluster, Colocate};
-use shoal_local::LocalCluster;
-
 use crate::args::{
     Cli, Command, LocalCommand, NodeCommand, SchemaCommand, ShardCommand, TableCommand,
 };
 use crate::config::coordinator_uri;
 use crate::output::{human_bytes, print_json, print_table};
+use shoal_catalog::{model, ConnectParams};
+use shoal_cluster::nodes::{self, AddNode};
+use shoal_cluster::{cleanup, inspect, Cluster, Colocate};
+use shoal_local::LocalCluster;
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let coordinator = || coordinator_uri(cli.coordinator.as_deref(), cli.config.as_deref());

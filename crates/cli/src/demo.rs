@@ -6,13 +6,12 @@ use std::collections::{BTreeMap, HashMap};
 use anyhow::{bail, Context};
 use tokio_postgres::Client;
 
-use shoal_catalog::model;
-use shoal_cluster::{inspect, Cluster, Colocate};
-use shoal_local::LocalCluster;
-
 use crate::args::DemoArgs;
 use crate::commands::register_local_workers;
 use crate::output::{human_bytes, print_table};
+use shoal_catalog::model;
+use shoal_cluster::{inspect, Cluster, Colocate};
+use shoal_local::LocalCluster;
 
 const SCHEMA_SQL: &str = "
 CREATE TABLE products (

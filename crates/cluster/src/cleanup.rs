@@ -7,11 +7,10 @@
 use serde::Serialize;
 use tokio_postgres::Client;
 
-use shoal_catalog::model::{self, CleanupObject, CleanupRecord};
-use shoal_sql::{quote_ident, QualifiedName};
-
 use crate::error::{pg_message, ClusterError, PgContext};
 use crate::Cluster;
+use shoal_catalog::model::{self, CleanupObject, CleanupRecord};
+use shoal_sql::{quote_ident, QualifiedName};
 
 /// First key of the two-key advisory locks that mark running operations.
 const OPERATION_LOCK_CLASS: i32 = 0x5348_4f41;

@@ -10,9 +10,6 @@ use std::collections::{BTreeMap, HashMap};
 use serde::Serialize;
 use tokio_postgres::{GenericClient, Transaction};
 
-use shoal_catalog::model::{self, CleanupObject, CleanupPolicy, ColocationGroup, Node, TableKind};
-use shoal_sql::{derived_name, quote_ident, quote_literal, QualifiedName};
-
 use crate::cleanup::{begin_operation, end_operation, run_cleanup};
 use crate::ddl::{
     foreign_key_ddl, introspect, restore_ddl, shard_table_ddl, ConstraintKind, TableDef,
@@ -22,6 +19,8 @@ use crate::placement::{place_in_group, place_new_group};
 use crate::reference;
 use crate::resolve::resolve_relation;
 use crate::Cluster;
+use shoal_catalog::model::{self, CleanupObject, CleanupPolicy, ColocationGroup, Node, TableKind};
+use shoal_sql::{derived_name, quote_ident, quote_literal, QualifiedName};
 
 pub const DEFAULT_SHARD_COUNT: i32 = 32;
 pub const MAX_SHARD_COUNT: i32 = 4096;

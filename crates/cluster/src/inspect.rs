@@ -4,12 +4,11 @@ use std::collections::HashMap;
 
 use serde::Serialize;
 
-use shoal_catalog::model::{self, TableKind};
-use shoal_sql::QualifiedName;
-
 use crate::error::ClusterError;
 use crate::resolve::resolve_relation;
 use crate::Cluster;
+use shoal_catalog::model::{self, TableKind};
+use shoal_sql::QualifiedName;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct TableSummary {

@@ -7,6 +7,10 @@
 //! cleanup records. Either that transaction commits, or the records are still there and the
 //! objects they name are removed.
 
+use tokio_postgres::Client;
+
+use shoal_catalog::{check_version, connect, ConnectParams};
+
 pub mod cleanup;
 pub mod ddl;
 mod distribute;
@@ -23,10 +27,6 @@ pub use error::{pg_message, ClusterError};
 pub use reference::reference_table;
 pub use resolve::{resolve_node, NodeRef};
 pub use schema::{distribute_schema, sync_schema, SchemaReport};
-
-use tokio_postgres::Client;
-
-use shoal_catalog::{check_version, connect, ConnectParams};
 
 /// A handle on a Shoal cluster: the coordinator's connection parameters and one autocommit
 /// connection to it. Operations open further connections (to nodes, or a second coordinator

@@ -1,12 +1,11 @@
 //! Registering, removing and flagging worker nodes.
 
-use shoal_catalog::model::{self, NewNode, Node, TableKind};
-use shoal_sql::{quote_ident, quote_literal};
-
 use crate::error::{pg_message, ClusterError, PgContext};
 use crate::reference;
 use crate::resolve::{parse_address, resolve_node};
 use crate::Cluster;
+use shoal_catalog::model::{self, NewNode, Node, TableKind};
+use shoal_sql::{quote_ident, quote_literal};
 
 /// The oldest PostgreSQL Shoal works with.
 pub const MIN_SERVER_VERSION_NUM: i32 = 150000;

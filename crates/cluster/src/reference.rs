@@ -6,14 +6,13 @@ use std::time::{Duration, Instant};
 
 use tokio_postgres::Client;
 
-use shoal_catalog::model::{self, CleanupObject, CleanupPolicy, Node, TableKind};
-use shoal_sql::{quote_ident, quote_literal, QualifiedName};
-
 use crate::cleanup::{begin_operation, end_operation, run_cleanup};
 use crate::ddl::{foreign_key_ddl, introspect, shard_table_ddl, ReplicaIdentity, TableDef};
 use crate::error::{ClusterError, PgContext};
 use crate::resolve::resolve_relation;
 use crate::Cluster;
+use shoal_catalog::model::{self, CleanupObject, CleanupPolicy, Node, TableKind};
+use shoal_sql::{quote_ident, quote_literal, QualifiedName};
 
 pub const PUBLICATION: &str = "shoal_reference";
 

@@ -2,10 +2,9 @@
 
 use tokio_postgres::GenericClient;
 
+use crate::error::{ClusterError, PgContext};
 use shoal_catalog::model::{self, Node};
 use shoal_sql::QualifiedName;
-
-use crate::error::{ClusterError, PgContext};
 
 /// A node as given on the command line: its id, or `HOST:PORT`.
 #[derive(Debug, Clone, PartialEq, Eq)]

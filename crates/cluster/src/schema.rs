@@ -7,9 +7,6 @@ use std::collections::{BTreeMap, HashMap};
 use serde::Serialize;
 use tokio_postgres::Transaction;
 
-use shoal_catalog::model::{self, CleanupObject, CleanupPolicy, Node, TableKind};
-use shoal_sql::{derived_name, quote_ident, quote_literal, QualifiedName};
-
 use crate::cleanup::{begin_operation, end_operation};
 use crate::ddl::{column_definitions, foreign_key_ddl, introspect, shard_table_ddl, TableDef};
 use crate::distribute::{check_supported_columns, copy_rows, move_owned_sequences, with_cleanup};
@@ -17,6 +14,8 @@ use crate::error::{ClusterError, PgContext};
 use crate::placement::least_loaded;
 use crate::resolve::resolve_schema;
 use crate::Cluster;
+use shoal_catalog::model::{self, CleanupObject, CleanupPolicy, Node, TableKind};
+use shoal_sql::{derived_name, quote_ident, quote_literal, QualifiedName};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct SchemaReport {

@@ -5,10 +5,6 @@
 //! cluster stops its servers and removes that directory, also when the test panicked.
 //! Safe to use from parallel tests and from several test processes at once.
 
-mod ports;
-mod sweep;
-mod template;
-
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -18,6 +14,10 @@ use std::thread;
 use tokio_postgres::NoTls;
 
 use shoal_local::{LocalError, StopMode};
+
+mod ports;
+mod sweep;
+mod template;
 
 pub use sweep::sweep_stale;
 pub use template::{binaries, root, template, test_settings, DBNAME};

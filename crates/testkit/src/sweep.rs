@@ -9,9 +9,8 @@ use nix::errno::Errno;
 use nix::sys::signal::kill;
 use nix::unistd::Pid;
 
-use shoal_local::StopMode;
-
 use crate::template::binaries;
+use shoal_local::StopMode;
 
 /// Sweeps `root`: every `run-<pid>-*` / `build-<pid>-*` entry whose pid no longer exists.
 pub fn sweep_stale(root: &Path) {

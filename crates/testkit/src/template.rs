@@ -10,9 +10,8 @@ use nix::sys::statfs::statfs;
 use nix::sys::statvfs::statvfs;
 use nix::unistd::AccessFlags;
 
-use shoal_local::{InitOptions, PgBinaries, RunAs, StopMode};
-
 use crate::ports;
+use shoal_local::{InitOptions, PgBinaries, RunAs, StopMode};
 
 /// Database every test server has.
 pub const DBNAME: &str = "shoal";
