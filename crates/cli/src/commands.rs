@@ -345,6 +345,8 @@ async fn table(cluster: &Cluster, command: TableCommand) -> anyhow::Result<()> {
             );
         }
         TableCommand::List(json) => {
+            // Measure shard sizes on the nodes first, so the sizes listed are current.
+            inspect::shard_rows(cluster, None).await?;
             let tables = inspect::table_summaries(cluster).await?;
             if json.json {
                 return print_json(&tables);

@@ -14,6 +14,7 @@ use clap::Parser;
 use crate::args::Cli;
 
 fn main() -> ExitCode {
+    restore_sigpipe();
     let cli = Cli::parse();
     init_logging(cli.verbose);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -46,6 +47,16 @@ fn one_line(error: &anyhow::Error) -> String {
         }
     }
     text.replace('\n', " ")
+}
+
+/// `shoal shard list | head` should end quietly, as other Unix tools do, not panic on a closed
+/// pipe: Rust ignores SIGPIPE by default, so restore the default action.
+fn restore_sigpipe() {
+    use nix::sys::signal::{signal, SigHandler, Signal};
+    // SAFETY: called first thing in main, before any other thread exists.
+    unsafe {
+        let _ = signal(Signal::SIGPIPE, SigHandler::SigDfl);
+    }
 }
 
 fn init_logging(verbose: u8) {

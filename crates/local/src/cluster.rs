@@ -244,7 +244,7 @@ impl LocalCluster {
         self.save()?;
         write_new(
             &self.dir.join(ENV_FILE),
-            &format!("SHOAL_COORDINATOR={}\n", self.coordinator_uri()),
+            &format!("export SHOAL_COORDINATOR={}\n", self.coordinator_uri()),
         )
     }
 

@@ -4,11 +4,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::NoTls;
 
 use crate::error::{LocalError, Result};
-
-/// Quotes a name as a PostgreSQL identifier.
-pub fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
+use shoal_sql::quote_ident;
 
 /// Checks that `name` can be a database name.
 pub fn validate_dbname(name: &str) -> Result<()> {
@@ -70,12 +66,6 @@ pub async fn create_database(port: u16, dbname: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn quotes_identifiers() {
-        assert_eq!(quote_ident("shoal"), "\"shoal\"");
-        assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
-    }
 
     #[test]
     fn validates_names() {

@@ -15,7 +15,7 @@ pub use cluster::{
     postgres_uri, ClusterFile, LocalCluster, LocalServer, Role, ServerEntry, ServerStatus,
     UpReport, CLUSTER_FILE, ENV_FILE,
 };
-pub use database::{connect_admin, create_database, quote_ident};
+pub use database::{connect_admin, create_database};
 pub use error::{LocalError, Result};
 pub use server::{
     configured_port, initdb, is_running, port_is_free, render_shoal_conf, set_port, start, stop,

@@ -78,7 +78,7 @@ async fn up_is_idempotent_and_down_stops_everything() {
     let env = fs::read_to_string(dir.join(ENV_FILE)).unwrap();
     assert_eq!(
         env,
-        format!("SHOAL_COORDINATOR={}\n", report.coordinator_uri)
+        format!("export SHOAL_COORDINATOR={}\n", report.coordinator_uri)
     );
 
     // The URI itself must work for clients.
