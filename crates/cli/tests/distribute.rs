@@ -349,7 +349,7 @@ async fn a_distributed_schema_lives_on_one_node_and_syncs_new_tables() {
         .await;
     let report: serde_json::Value = serde_json::from_str(out.assert_ok()).unwrap();
     assert_eq!(report["tables"].as_array().unwrap().len(), 2);
-    assert_eq!(relkind(&sql, "\"Tenant A\".users").await, "f");
+    assert_eq!(relkind(&sql, "\"Tenant A\".users").await, "p");
     assert_eq!(fingerprint(&sql, "\"Tenant A\".users").await, users);
     assert_eq!(fingerprint(&sql, "\"Tenant A\".tickets").await, tickets);
     let filler_node: i32 = sql

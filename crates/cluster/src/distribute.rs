@@ -15,12 +15,13 @@ use crate::ddl::{
     foreign_key_ddl, introspect, restore_ddl, shard_table_ddl, ConstraintKind, TableDef,
 };
 use crate::error::{ClusterError, PgContext};
+use crate::layout;
 use crate::placement::{place_in_group, place_new_group};
 use crate::reference;
 use crate::resolve::resolve_relation;
 use crate::Cluster;
 use shoal_catalog::model::{self, CleanupObject, CleanupPolicy, ColocationGroup, Node, TableKind};
-use shoal_sql::{derived_name, quote_ident, quote_literal, QualifiedName};
+use shoal_sql::{derived_name, quote_ident, QualifiedName};
 
 pub const DEFAULT_SHARD_COUNT: i32 = 32;
 pub const MAX_SHARD_COUNT: i32 = 4096;
@@ -279,7 +280,7 @@ pub(crate) fn check_supported_columns(def: &TableDef) -> Result<(), ClusterError
 
 /// Asks PostgreSQL itself whether the type can be a hash partition key, in a savepoint that is
 /// rolled back, so domains and array types are judged exactly as PostgreSQL would.
-async fn check_hashable(
+pub(crate) async fn check_hashable(
     tx: &Transaction<'_>,
     column: &str,
     type_sql: &str,
@@ -631,10 +632,12 @@ async fn swap_in_partitioned(
             .iter()
             .find(|n| n.node_id == shard.node_id)
             .expect("planned on a known node");
-        ddl.push(foreign_partition_ddl(
+        ddl.extend(layout::hash_shard_ddl(
             &parent,
-            shard,
+            column,
             shard_count,
+            shard.index,
+            &shard.table,
             &node.fdw_server,
         ));
     }
@@ -646,24 +649,6 @@ async fn swap_in_partitioned(
         .await?
         .get(0);
     Ok(relid)
-}
-
-pub(crate) fn foreign_partition_ddl(
-    parent: &QualifiedName,
-    shard: &PlannedShard,
-    shard_count: i32,
-    fdw_server: &str,
-) -> String {
-    format!(
-        "CREATE FOREIGN TABLE {} PARTITION OF {} FOR VALUES WITH (MODULUS {shard_count}, REMAINDER {}) \
-         SERVER {} OPTIONS (schema_name {}, table_name {})",
-        shard.table.quoted(),
-        parent.quoted(),
-        shard.index,
-        quote_ident(fdw_server),
-        quote_literal(&shard.table.schema),
-        quote_literal(&shard.table.name)
-    )
 }
 
 pub(crate) async fn copy_rows(

@@ -16,6 +16,7 @@ pub mod ddl;
 mod distribute;
 mod error;
 pub mod inspect;
+pub mod layout;
 pub mod nodes;
 pub mod placement;
 mod reference;

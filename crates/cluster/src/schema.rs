@@ -8,14 +8,17 @@ use serde::Serialize;
 use tokio_postgres::Transaction;
 
 use crate::cleanup::{begin_operation, end_operation};
-use crate::ddl::{column_definitions, foreign_key_ddl, introspect, shard_table_ddl, TableDef};
-use crate::distribute::{check_supported_columns, copy_rows, move_owned_sequences, with_cleanup};
+use crate::ddl::{foreign_key_ddl, introspect, shard_table_ddl, ConstraintKind, TableDef};
+use crate::distribute::{
+    check_hashable, check_supported_columns, copy_rows, move_owned_sequences, with_cleanup,
+};
 use crate::error::{ClusterError, PgContext};
+use crate::layout;
 use crate::placement::least_loaded;
 use crate::resolve::resolve_schema;
 use crate::Cluster;
 use shoal_catalog::model::{self, CleanupObject, CleanupPolicy, Node, TableKind};
-use shoal_sql::{derived_name, quote_ident, quote_literal, QualifiedName};
+use shoal_sql::{derived_name, quote_ident, QualifiedName};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct SchemaReport {
@@ -301,7 +304,35 @@ async fn check_schema_dependents(
     Ok(())
 }
 
-/// Replaces each table by a foreign table on `node` holding the same rows.
+/// The column a schema table's coordinator relation is partitioned by. Every row goes to its one
+/// foreign partition whatever the key, so any hashable column will do: the primary key's first
+/// column if it is, else the first hashable column.
+async fn partition_key(tx: &Transaction<'_>, def: &TableDef) -> Result<String, ClusterError> {
+    let primary = def
+        .constraints
+        .iter()
+        .find(|c| c.kind == ConstraintKind::PrimaryKey)
+        .and_then(|c| c.columns.first().cloned());
+    let candidates = primary
+        .iter()
+        .cloned()
+        .chain(def.columns.iter().map(|c| c.name.clone()));
+    for name in candidates {
+        let Some(column) = def.column(&name) else {
+            continue;
+        };
+        if check_hashable(tx, &name, &column.type_sql).await.is_ok() {
+            return Ok(name);
+        }
+    }
+    Err(ClusterError::Unsupported(format!(
+        "{} has no column of a hashable type, which Shoal needs to route its rows; add one",
+        def.name
+    )))
+}
+
+/// Replaces each table by a partitioned table whose one partition is a foreign table on `node`,
+/// holding the same rows (see `layout` for why the middle level exists).
 async fn switch_to_foreign_tables(
     tx: &Transaction<'_>,
     defs: &[TableDef],
@@ -311,20 +342,21 @@ async fn switch_to_foreign_tables(
     let mut rows = 0;
     let mut replacements = Vec::new();
     for (def, (_, shard)) in defs.iter().zip(shards) {
-        let foreign = QualifiedName::new(&def.name.schema, format!("__shoal_new_{}", def.relid));
+        let key = partition_key(tx, def).await?;
+        let parent = QualifiedName::new(&def.name.schema, format!("__shoal_new_{}", def.relid));
         tx.batch_execute(&format!(
-            "CREATE FOREIGN TABLE {} ({}) SERVER {} OPTIONS (schema_name {}, table_name {})",
-            foreign.quoted(),
-            column_definitions(&def.columns, true),
-            quote_ident(&node.fdw_server),
-            quote_literal(&shard.schema),
-            quote_literal(&shard.name)
+            "CREATE TABLE {} (LIKE {} INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING STORAGE \
+             INCLUDING COMMENTS) PARTITION BY HASH ({});\n{}",
+            parent.quoted(),
+            def.name.quoted(),
+            quote_ident(&key),
+            layout::placement_ddl(&parent, shard, &node.fdw_server)
         ))
         .await
-        .context(|| format!("creating the foreign table for {}", def.name))?;
-        rows += copy_rows(tx, &def.name, &foreign).await?;
-        move_owned_sequences(tx, def.relid, &foreign).await?;
-        replacements.push(foreign);
+        .context(|| format!("creating the distributed form of {}", def.name))?;
+        rows += copy_rows(tx, &def.name, &parent).await?;
+        move_owned_sequences(tx, def.relid, &parent).await?;
+        replacements.push(parent);
     }
     if defs.is_empty() {
         return Ok(0);
@@ -333,10 +365,10 @@ async fn switch_to_foreign_tables(
     let names: Vec<String> = defs.iter().map(|d| d.name.quoted()).collect();
     tx.batch_execute(&format!("DROP TABLE {}", names.join(", ")))
         .await?;
-    for (def, foreign) in defs.iter().zip(&replacements) {
+    for (def, parent) in defs.iter().zip(&replacements) {
         tx.batch_execute(&format!(
-            "ALTER FOREIGN TABLE {} RENAME TO {}",
-            foreign.quoted(),
+            "ALTER TABLE {} RENAME TO {}",
+            parent.quoted(),
             quote_ident(&def.name.name)
         ))
         .await?;
