@@ -9,10 +9,16 @@ use crate::CatalogError;
 
 /// The migrations, in order. Version `i + 1` is `MIGRATIONS[i]`; never edit a released one, add a
 /// new one instead.
-const MIGRATIONS: &[(&str, &str)] = &[(
-    "foundation",
-    include_str!("../migrations/0001_foundation.sql"),
-)];
+const MIGRATIONS: &[(&str, &str)] = &[
+    (
+        "foundation",
+        include_str!("../migrations/0001_foundation.sql"),
+    ),
+    (
+        "transfers",
+        include_str!("../migrations/0002_transfers.sql"),
+    ),
+];
 
 pub const LATEST_VERSION: i32 = MIGRATIONS.len() as i32;
 

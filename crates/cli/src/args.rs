@@ -63,7 +63,7 @@ pub enum Command {
     #[command(subcommand)]
     Schema(SchemaCommand),
     /// Remove objects left on nodes by failed or finished operations (safe to run any time)
-    Cleanup(JsonFlag),
+    Cleanup(CleanupArgs),
     /// Start a local cluster with 2 workers, build a small shop on it and show where rows live
     Demo(DemoArgs),
 }
@@ -71,6 +71,17 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct JsonFlag {
     /// Print JSON instead of a table
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CleanupArgs {
+    /// Also look on every node for shard tables and replication objects that no placement or
+    /// cleanup record explains, and record them for removal
+    #[arg(long)]
+    pub scan: bool,
+    /// Print JSON instead of text
     #[arg(long)]
     pub json: bool,
 }
@@ -191,6 +202,51 @@ pub enum ShardCommand {
         #[command(flatten)]
         json: JsonFlag,
     },
+    /// Move a shard and every shard colocated with it to another node, online
+    Move {
+        /// Shard id (see `shoal shard list`)
+        shard: i64,
+        #[command(flatten)]
+        transfer: TransferArgs,
+        /// auto: logical replication when every table has a replica identity, else block_writes;
+        /// force_logical: writes continue until a short cutover; block_writes: writes wait for
+        /// the whole copy (reads go on)
+        #[arg(long, value_enum, default_value_t = TransferMode::Auto)]
+        mode: TransferMode,
+    },
+    /// Copy a reference table's shard to a node that lacks it
+    Copy {
+        /// Shard id of the reference table (see `shoal shard list`)
+        shard: i64,
+        #[command(flatten)]
+        transfer: TransferArgs,
+    },
+    /// Cancel a running move or copy; the source stays authoritative and nothing is left behind
+    Cancel {
+        /// Operation id (printed by `shard move`, shown by shoal.rebalance_progress)
+        operation: i64,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct TransferArgs {
+    /// Target node: node id or HOST:PORT
+    #[arg(long, value_name = "NODE")]
+    pub to: String,
+    /// Start the transfer in the background, print its operation id and return
+    #[arg(long)]
+    pub no_wait: bool,
+    /// Print the result as JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[value(rename_all = "snake_case")]
+pub enum TransferMode {
+    Auto,
+    ForceLogical,
+    BlockWrites,
 }
 
 #[derive(Debug, Subcommand)]
@@ -206,6 +262,15 @@ pub enum SchemaCommand {
         schema: String,
         #[command(flatten)]
         json: JsonFlag,
+    },
+    /// Move every table of a distributed schema to another node, online
+    Move {
+        schema: String,
+        #[command(flatten)]
+        transfer: TransferArgs,
+        /// See `shoal shard move --help`
+        #[arg(long, value_enum, default_value_t = TransferMode::Auto)]
+        mode: TransferMode,
     },
 }
 

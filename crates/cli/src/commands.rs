@@ -14,6 +14,7 @@ use shoal_catalog::{model, ConnectParams};
 use shoal_cluster::nodes::{self, AddNode};
 use shoal_cluster::{cleanup, inspect, Cluster, Colocate};
 use shoal_local::LocalCluster;
+use shoal_transfer::{Mode, Operation};
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let coordinator = || coordinator_uri(cli.coordinator.as_deref(), cli.config.as_deref());
@@ -23,20 +24,30 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Demo(args) => crate::demo::run(&args).await,
         Command::Node(command) => node(&connect(&coordinator()?).await?, command).await,
         Command::Table(command) => table(&connect(&coordinator()?).await?, command).await,
-        Command::Shard(ShardCommand::List { table, json }) => {
-            shard_list(
-                &connect(&coordinator()?).await?,
-                table.as_deref(),
-                json.json,
-            )
-            .await
-        }
+        Command::Shard(command) => shard(&connect(&coordinator()?).await?, command).await,
         Command::Schema(command) => schema(&connect(&coordinator()?).await?, command).await,
-        Command::Cleanup(json) => {
+        Command::Cleanup(args) => {
             let cluster = connect(&coordinator()?).await?;
+            let scanned = if args.scan {
+                cleanup::scan(&cluster).await?
+            } else {
+                Vec::new()
+            };
             let report = cleanup::run_cleanup(&cluster, None).await?;
-            if json.json {
-                return print_json(&report);
+            if args.json {
+                #[derive(Serialize)]
+                struct Out<'a> {
+                    found_by_scan: &'a [String],
+                    #[serde(flatten)]
+                    report: &'a cleanup::CleanupReport,
+                }
+                return print_json(&Out {
+                    found_by_scan: &scanned,
+                    report: &report,
+                });
+            }
+            for found in &scanned {
+                println!("found {found}");
             }
             for removed in &report.removed {
                 println!("removed {removed}");
@@ -411,8 +422,56 @@ async fn shard_list(cluster: &Cluster, table: Option<&str>, json: bool) -> anyho
     Ok(())
 }
 
+async fn shard(cluster: &Cluster, command: ShardCommand) -> anyhow::Result<()> {
+    match command {
+        ShardCommand::List { table, json } => {
+            shard_list(cluster, table.as_deref(), json.json).await
+        }
+        ShardCommand::Move {
+            shard,
+            transfer,
+            mode,
+        } => {
+            crate::transfer::run(
+                cluster,
+                shard,
+                Operation::Move,
+                crate::transfer::mode(mode),
+                &transfer,
+            )
+            .await
+        }
+        ShardCommand::Copy { shard, transfer } => {
+            crate::transfer::run(
+                cluster,
+                shard,
+                Operation::Copy,
+                Mode::ForceLogical,
+                &transfer,
+            )
+            .await
+        }
+        ShardCommand::Cancel { operation } => crate::transfer::cancel(cluster, operation).await,
+    }
+}
+
 async fn schema(cluster: &Cluster, command: SchemaCommand) -> anyhow::Result<()> {
     let (report, json) = match command {
+        SchemaCommand::Move {
+            schema,
+            transfer,
+            mode,
+        } => {
+            let shard = crate::transfer::schema_anchor(cluster, &schema).await?;
+            return crate::transfer::run(
+                cluster,
+                shard,
+                Operation::Move,
+                crate::transfer::mode(mode),
+                &transfer,
+            )
+            .await;
+        }
         SchemaCommand::Distribute { schema, json } => (
             shoal_cluster::distribute_schema(cluster, &schema).await?,
             json.json,

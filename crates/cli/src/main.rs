@@ -6,6 +6,7 @@ mod commands;
 mod config;
 mod demo;
 mod output;
+mod transfer;
 
 use std::process::ExitCode;
 

@@ -85,6 +85,9 @@ pub async fn run_cleanup(
             report.skipped_running += ours.len();
             continue;
         }
+        let mut ours = ours;
+        // Subscriptions first (they hold slots), then slots, publications, and tables last.
+        ours.sort_by_key(|r| (removal_order(r.object_type), r.record_id));
         for record in ours {
             let what = describe(record);
             match remove_object(cluster, record).await {
@@ -102,6 +105,15 @@ pub async fn run_cleanup(
         end_operation(cluster, operation_id).await;
     }
     Ok(report)
+}
+
+fn removal_order(object: CleanupObject) -> u8 {
+    match object {
+        CleanupObject::Subscription => 0,
+        CleanupObject::ReplicationSlot => 1,
+        CleanupObject::Publication => 2,
+        CleanupObject::ShardTable => 3,
+    }
 }
 
 fn describe(record: &CleanupRecord) -> String {
@@ -145,8 +157,10 @@ async fn drop_object(client: &Client, record: &CleanupRecord) -> Result<(), toki
                     .unwrap_or_else(|| "public".into()),
                 &record.object_name,
             );
+            // CASCADE drops foreign keys that point at it from the other shards of its group,
+            // which go with it.
             client
-                .batch_execute(&format!("DROP TABLE IF EXISTS {}", table.quoted()))
+                .batch_execute(&format!("DROP TABLE IF EXISTS {} CASCADE", table.quoted()))
                 .await
         }
         CleanupObject::Publication => {
@@ -157,21 +171,215 @@ async fn drop_object(client: &Client, record: &CleanupRecord) -> Result<(), toki
                 ))
                 .await
         }
-        CleanupObject::Subscription => {
-            client
-                .batch_execute(&format!(
-                    "DROP SUBSCRIPTION IF EXISTS {}",
-                    quote_ident(&record.object_name)
-                ))
-                .await
-        }
-        CleanupObject::ReplicationSlot => client
+        CleanupObject::Subscription => drop_subscription(client, &record.object_name).await,
+        CleanupObject::ReplicationSlot => drop_slots(client, &record.object_name).await,
+    }
+}
+
+/// Drops a subscription. `DROP SUBSCRIPTION` also drops its slots on the publisher; when the
+/// publisher cannot be reached, the subscription is detached from its slot and dropped alone
+/// (the slot has its own cleanup record).
+async fn drop_subscription(client: &Client, name: &str) -> Result<(), tokio_postgres::Error> {
+    let quoted = quote_ident(name);
+    let exists: bool = client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_subscription WHERE subname = $1)",
+            &[&name],
+        )
+        .await?
+        .get(0);
+    if !exists {
+        return Ok(());
+    }
+    if client
+        .batch_execute(&format!("DROP SUBSCRIPTION {quoted}"))
+        .await
+        .is_ok()
+    {
+        return Ok(());
+    }
+    client
+        .batch_execute(&format!("ALTER SUBSCRIPTION {quoted} DISABLE"))
+        .await?;
+    client
+        .batch_execute(&format!(
+            "ALTER SUBSCRIPTION {quoted} SET (slot_name = NONE)"
+        ))
+        .await?;
+    client
+        .batch_execute(&format!("DROP SUBSCRIPTION {quoted}"))
+        .await
+}
+
+/// Drops a replication slot, or every slot matching a `LIKE` pattern (the table-sync slots of a
+/// subscription). A slot still held by a walsender whose subscriber is gone is freed first.
+async fn drop_slots(client: &Client, pattern: &str) -> Result<(), tokio_postgres::Error> {
+    for _ in 0..50 {
+        client
+            .execute(
+                "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots
+                 WHERE slot_name LIKE $1 AND active_pid IS NOT NULL",
+                &[&pattern],
+            )
+            .await?;
+        let dropped = client
             .execute(
                 "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots
-                 WHERE slot_name = $1",
-                &[&record.object_name],
+                 WHERE slot_name LIKE $1 AND NOT active",
+                &[&pattern],
             )
-            .await
-            .map(|_| ()),
+            .await;
+        let left: i64 = client
+            .query_one(
+                "SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE $1",
+                &[&pattern],
+            )
+            .await?
+            .get(0);
+        if left == 0 {
+            return Ok(());
+        }
+        if let Err(error) = dropped {
+            tracing::debug!(%error, "slot busy, retrying");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
+    client
+        .execute(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name LIKE $1",
+            &[&pattern],
+        )
+        .await
+        .map(|_| ())
+}
+
+/// Looks on every reachable node for shard tables and replication objects that neither a
+/// placement nor a cleanup record explains (left by a process that died before it could write
+/// its records, or by manual changes), and records them for removal. Returns what it recorded.
+///
+/// Conservative on purpose: a table is only taken for a shard when its name is exactly the name
+/// Shoal gave a known shard that has no placement on that node, and a replication object only
+/// when it has the name of a transfer that is not running.
+pub async fn scan(cluster: &Cluster) -> Result<Vec<String>, ClusterError> {
+    let records = model::list_cleanup_records(cluster.client()).await?;
+    let recorded = |node: i32, schema: Option<&str>, name: &str| {
+        records.iter().any(|r| {
+            r.node_id == node
+                && r.object_name == name
+                && (schema.is_none() || r.schema_name.as_deref() == schema)
+        })
+    };
+    let shards = cluster
+        .client()
+        .query(
+            "SELECT s.shard_id, s.schema_name, s.shard_name,
+                    coalesce(array_agg(p.node_id) FILTER (WHERE p.node_id IS NOT NULL), '{}')
+             FROM shoal.shard s LEFT JOIN shoal.placement p USING (shard_id)
+             GROUP BY s.shard_id",
+            &[],
+        )
+        .await?;
+    let mut found = Vec::new();
+    let mut operation_id = None;
+    for node in model::list_nodes(cluster.client()).await? {
+        let Ok(client) = cluster.node_client(&node, "shoal cleanup --scan").await else {
+            continue;
+        };
+        let mut orphans: Vec<(CleanupObject, Option<String>, String)> = Vec::new();
+        for row in &shards {
+            let schema: String = row.get(1);
+            let name: String = row.get(2);
+            let placed: Vec<i32> = row.get(3);
+            if placed.contains(&node.node_id) || recorded(node.node_id, Some(&schema), &name) {
+                continue;
+            }
+            let exists: bool = client
+                .query_one(
+                    "SELECT to_regclass($1) IS NOT NULL",
+                    &[&QualifiedName::new(&schema, &name).quoted()],
+                )
+                .await?
+                .get(0);
+            if exists {
+                orphans.push((CleanupObject::ShardTable, Some(schema), name));
+            }
+        }
+        let replication = client
+            .query(
+                "SELECT 'publication', pubname::text FROM pg_publication WHERE pubname LIKE 'shoal\\_move\\_%'
+                 UNION ALL
+                 SELECT 'subscription', subname::text FROM pg_subscription WHERE subname LIKE 'shoal\\_move\\_%'
+                 UNION ALL
+                 SELECT 'replication_slot', slot_name::text FROM pg_replication_slots
+                 WHERE slot_name LIKE 'shoal\\_move\\_%'",
+                &[],
+            )
+            .await?;
+        for row in replication {
+            let kind: String = row.get(0);
+            let name: String = row.get(1);
+            if recorded(node.node_id, None, &name) || transfer_running(cluster, &name).await? {
+                continue;
+            }
+            let object = match kind.as_str() {
+                "publication" => CleanupObject::Publication,
+                "subscription" => CleanupObject::Subscription,
+                _ => CleanupObject::ReplicationSlot,
+            };
+            orphans.push((object, None, name));
+        }
+        for (object, schema, name) in orphans {
+            let operation = match operation_id {
+                Some(id) => id,
+                None => {
+                    let id = model::next_operation_id(cluster.client()).await?;
+                    operation_id = Some(id);
+                    id
+                }
+            };
+            model::insert_cleanup_record(
+                cluster.client(),
+                operation,
+                object,
+                schema.as_deref(),
+                &name,
+                node.node_id,
+                model::CleanupPolicy::Always,
+            )
+            .await?;
+            let what = match &schema {
+                Some(schema) => QualifiedName::new(schema, &name).to_string(),
+                None => name.clone(),
+            };
+            found.push(format!(
+                "{} {what} on node {}",
+                object.as_str().replace('_', " "),
+                node.node_id
+            ));
+        }
+    }
+    Ok(found)
+}
+
+/// Whether the transfer that a replication object is named after (`shoal_move_<op>`) is still
+/// running: its process holds the operation lock.
+async fn transfer_running(cluster: &Cluster, name: &str) -> Result<bool, ClusterError> {
+    let Some(operation_id) = name
+        .strip_prefix("shoal_move_")
+        .and_then(|id| id.parse::<i64>().ok())
+    else {
+        return Ok(false);
+    };
+    let free: bool = cluster
+        .client()
+        .query_one(
+            "SELECT pg_try_advisory_lock($1, $2)",
+            &[&OPERATION_LOCK_CLASS, &(operation_id as i32)],
+        )
+        .await?
+        .get(0);
+    if free {
+        end_operation(cluster, operation_id).await;
+    }
+    Ok(!free)
 }

@@ -363,12 +363,36 @@ pub fn shard_object_name(name: &str, shard_id: i64) -> String {
 /// [`foreign_key_ddl`], run once every referenced table exists). `suffix` makes index and
 /// constraint names unique per schema (the shard id), or `None` to keep the original names.
 pub fn shard_table_ddl(def: &TableDef, target: &QualifiedName, suffix: Option<i64>) -> Vec<String> {
+    let phases = shard_table_phases(def, target, suffix);
+    phases.create.into_iter().chain(phases.after_copy).collect()
+}
+
+/// A shard table's DDL split for a copy: what must exist before rows arrive, and what is faster
+/// to build once they are there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardTablePhases {
+    /// Schema, table, primary key and replica identity: logical replication needs them to apply
+    /// updates and deletes.
+    pub create: Vec<String>,
+    /// Every other constraint and index, built once over the copied rows.
+    pub after_copy: Vec<String>,
+}
+
+pub fn shard_table_phases(
+    def: &TableDef,
+    target: &QualifiedName,
+    suffix: Option<i64>,
+) -> ShardTablePhases {
     let rename = |name: &str| match suffix {
         Some(id) => shard_object_name(name, id),
         None => name.to_string(),
     };
+    let identity_index = match &def.replica_identity {
+        ReplicaIdentity::Index(name) => Some(name.as_str()),
+        _ => None,
+    };
     let table = target.quoted();
-    let mut ddl = vec![
+    let mut create = vec![
         format!(
             "CREATE SCHEMA IF NOT EXISTS {}",
             quote_ident(&target.schema)
@@ -378,36 +402,58 @@ pub fn shard_table_ddl(def: &TableDef, target: &QualifiedName, suffix: Option<i6
             column_definitions(&def.columns, false)
         ),
     ];
+    let mut after_copy = Vec::new();
     for constraint in &def.constraints {
         if constraint.kind == ConstraintKind::ForeignKey {
             continue;
         }
-        ddl.push(format!(
+        let statement = format!(
             "ALTER TABLE {table} ADD CONSTRAINT {} {}",
             quote_ident(&rename(&constraint.name)),
             constraint.definition
-        ));
+        );
+        if constraint.kind == ConstraintKind::PrimaryKey || identity_index == Some(&constraint.name)
+        {
+            create.push(statement);
+        } else {
+            after_copy.push(statement);
+        }
     }
     for index in &def.indexes {
-        ddl.push(format!(
+        let statement = format!(
             "CREATE {}INDEX {} ON {table} USING {}",
             if index.unique { "UNIQUE " } else { "" },
             quote_ident(&rename(&index.name)),
             index.method_and_keys
-        ));
+        );
+        if identity_index == Some(&index.name) {
+            create.push(statement);
+        } else {
+            after_copy.push(statement);
+        }
     }
     match &def.replica_identity {
         ReplicaIdentity::Default => {}
         ReplicaIdentity::Nothing => {
-            ddl.push(format!("ALTER TABLE {table} REPLICA IDENTITY NOTHING"))
+            create.push(format!("ALTER TABLE {table} REPLICA IDENTITY NOTHING"))
         }
-        ReplicaIdentity::Full => ddl.push(format!("ALTER TABLE {table} REPLICA IDENTITY FULL")),
-        ReplicaIdentity::Index(name) => ddl.push(format!(
+        ReplicaIdentity::Full => create.push(format!("ALTER TABLE {table} REPLICA IDENTITY FULL")),
+        ReplicaIdentity::Index(name) => create.push(format!(
             "ALTER TABLE {table} REPLICA IDENTITY USING INDEX {}",
             quote_ident(&rename(name))
         )),
     }
-    ddl
+    ShardTablePhases { create, after_copy }
+}
+
+/// Whether logical replication can apply updates and deletes of the table: it needs a primary
+/// key, a replica identity index, or `REPLICA IDENTITY FULL`.
+pub fn has_replica_identity(def: &TableDef) -> bool {
+    match def.replica_identity {
+        ReplicaIdentity::Full | ReplicaIdentity::Index(_) => true,
+        ReplicaIdentity::Nothing => false,
+        ReplicaIdentity::Default => def.has_primary_key(),
+    }
 }
 
 /// `ALTER TABLE .. ADD CONSTRAINT .. FOREIGN KEY` for a shard (or replica) whose referenced table
@@ -545,14 +591,35 @@ mod tests {
         assert!(ddl.contains(
             &r#"CREATE INDEX "by_note_102008" ON "public"."Order ""Items""_102008" USING btree ("Note")"#.to_string()
         ));
-        assert_eq!(
-            ddl.last().unwrap(),
-            r#"ALTER TABLE "public"."Order ""Items""_102008" REPLICA IDENTITY FULL"#
-        );
+        assert!(ddl.contains(
+            &r#"ALTER TABLE "public"."Order ""Items""_102008" REPLICA IDENTITY FULL"#.to_string()
+        ));
         assert!(
             !ddl.iter().any(|s| s.contains("FOREIGN KEY")),
             "foreign keys come later"
         );
+    }
+
+    #[test]
+    fn primary_key_and_replica_identity_come_before_the_copy() {
+        let phases = shard_table_phases(&orders(), &QualifiedName::new("public", "o_1"), Some(1));
+        assert!(phases.create.iter().any(|s| s.contains("PRIMARY KEY")));
+        assert!(phases
+            .create
+            .last()
+            .unwrap()
+            .contains("REPLICA IDENTITY FULL"));
+        assert!(phases
+            .after_copy
+            .iter()
+            .all(|s| s.starts_with("CREATE INDEX")));
+        assert_eq!(phases.after_copy.len(), 1);
+        let mut no_key = orders();
+        no_key.constraints.clear();
+        assert!(has_replica_identity(&no_key), "FULL is enough");
+        no_key.replica_identity = ReplicaIdentity::Default;
+        assert!(!has_replica_identity(&no_key));
+        assert!(has_replica_identity(&orders()));
     }
 
     #[test]

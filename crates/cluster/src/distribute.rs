@@ -16,6 +16,7 @@ use crate::ddl::{
 };
 use crate::error::{ClusterError, PgContext};
 use crate::layout;
+use crate::locks;
 use crate::placement::{place_in_group, place_new_group};
 use crate::reference;
 use crate::resolve::resolve_relation;
@@ -127,6 +128,9 @@ pub async fn distribute_table(
 
     let (group, shard_count, group_is_new) =
         choose_group(&tx, &colocate, shard_count, &type_sql).await?;
+    if let Some(group) = &group {
+        locks::refuse_during_transfer(&tx, group.colocation_id).await?;
+    }
     let nodes = model::list_nodes(&tx).await?;
     let placement = plan_placement(&tx, &group, shard_count, &nodes).await?;
     let fk_targets = foreign_key_targets(&tx, &def, column, &group, relation.relid).await?;
@@ -752,6 +756,7 @@ pub async fn undistribute_table(cluster: &Cluster, table: &str) -> Result<u64, C
     let result = async {
         let mut coordinator = cluster.coordinator(&label).await?;
         let tx = coordinator.transaction().await?;
+        locks::refuse_during_transfer(&tx, dist.colocation_id).await?;
         lock_table(&tx, &dist.name).await?;
         let local = QualifiedName::new(&dist.name.schema, format!("__shoal_local_{}", dist.relid));
         tx.batch_execute(&format!(

@@ -13,13 +13,14 @@ use shoal_catalog::{check_version, connect, ConnectParams};
 
 pub mod cleanup;
 pub mod ddl;
-mod distribute;
+pub mod distribute;
 mod error;
 pub mod inspect;
 pub mod layout;
+pub mod locks;
 pub mod nodes;
 pub mod placement;
-mod reference;
+pub mod reference;
 mod resolve;
 mod schema;
 

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use tokio_postgres::Client;
 
 use crate::cleanup::{begin_operation, end_operation, run_cleanup};
-use crate::ddl::{foreign_key_ddl, introspect, shard_table_ddl, ReplicaIdentity, TableDef};
+use crate::ddl::{foreign_key_ddl, has_replica_identity, introspect, shard_table_ddl, TableDef};
 use crate::error::{ClusterError, PgContext};
 use crate::resolve::resolve_relation;
 use crate::Cluster;
@@ -52,12 +52,7 @@ pub async fn reference_table(cluster: &Cluster, table: &str) -> Result<Vec<Node>
         )));
     }
     let def = introspect(&tx, relation.relid).await?;
-    if !def.has_primary_key()
-        && matches!(
-            def.replica_identity,
-            ReplicaIdentity::Default | ReplicaIdentity::Nothing
-        )
-    {
+    if !has_replica_identity(&def) {
         return Err(ClusterError::Unsupported(format!(
             "{} has no primary key, so its updates and deletes cannot be replicated; add a primary \
              key or run ALTER TABLE {} REPLICA IDENTITY FULL",
@@ -184,7 +179,7 @@ async fn check_reference_foreign_keys(
     Ok(())
 }
 
-async fn create_replica(
+pub async fn create_replica(
     cluster: &Cluster,
     node: &Node,
     client: &Client,
@@ -214,7 +209,10 @@ async fn create_replica(
         })
 }
 
-async fn add_reference_foreign_keys(client: &Client, def: &TableDef) -> Result<(), ClusterError> {
+pub async fn add_reference_foreign_keys(
+    client: &Client,
+    def: &TableDef,
+) -> Result<(), ClusterError> {
     for (constraint, fk) in def.foreign_keys() {
         let exists: bool = client
             .query_one(
@@ -243,7 +241,11 @@ async fn add_reference_foreign_keys(client: &Client, def: &TableDef) -> Result<(
 /// Creates the node's subscription to the reference publication, or makes an existing one pick
 /// up newly published tables. Must not run while this process holds a transaction open on the
 /// coordinator: creating the slot there waits for every running transaction.
-async fn subscribe(cluster: &Cluster, node: &Node, client: &Client) -> Result<(), ClusterError> {
+pub async fn subscribe(
+    cluster: &Cluster,
+    node: &Node,
+    client: &Client,
+) -> Result<(), ClusterError> {
     let name = subscription_name(node);
     let exists: bool = client
         .query_one(
@@ -274,7 +276,7 @@ async fn subscribe(cluster: &Cluster, node: &Node, client: &Client) -> Result<()
 }
 
 /// Waits until the node's subscription has finished the initial copy of `tables`.
-async fn wait_synced(
+pub async fn wait_synced(
     node: &Node,
     client: &Client,
     tables: &[QualifiedName],

@@ -195,3 +195,268 @@ pub async fn relkind(client: &Client, table: &str) -> String {
         .unwrap()
         .get(0)
 }
+
+/// Writers that keep changing a table through the coordinator and remember every acknowledged
+/// change, so the table's final content can be checked exactly.
+pub struct Workload {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    handles: Vec<tokio::task::JoinHandle<WriterLog>>,
+}
+
+#[derive(Debug, Default)]
+pub struct WriterLog {
+    /// Acknowledged state per key: `Some(v)` present with value v, `None` deleted.
+    pub state: std::collections::BTreeMap<i64, Option<i64>>,
+    pub errors: Vec<String>,
+    pub operations: u64,
+}
+
+/// `table` must have columns `(id bigint PRIMARY KEY, v bigint)`. Each writer owns its keys
+/// (`key_base + writer * 1_000_000 + n`), so the expected content per key is unambiguous.
+pub fn start_writers(uri: String, table: &str, writers: usize, key_base: i64) -> Workload {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let handles = (0..writers)
+        .map(|w| {
+            let uri = uri.clone();
+            let table = table.to_string();
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let mut log = WriterLog::default();
+                let (client, connection) = tokio_postgres::connect(&uri, tokio_postgres::NoTls)
+                    .await
+                    .unwrap();
+                tokio::spawn(connection);
+                let insert = client
+                    .prepare(&format!("INSERT INTO {table} (id, v) VALUES ($1, $2)"))
+                    .await
+                    .unwrap();
+                let update = client
+                    .prepare(&format!("UPDATE {table} SET v = $2 WHERE id = $1"))
+                    .await
+                    .unwrap();
+                let delete = client
+                    .prepare(&format!("DELETE FROM {table} WHERE id = $1"))
+                    .await
+                    .unwrap();
+                let mut next = key_base + w as i64 * 1_000_000;
+                let mut live: Vec<i64> = Vec::new();
+                let mut seed: u64 = 0x9e37_79b9 ^ (w as u64 + 1);
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    let choice = seed % 10;
+                    let result = if choice < 5 || live.is_empty() {
+                        next += 1;
+                        client
+                            .execute(&insert, &[&next, &1i64])
+                            .await
+                            .map(|_| (next, Some(1)))
+                    } else if choice < 8 {
+                        let key = live[(seed as usize / 10) % live.len()];
+                        let value = log.state[&key].unwrap_or(0) + 1;
+                        client.execute(&update, &[&key, &value]).await.map(|n| {
+                            if n != 1 {
+                                log.errors.push(format!("UPDATE of {key} changed {n} rows"));
+                            }
+                            (key, Some(value))
+                        })
+                    } else {
+                        let index = (seed as usize / 10) % live.len();
+                        let key = live.swap_remove(index);
+                        client.execute(&delete, &[&key]).await.map(|n| {
+                            if n != 1 {
+                                log.errors.push(format!("DELETE of {key} changed {n} rows"));
+                            }
+                            (key, None)
+                        })
+                    };
+                    match result {
+                        Ok((key, value)) => {
+                            if value.is_some() && !live.contains(&key) {
+                                live.push(key);
+                            }
+                            log.state.insert(key, value);
+                            log.operations += 1;
+                        }
+                        Err(e) => log.errors.push(format!("{e:?}")),
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+                }
+                log
+            })
+        })
+        .collect();
+    Workload { stop, handles }
+}
+
+impl Workload {
+    /// Stops the writers and returns the merged acknowledged state (and every error).
+    pub async fn finish(self) -> WriterLog {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let mut merged = WriterLog::default();
+        for handle in self.handles {
+            let log = handle.await.unwrap();
+            merged.state.extend(log.state);
+            merged.errors.extend(log.errors);
+            merged.operations += log.operations;
+        }
+        merged
+    }
+}
+
+impl WriterLog {
+    pub fn expected(&self) -> std::collections::BTreeMap<i64, i64> {
+        self.state
+            .iter()
+            .filter_map(|(k, v)| v.map(|v| (*k, v)))
+            .collect()
+    }
+}
+
+/// `(id, v)` rows of a query as a map, failing on a duplicate id.
+pub async fn rows_by_id(client: &Client, query: &str) -> std::collections::BTreeMap<i64, i64> {
+    let mut out = std::collections::BTreeMap::new();
+    for row in client
+        .query(query, &[])
+        .await
+        .unwrap_or_else(|e| panic!("{query}: {e:?}"))
+    {
+        let id: i64 = row.get(0);
+        assert!(
+            out.insert(id, row.get::<_, i64>(1)).is_none(),
+            "id {id} appears twice in {query}"
+        );
+    }
+    out
+}
+
+impl Shoal {
+    /// The content of a distributed table read shard by shard from the workers themselves (not
+    /// through the coordinator), failing on a key present in two shards.
+    pub async fn content_on_workers(&self, table: &str) -> std::collections::BTreeMap<i64, i64> {
+        let coordinator = self.coordinator().await;
+        let shards = coordinator
+            .query(
+                "SELECT shard_table, port FROM shoal.shards WHERE table_name = to_regclass($1)",
+                &[&table],
+            )
+            .await
+            .unwrap();
+        let mut all = std::collections::BTreeMap::new();
+        for row in shards {
+            let shard: String = row.get(0);
+            let port: i32 = row.get(1);
+            let worker = self
+                .pg
+                .workers
+                .iter()
+                .find(|w| i32::from(w.port) == port)
+                .unwrap();
+            let client = worker.connect().await;
+            for (id, v) in rows_by_id(&client, &format!("SELECT id, v FROM {shard}")).await {
+                assert!(all.insert(id, v).is_none(), "id {id} is in two shards");
+            }
+        }
+        all
+    }
+
+    /// Asserts that no transfer left anything behind: no cleanup records, no replication objects
+    /// of transfers on any worker, and no shard table a placement does not explain.
+    pub async fn assert_nothing_left_behind(&self) {
+        let coordinator = self.coordinator().await;
+        let records: i64 = coordinator
+            .query_one("SELECT count(*) FROM shoal.cleanup_record", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(records, 0, "cleanup records remain");
+        for (i, worker) in self.pg.workers.iter().enumerate() {
+            if !worker.is_running() {
+                continue;
+            }
+            let client = worker.connect().await;
+            let replication: i64 = client
+                .query_one(
+                    "SELECT (SELECT count(*) FROM pg_publication WHERE pubname LIKE 'shoal_move%')
+                          + (SELECT count(*) FROM pg_subscription WHERE subname LIKE 'shoal_move%')
+                          + (SELECT count(*) FROM pg_replication_slots WHERE slot_name NOT LIKE 'shoal_reference%')",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            assert_eq!(replication, 0, "replication objects left on worker {i}");
+            let port = i32::from(worker.port);
+            let expected: Vec<String> = coordinator
+                .query(
+                    "SELECT shard_table FROM shoal.shards WHERE port = $1 AND kind <> 'reference' ORDER BY 1",
+                    &[&port],
+                )
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            let present: Vec<String> = client
+                .query(
+                    "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c
+                     JOIN pg_namespace n ON n.oid = c.relnamespace
+                     WHERE c.relkind = 'r' AND c.relname ~ '_[0-9]+$'
+                       AND n.nspname NOT IN ('pg_catalog', 'information_schema') ORDER BY 1",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            assert_eq!(present, expected, "shard tables on worker {i}");
+        }
+    }
+
+    /// Waits until a transfer of the given shard reaches `status` (polling the catalog).
+    pub async fn wait_for_status(&self, shard: i64, status: &str) -> i64 {
+        let coordinator = self.coordinator().await;
+        let started = std::time::Instant::now();
+        loop {
+            let row = coordinator
+                .query_opt(
+                    "SELECT operation_id, status FROM shoal.transfer WHERE anchor_shard_id = $1
+                     ORDER BY operation_id DESC LIMIT 1",
+                    &[&shard],
+                )
+                .await
+                .unwrap();
+            if let Some(row) = row {
+                if row.get::<_, String>(1) == status {
+                    return row.get(0);
+                }
+            }
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(60),
+                "never reached {status}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Runs the `shoal` binary with extra environment variables (failpoints).
+    pub async fn cli_env(&self, args: &[&str], env: &[(&str, &str)]) -> CliOutput {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_shoal"));
+        command
+            .args(args)
+            .env("SHOAL_COORDINATOR", self.pg.coordinator_uri())
+            .env_remove("SHOAL_CONFIG")
+            .env_remove("SHOAL_LOG");
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let output = command.output().await.expect("the shoal binary runs");
+        CliOutput {
+            success: output.status.success(),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+}

@@ -1,0 +1,249 @@
+//! The cutover: the only moment writes to the shard group wait.
+//!
+//! Locks are taken on the shard group's own partitioned tables on the coordinator (see
+//! `shoal_cluster::layout`), in one fixed order, each attempt bounded by a short lock timeout
+//! and retried, so the cutover never queues for long behind a long transaction (and writers
+//! never queue for long behind the cutover). Then the source's WAL is flushed and its position
+//! recorded, the target confirms it has applied everything up to that position, the foreign
+//! tables are repointed and the catalog updated, in one transaction.
+
+use std::time::{Duration, Instant};
+
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{Client, Transaction};
+
+use crate::engine::{applied_lsn, Transfer};
+use crate::{CancelToken, Context, TransferError};
+use shoal_catalog::model::{self, CleanupObject, CleanupPolicy};
+use shoal_cluster::layout;
+use shoal_sql::QualifiedName;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockMode {
+    /// Blocks writes, lets reads through (block_writes copies under it).
+    Exclusive,
+    /// Needed to detach a partition; blocks reads of the shard too, briefly.
+    AccessExclusive,
+}
+
+impl LockMode {
+    fn sql(self) -> &'static str {
+        match self {
+            LockMode::Exclusive => "EXCLUSIVE",
+            LockMode::AccessExclusive => "ACCESS EXCLUSIVE",
+        }
+    }
+}
+
+/// Locks `tables` in relid order inside `tx`, retrying after each lock timeout. Returns when the
+/// successful attempt started: from then on writers to these tables wait.
+pub async fn lock_with_retry(
+    transfer: &Transfer<'_>,
+    tx: &Transaction<'_>,
+    tables: &[QualifiedName],
+    mode: LockMode,
+    cancel: &CancelToken,
+) -> Result<Instant, TransferError> {
+    let names: Vec<String> = tables.iter().map(QualifiedName::quoted).collect();
+    let ordered: Vec<String> = tx
+        .query(
+            "SELECT n.name FROM unnest($1::text[]) n(name) ORDER BY to_regclass(n.name)::oid",
+            &[&names],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let tuning = transfer.tuning().clone();
+    let lock = format!("LOCK TABLE {} IN {} MODE", ordered.join(", "), mode.sql());
+    let mut backoff = Duration::from_millis(10);
+    for attempt in 1..=tuning.cutover_attempts {
+        transfer.check_cancel(cancel).await?;
+        tx.batch_execute(&format!(
+            "SAVEPOINT shoal_lock; SET LOCAL lock_timeout = '{}ms'",
+            tuning.cutover_lock_timeout.as_millis().max(1)
+        ))
+        .await?;
+        let started = Instant::now();
+        match tx.batch_execute(&lock).await {
+            Ok(()) => {
+                tx.batch_execute("SET LOCAL lock_timeout = 0; RELEASE SAVEPOINT shoal_lock")
+                    .await?;
+                set_waiting_for(transfer, None).await;
+                return Ok(started);
+            }
+            Err(error) if error.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) => {
+                tx.batch_execute("ROLLBACK TO SAVEPOINT shoal_lock").await?;
+                let holder = lock_holder(transfer.cluster().client(), &names).await;
+                tracing::info!(attempt, ?holder, "shard group busy at cutover; retrying");
+                set_waiting_for(transfer, holder).await;
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_millis(500));
+            }
+            Err(error) => return Err(error).context(|| format!("locking {}", ordered.join(", "))),
+        }
+    }
+    Err(TransferError::Timeout(format!(
+        "could not lock the shard group on the coordinator after {} attempts: a long transaction \
+         keeps using it (see the waiting_for_pid column of shoal.transfer); try again later",
+        tuning.cutover_attempts
+    )))
+}
+
+async fn lock_holder(client: &Client, names: &[String]) -> Option<i32> {
+    client
+        .query_opt(
+            "SELECT l.pid FROM pg_locks l
+             WHERE l.relation = ANY (SELECT to_regclass(n)::oid FROM unnest($1::text[]) n)
+               AND l.granted AND l.pid <> pg_backend_pid()
+             ORDER BY l.pid LIMIT 1",
+            &[&names],
+        )
+        .await
+        .ok()
+        .flatten()
+        .map(|r| r.get(0))
+}
+
+async fn set_waiting_for(transfer: &Transfer<'_>, pid: Option<i32>) {
+    let _ = transfer
+        .cluster()
+        .client()
+        .execute(
+            "UPDATE shoal.transfer SET waiting_for_pid = $2, updated_at = now() WHERE operation_id = $1",
+            &[&transfer.operation_id_internal(), &pid],
+        )
+        .await;
+}
+
+/// Flushes the source's WAL (a committed transaction with synchronous commit forces it, whatever
+/// the server's setting) and returns the flushed position: every write that reached the source
+/// before the lock is at or before it.
+async fn flush_source(source: &Client) -> Result<String, TransferError> {
+    source
+        .batch_execute(
+            "BEGIN; SET LOCAL synchronous_commit = on; SELECT pg_current_xact_id(); COMMIT",
+        )
+        .await
+        .context(|| "flushing the source's WAL".to_string())?;
+    Ok(source
+        .query_one("SELECT pg_current_wal_flush_lsn()::text", &[])
+        .await?
+        .get(0))
+}
+
+impl<'a> Transfer<'a> {
+    /// Switches the group to the target. `logical`: the target's client and subscription, to wait
+    /// for the final catch-up. `held`: the transaction that already blocks writes (block_writes).
+    pub(crate) async fn cutover(
+        &mut self,
+        source: &Client,
+        logical: Option<(&Client, &str)>,
+        held: Option<(Transaction<'_>, Instant)>,
+        cancel: &CancelToken,
+    ) -> Result<(), TransferError> {
+        let partitions = self.partition_names();
+        let (write_block_ms, lsn) = match held {
+            Some((tx, blocked_at)) => {
+                lock_with_retry(self, &tx, &partitions, LockMode::AccessExclusive, cancel).await?;
+                let lsn = flush_source(source).await?;
+                self.switch(&tx, &lsn, None).await?;
+                tx.commit()
+                    .await
+                    .context(|| "committing the cutover".to_string())?;
+                (blocked_at.elapsed().as_secs_f64() * 1000.0, lsn)
+            }
+            None => {
+                let (target, subscription) = logical.expect("a logical cutover has a subscription");
+                let mut coordinator = self.cluster().coordinator(self.label()).await?;
+                let tx = coordinator.transaction().await?;
+                let blocked_at =
+                    lock_with_retry(self, &tx, &partitions, LockMode::AccessExclusive, cancel)
+                        .await?;
+                let (marker, lsn) = self.mark_source(source).await?;
+                let deadline = Instant::now() + self.tuning().final_catch_up_timeout;
+                while !self.marker_reached(target, marker).await? {
+                    if Instant::now() > deadline {
+                        return Err(TransferError::Timeout(format!(
+                            "the target did not apply the last changes (up to {lsn}) within {} s \
+                             while writes were blocked; writes resume on the source",
+                            self.tuning().final_catch_up_timeout.as_secs()
+                        )));
+                    }
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                let target_lsn = applied_lsn(target, subscription).await?;
+                self.switch(&tx, &lsn, target_lsn.as_deref()).await?;
+                tx.commit()
+                    .await
+                    .context(|| "committing the cutover".to_string())?;
+                (blocked_at.elapsed().as_secs_f64() * 1000.0, lsn)
+            }
+        };
+        self.mark_switched(write_block_ms, lsn);
+        self.cluster()
+            .client()
+            .execute(
+                "UPDATE shoal.transfer SET write_block_ms = $2 WHERE operation_id = $1",
+                &[&self.operation_id_internal(), &write_block_ms],
+            )
+            .await?;
+        tracing::info!(
+            operation = self.operation_id_internal(),
+            write_block_ms,
+            "cutover committed"
+        );
+        Ok(())
+    }
+
+    /// Repoints the coordinator's foreign tables at the target and moves the placements, in the
+    /// caller's transaction. The source's shard tables get deferred cleanup records; the
+    /// target's on-failure records go (the target is authoritative once this commits).
+    async fn switch(
+        &self,
+        tx: &Transaction<'_>,
+        final_lsn: &str,
+        target_lsn: Option<&str>,
+    ) -> Result<(), TransferError> {
+        let target = self.target_ref().clone();
+        let source = self.source_ref().clone();
+        let operation_id = self.operation_id_internal();
+        for member in &self.group_ref().members {
+            tx.batch_execute(&format!(
+                "ALTER TABLE {partition} DETACH PARTITION {leaf};\nDROP FOREIGN TABLE {leaf};\n{create}",
+                partition = member.partition.quoted(),
+                leaf = member.shard_table.quoted(),
+                create = layout::placement_ddl(&member.partition, &member.shard_table, &target.fdw_server)
+            ))
+            .await
+            .context(|| format!("repointing {} at {}", member.shard_table, target.address()))?;
+            model::insert_cleanup_record(
+                tx,
+                operation_id,
+                CleanupObject::ShardTable,
+                Some(&member.shard_table.schema),
+                &member.shard_table.name,
+                source.node_id,
+                CleanupPolicy::DeferredOnSuccess,
+            )
+            .await?;
+        }
+        let shard_ids = self.group_ref().shard_ids();
+        tx.execute(
+            "UPDATE shoal.placement SET node_id = $1, size_bytes = NULL, size_measured_at = NULL
+             WHERE shard_id = ANY ($2) AND node_id = $3",
+            &[&target.node_id, &shard_ids, &source.node_id],
+        )
+        .await?;
+        model::delete_cleanup_records(tx, operation_id, CleanupPolicy::OnFailure).await?;
+        tx.execute(
+            "UPDATE shoal.transfer SET final_source_lsn = $2::text::pg_lsn,
+                    target_lsn = coalesce($3::text::pg_lsn, target_lsn), cutover_at = now(),
+                    updated_at = now()
+             WHERE operation_id = $1",
+            &[&operation_id, &final_lsn, &target_lsn],
+        )
+        .await?;
+        Ok(())
+    }
+}
