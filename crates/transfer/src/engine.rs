@@ -762,7 +762,7 @@ impl<'a> Transfer<'a> {
                 let chunk = chunk.context(|| format!("reading {}", member.shard_table))?;
                 bytes += chunk.len() as u64;
                 writer
-                    .send(chunk)
+                    .feed(chunk)
                     .await
                     .context(|| format!("writing {}", member.shard_table))?;
             }
@@ -853,20 +853,31 @@ impl<'a> Transfer<'a> {
         subscription: &str,
         cancel: &CancelToken,
     ) -> Result<(), TransferError> {
-        let tables = self.group.members.len() as i64;
+        // Every table of the group and the marker: the copy is done only when all of them
+        // are ready, since the marker reaching the target says nothing about a table whose
+        // own copy is still running.
+        let mut names: Vec<String> = self
+            .group
+            .members
+            .iter()
+            .map(|m| m.shard_table.quoted())
+            .collect();
+        names.push(self.marker_table().quoted());
+        let tables = names.len() as i64;
         let mut last_measure = Instant::now();
         loop {
             self.check_cancel(cancel).await?;
             let row = target
                 .query_one(
-                    "SELECT count(*) FILTER (WHERE sr.srsubstate = 'r'),
+                    "SELECT count(*) FILTER (WHERE sr.srsubstate = 'r'
+                                               AND sr.srrelid = ANY ($2::text[]::regclass[])),
                             coalesce((SELECT sync_error_count + apply_error_count
                                       FROM pg_stat_subscription_stats st
                                       WHERE st.subid = s.oid), 0)
                      FROM pg_subscription s
                      LEFT JOIN pg_subscription_rel sr ON sr.srsubid = s.oid
                      WHERE s.subname = $1 GROUP BY s.oid",
-                    &[&subscription],
+                    &[&subscription, &names],
                 )
                 .await
                 .context(|| format!("watching the copy on {}", self.target.address()))?;

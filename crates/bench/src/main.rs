@@ -1,0 +1,79 @@
+//! `shoal-bench`: measures Shoal against its anchors on real servers started by the test
+//! harness (fsync off, as the anchor figures were measured). Not a test: it prints figures
+//! next to the anchor they compare with, for BENCHMARKS.md.
+
+mod moves;
+mod stall;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "shoal-bench",
+    about = "Benchmarks of shard moves (see BENCHMARKS.md)"
+)]
+struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Online move of one shard group vs a raw binary COPY of the same rows, same two servers
+    Move {
+        /// Approximate size of the shard group in MB
+        #[arg(long, default_value_t = 200)]
+        mb: u64,
+        /// Runs of each measurement; the median is reported
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+    },
+    /// Latency of single-row inserts (pgbench --rate) into a shard group during its move
+    Stall {
+        /// Inserts per second
+        #[arg(long, default_value_t = 200)]
+        rate: u32,
+        /// Size of the moved group in MB
+        #[arg(long, default_value_t = 19)]
+        mb: u64,
+        /// How many moves (back and forth) during one pgbench run
+        #[arg(long, default_value_t = 4)]
+        moves: usize,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        match args.command {
+            Command::Move { mb, runs } => moves::run(mb, runs).await,
+            Command::Stall { rate, mb, moves } => stall::run(rate, mb, moves).await,
+        }
+    })
+}
+
+/// The median of some figures (the machine is shared and noisy).
+pub fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(|a, b| a.total_cmp(b));
+    let n = values.len();
+    if n == 0 {
+        return f64::NAN;
+    }
+    if n % 2 == 1 {
+        values[n / 2]
+    } else {
+        (values[n / 2 - 1] + values[n / 2]) / 2.0
+    }
+}
+
+/// The value at a percentile (0..=100) of sorted figures.
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
