@@ -630,3 +630,69 @@ async fn the_cutover_waits_for_a_long_transaction_and_says_which() {
     );
     shoal.assert_nothing_left_behind().await;
 }
+
+#[tokio::test]
+async fn a_move_waits_for_the_slowest_table_of_the_group() {
+    // One big and one tiny table: the tiny one (and the catch-up marker) is copied long before
+    // the big one, which must not let the move go on early.
+    let shoal = common::start(2).await;
+    let sql = shoal.coordinator().await;
+    sql.batch_execute(
+        "CREATE TABLE big (id bigint PRIMARY KEY, v bigint, pad text);
+         CREATE TABLE tiny (id bigint PRIMARY KEY, v bigint);
+         INSERT INTO tiny SELECT g, g FROM generate_series(1, 10) g;",
+    )
+    .await
+    .unwrap();
+    shoal
+        .cli(&[
+            "table",
+            "distribute",
+            "big",
+            "--column",
+            "id",
+            "--shards",
+            "1",
+        ])
+        .await
+        .assert_ok();
+    shoal
+        .cli(&[
+            "table",
+            "distribute",
+            "tiny",
+            "--column",
+            "id",
+            "--colocate-with",
+            "big",
+        ])
+        .await
+        .assert_ok();
+    let (shard, node) = shard_of(&shoal, "big", 0).await;
+    // Filled on the worker directly, so that the copy is what takes time.
+    let worker = shoal.worker((node - 1) as usize).await;
+    let shard_table: String = sql
+        .query_one(
+            "SELECT shard_table FROM shoal.shards WHERE shard_id = $1",
+            &[&shard],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    worker
+        .batch_execute(&format!(
+            "INSERT INTO {shard_table} SELECT g, g, repeat('x', 100) FROM generate_series(1, 400000) g"
+        ))
+        .await
+        .unwrap();
+    let big = fingerprint(&sql, "big").await;
+    let tiny = fingerprint(&sql, "tiny").await;
+    let target = if node == 1 { "2" } else { "1" };
+    shoal
+        .cli(&["shard", "move", &shard.to_string(), "--to", target])
+        .await
+        .assert_ok();
+    assert_eq!(fingerprint(&sql, "big").await, big);
+    assert_eq!(fingerprint(&sql, "tiny").await, tiny);
+    shoal.assert_nothing_left_behind().await;
+}
