@@ -66,6 +66,15 @@ pub enum Command {
     Cleanup(CleanupArgs),
     /// Start a local cluster with 2 workers, build a small shop on it and show where rows live
     Demo(DemoArgs),
+    /// Run the daemon: the cleanup loop (removes what finished and failed operations left)
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Seconds between two cleanup passes
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub cleanup_interval: u64,
 }
 
 #[derive(Debug, Args)]

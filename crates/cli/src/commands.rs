@@ -22,6 +22,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Init => init(&coordinator()?).await,
         Command::Local(command) => local(command).await,
         Command::Demo(args) => crate::demo::run(&args).await,
+        Command::Serve(args) => crate::serve::run(connect(&coordinator()?).await?, &args).await,
         Command::Node(command) => node(&connect(&coordinator()?).await?, command).await,
         Command::Table(command) => table(&connect(&coordinator()?).await?, command).await,
         Command::Shard(command) => shard(&connect(&coordinator()?).await?, command).await,

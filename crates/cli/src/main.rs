@@ -6,6 +6,7 @@ mod commands;
 mod config;
 mod demo;
 mod output;
+mod serve;
 mod transfer;
 
 use std::process::ExitCode;

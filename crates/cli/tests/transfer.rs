@@ -696,3 +696,186 @@ async fn a_move_waits_for_the_slowest_table_of_the_group() {
     assert_eq!(fingerprint(&sql, "tiny").await, tiny);
     shoal.assert_nothing_left_behind().await;
 }
+
+#[tokio::test]
+async fn the_colocation_group_cannot_change_during_a_move_and_no_wait_returns_at_once() {
+    let shoal = common::start(2).await;
+    two_colocated_tables(&shoal).await;
+    let sql = shoal.coordinator().await;
+    sql.batch_execute("CREATE TABLE w (id bigint PRIMARY KEY)")
+        .await
+        .unwrap();
+    let (shard, node) = shard_of(&shoal, "t", 0).await;
+    let target = if node == 1 { "2" } else { "1" };
+    let started = std::time::Instant::now();
+    let out = shoal
+        .cli_env(
+            &[
+                "shard",
+                "move",
+                &shard.to_string(),
+                "--to",
+                target,
+                "--no-wait",
+            ],
+            &[("SHOAL_FAILPOINTS", "pause:Catching Up:2500")],
+        )
+        .await;
+    assert!(
+        out.assert_ok().contains("started in the background"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "--no-wait returns before the move ends"
+    );
+    shoal.wait_for_status(shard, "Catching Up").await;
+    shoal
+        .cli(&[
+            "table",
+            "distribute",
+            "w",
+            "--column",
+            "id",
+            "--colocate-with",
+            "t",
+        ])
+        .await
+        .assert_error(&["shard transfer is running"]);
+    shoal
+        .cli(&["table", "undistribute", "u"])
+        .await
+        .assert_error(&["shard transfer is running"]);
+    shoal.wait_for_status(shard, "Completed").await;
+    shoal
+        .cli(&[
+            "table",
+            "distribute",
+            "w",
+            "--column",
+            "id",
+            "--colocate-with",
+            "t",
+        ])
+        .await
+        .assert_ok();
+    shoal.assert_nothing_left_behind().await;
+}
+
+#[tokio::test]
+async fn cleanup_scan_finds_what_no_record_explains() {
+    let shoal = common::start(2).await;
+    two_colocated_tables(&shoal).await;
+    let sql = shoal.coordinator().await;
+    let (shard, node) = shard_of(&shoal, "t", 0).await;
+    let shard_table: String = sql
+        .query_one(
+            "SELECT shard_table FROM shoal.shards WHERE shard_id = $1",
+            &[&shard],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    // Leftovers of a process that died before writing its records: a copy of the shard on the
+    // other worker, and a transfer's publication on its own worker.
+    let other = shoal.worker(if node == 1 { 1 } else { 0 }).await;
+    other
+        .batch_execute(&format!(
+            "CREATE TABLE {shard_table} (id bigint PRIMARY KEY, v bigint)"
+        ))
+        .await
+        .unwrap();
+    shoal
+        .worker((node - 1) as usize)
+        .await
+        .batch_execute("CREATE PUBLICATION shoal_move_9999")
+        .await
+        .unwrap();
+    let out = shoal.cli(&["cleanup"]).await;
+    assert!(
+        out.assert_ok().contains("nothing to clean up"),
+        "without --scan: {}",
+        out.stdout
+    );
+    let out = shoal.cli(&["cleanup", "--scan", "--json"]).await;
+    let report: serde_json::Value = serde_json::from_str(out.assert_ok()).unwrap();
+    assert_eq!(
+        report["found_by_scan"].as_array().unwrap().len(),
+        2,
+        "{report}"
+    );
+    assert_eq!(report["removed"].as_array().unwrap().len(), 2, "{report}");
+    // The real shard is untouched.
+    assert_eq!(fingerprint(&sql, "t").await.0, 20000);
+    shoal.assert_nothing_left_behind().await;
+    let again = shoal.cli(&["cleanup", "--scan", "--json"]).await;
+    let report: serde_json::Value = serde_json::from_str(again.assert_ok()).unwrap();
+    assert!(
+        report["found_by_scan"].as_array().unwrap().is_empty(),
+        "idempotent: {report}"
+    );
+}
+
+#[tokio::test]
+async fn a_source_shard_still_being_read_is_removed_later_by_the_daemon() {
+    let shoal = common::start(2).await;
+    two_colocated_tables(&shoal).await;
+    let sql = shoal.coordinator().await;
+    let (shard, node) = shard_of(&shoal, "t", 0).await;
+    let shard_table: String = sql
+        .query_one(
+            "SELECT shard_table FROM shoal.shards WHERE shard_id = $1",
+            &[&shard],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    // A long read on the source shard, directly on the worker.
+    let reader = shoal.worker((node - 1) as usize).await;
+    reader
+        .batch_execute(&format!("BEGIN; SELECT count(*) FROM {shard_table}"))
+        .await
+        .unwrap();
+    let target = if node == 1 { "2" } else { "1" };
+    let out = shoal
+        .cli(&["shard", "move", &shard.to_string(), "--to", target])
+        .await;
+    assert!(
+        out.assert_ok().contains("left for `shoal cleanup`"),
+        "{}",
+        out.stdout
+    );
+    let records: i64 = sql
+        .query_one("SELECT count(*) FROM shoal.cleanup_record", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(records >= 1, "the source shard waits for cleanup");
+    let mut daemon = tokio::process::Command::new(env!("CARGO_BIN_EXE_shoal"))
+        .args(["serve", "--cleanup-interval", "1"])
+        .env("SHOAL_COORDINATOR", shoal.pg.coordinator_uri())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    reader.batch_execute("COMMIT").await.unwrap();
+    let started = std::time::Instant::now();
+    loop {
+        let records: i64 = sql
+            .query_one("SELECT count(*) FROM shoal.cleanup_record", &[])
+            .await
+            .unwrap()
+            .get(0);
+        if records == 0 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the daemon never cleaned up"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let _ = daemon.kill().await;
+    shoal.assert_nothing_left_behind().await;
+}
