@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use tokio::signal::unix::{signal, SignalKind};
 
-use shoal_cluster::{cleanup, Cluster};
 use crate::args::ServeArgs;
+use shoal_cluster::{cleanup, Cluster};
 
 pub async fn run(mut cluster: Cluster, args: &ServeArgs) -> anyhow::Result<()> {
     let mut terminate = signal(SignalKind::terminate())?;
