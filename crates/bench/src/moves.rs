@@ -6,12 +6,12 @@ use std::time::Instant;
 use futures_util::{pin_mut, SinkExt, StreamExt};
 use tokio_postgres::Client;
 
+use crate::median;
 use shoal_catalog::ConnectParams;
 use shoal_cluster::nodes::{self, AddNode};
 use shoal_cluster::Cluster;
 use shoal_testkit::TestCluster;
 use shoal_transfer::{CancelToken, Mode, Operation, Transfer, TransferRequest, Tuning};
-use crate::median;
 
 pub async fn shoal_on(pg: &TestCluster) -> anyhow::Result<Cluster> {
     let params = ConnectParams::parse(&pg.coordinator_uri())?;

@@ -8,10 +8,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
 
-use shoal_testkit::TestCluster;
-use shoal_transfer::Mode;
 use crate::moves::{move_group, shoal_on};
 use crate::percentile;
+use shoal_testkit::TestCluster;
+use shoal_transfer::Mode;
 
 fn now_us() -> i64 {
     SystemTime::now()

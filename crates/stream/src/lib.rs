@@ -1,1 +1,117 @@
-//! placeholder
+//! The pure core of stream tables: analysis of the defining query, the stream table's storage,
+//! and the SQL of full and differential refreshes, run on the coordinator; plus the topology diff
+//! that tells the scheduler when change capture must start over. Nothing here touches a database.
+//!
+//! # Model
+//!
+//! A stream table holds the result of its query as a *bag*: a result row present n times is
+//! stored once with `__shoal_count = n`. Every source relation (distributed or reference, an
+//! ordinary relation on the coordinator) has, for a refresh window, two relations of changes with
+//! its columns: Δ⁻ (old versions of deleted and updated rows) and Δ⁺ (new versions of inserted and
+//! updated rows), so that, as bags, `new = old − Δ⁻ + Δ⁺`. In delta queries they are one relation
+//! ΔT of signed rows: Δ⁻ with `__shoal_delta = −1`, Δ⁺ with `+1`. A row changed several times in
+//! a window is fine: its intermediate versions appear once in each and cancel.
+//!
+//! # Joins: inclusion–exclusion over the changed sources
+//!
+//! Differential queries are `σ(T₁ ⋈ … ⋈ Tₖ)` (inner joins, flattened; the filter includes the
+//! ON conditions), then projected or grouped. With signed bags, `Tᵢ_old = Tᵢ_new − ΔTᵢ`, so
+//!
+//! ```text
+//! Δ(T₁ ⋈ … ⋈ Tₖ) = Π Tᵢ_new − Π (Tᵢ_new − ΔTᵢ)
+//!                = Σ over non-empty S ⊆ changed sources of (−1)^(|S|+1) · (⋈ ΔTᵢ for i ∈ S, Tⱼ_new otherwise)
+//! ```
+//!
+//! For two tables: `ΔA ⋈ B_new + A_new ⋈ ΔB − ΔA ⋈ ΔB`. Each term is the query's own FROM/WHERE
+//! with some sources replaced by their signed deltas under the same alias, so the user's
+//! expressions apply unchanged; a row's sign is the product of its delta rows' signs times the
+//! term's sign. Only the new state of the sources is read, never the old one (which would need
+//! `new EXCEPT ALL Δ⁺ UNION ALL Δ⁻`, a scan of the whole table); a source without changes adds
+//! no term, so an unchanged join partner is only probed by the (small) deltas. A self-join is
+//! two sources that share a delta. Terms grow as 2^(changed sources) − 1.
+//!
+//! # Projection, DISTINCT and duplicates
+//!
+//! Without grouping, the signed rows are summed per distinct output row and merged: the sum is
+//! added to `__shoal_count`, a row reaching 0 is deleted, a new row is inserted with its sum.
+//! Because the stored count is the exact multiplicity, deleting one of two equal rows leaves one,
+//! and DISTINCT needs nothing more: its result is the stored rows (each count > 0), while a
+//! query without DISTINCT is the stored rows repeated `__shoal_count` times ([`contents_sql`]).
+//!
+//! Rows are looked up by `__shoal_row_id`, a stored generated column hashing the row key (all
+//! visible columns, or the group key) with `hash_record_extended`, which uses each type's own
+//! hash function and so agrees with `=` (1.0 and 1.00 hash alike). The match is then confirmed
+//! column by column with `IS NOT DISTINCT FROM`, so NULLs match and a hash collision is harmless.
+//!
+//! # Aggregates
+//!
+//! Per group, the delta is folded into: the change of the row count (`sum(delta)`), of the count
+//! of non-NULL inputs (`sum(delta) where x is not null`), and of the sum (`sum(x * delta)`). The
+//! stored state is: COUNT(*) and COUNT(x) as their values; SUM(x) as its value plus the hidden
+//! non-NULL count `__shoal_nn_<j>`, so that a sum whose inputs all vanish becomes NULL, not 0;
+//! AVG(x) as a hidden running sum `__shoal_sum_<j>` and count, the average being their quotient;
+//! group keys absent from the select list as hidden `__shoal_key_<i>`. A group whose row count
+//! reaches 0 is deleted; the single row of an aggregate without GROUP BY always stays.
+//!
+//! MIN and MAX cannot be undone from a delta. For MIN the candidate is `least(stored minimum,
+//! smallest inserted value)`. If no deleted value is ≤ the candidate, the candidate is still
+//! present and smallest, so it is the new minimum. Otherwise the group is *flagged*, and the
+//! MIN/MAX of all flagged groups are recomputed from the sources' new state in one grouped query
+//! restricted to those groups (a semi-join on the key values, so an index on the group key or
+//! partition pruning applies; without one it is a single scan, not one per group; groups with a
+//! NULL key go through a null-safe variant). An uncorrelated guard skips the query when nothing is
+//! flagged. MAX is symmetric. All of it — deltas, stored state, rescans and the merge — is one
+//! `WITH ... MERGE` statement.
+//!
+//! # Refusals
+//!
+//! Anything whose delta this algebra does not give exactly is refused in differential mode with
+//! an [`Unsupported`] naming the part: outer joins, subqueries, CTEs, set operations, window
+//! functions, HAVING, ORDER BY/LIMIT, DISTINCT ON, aggregates other than count/sum/avg/min/max or
+//! with DISTINCT/FILTER/ORDER BY, expressions over aggregates, volatile or time-dependent values.
+//! [`Mode::Auto`] then chooses full refresh and says why. Full refresh (TRUNCATE + INSERT of the
+//! query grouped with its multiplicities) handles every query.
+//!
+//! # What the caller must guarantee
+//!
+//! - The statements of one refresh run in one transaction, together with discarding the changes
+//!   they consumed (or advancing the frontier), so a crash repeats the whole refresh or none of it.
+//! - Join terms and MIN/MAX rescans read the sources' *current* state as the window's new state:
+//!   it must be exactly the old state plus the window's changes. A change committed on a source
+//!   after the window's end but visible to the refresh would be counted wrongly (it is in the
+//!   state but not in the deltas). Single-source projections, filters and count/sum/avg never read
+//!   source state and have no such requirement. The same holds for a full refresh and the frontier
+//!   it starts from.
+//! - Source relations are named as the query names them ([`SourceRef`]), so refreshes must run
+//!   with the search_path the query was analyzed under (or the query must qualify its tables).
+//! - Source tables have no columns whose names start with `__shoal_`.
+//!
+//! # Limits
+//!
+//! Row keys must have a hash function (`json`, `point` have none: use `jsonb`, or full mode) and
+//! an equality operator; floating-point sums and averages drift from a recomputation by rounding.
+//! The join terms grow as 2^(changed sources) − 1. Whether a delta probes its join partners by
+//! index or hashes them whole is the planner's choice, so change tables should be analyzed.
+
+mod error;
+mod expr;
+mod plan;
+mod refresh;
+pub mod topology;
+
+pub use error::{AnalyzeError, GenerateError, Unsupported};
+pub use expr::AggFunc;
+pub use plan::{
+    analyze, choose_mode, Aggregate, ChosenMode, ColumnRole, Differential, GroupKey, Grouping,
+    Maintenance, Mode, OutputColumn, QueryPlan, Source, SourceRef,
+};
+pub use refresh::{
+    contents_sql, differential_refresh_sql, full_refresh_sql, probe_sql, storage_ddl,
+    typed_columns, ColumnType, DeltaRelations, COUNT_COLUMN, DELTA_COLUMN, ROW_ID_COLUMN,
+};
+pub use topology::{
+    diff_workers, needs_reinit, needs_reinit_given_drained, LiveWorker, TopologyChange, WorkerSlot,
+};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,967 @@
+//! SQL generation: the stream table's storage, full refresh, differential refresh.
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::GenerateError;
+use crate::expr::AggFunc;
+use crate::plan::{ColumnRole, Differential, Grouping, Maintenance, QueryPlan, Source, SourceRef};
+use shoal_sql::{derived_name, quote_ident, QualifiedName};
+
+/// Multiplicity of a stored row: how many rows of the query result it stands for (for a group,
+/// how many joined source rows fall into it).
+pub const COUNT_COLUMN: &str = "__shoal_count";
+/// Hash of the row key (all visible columns, or the group key): what refreshes look rows up by.
+pub const ROW_ID_COLUMN: &str = "__shoal_row_id";
+/// +1 for an inserted row, -1 for a deleted row, in delta relations.
+pub const DELTA_COLUMN: &str = "__shoal_delta";
+
+/// The changes of one source relation in the refresh window, as SQL relation expressions with
+/// exactly the relation's columns (names and types): a table name or `(SELECT ...)`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeltaRelations {
+    /// Old versions of deleted and updated rows.
+    pub deleted_sql: String,
+    /// New versions of inserted and updated rows.
+    pub inserted_sql: String,
+}
+
+/// The SQL type of one column of [`typed_columns`], e.g. from `format_type(atttypid, atttypmod)`
+/// of the [`probe_sql`] result.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ColumnType {
+    pub name: String,
+    pub sql_type: String,
+}
+
+impl ColumnType {
+    pub fn new(name: impl Into<String>, sql_type: impl Into<String>) -> Self {
+        ColumnType {
+            name: name.into(),
+            sql_type: sql_type.into(),
+        }
+    }
+}
+
+fn qi(name: &str) -> String {
+    quote_ident(name)
+}
+
+/// `"alias"."column"`
+fn qc(alias: &str, column: &str) -> String {
+    format!("{}.{}", qi(alias), qi(column))
+}
+
+fn hidden_key(i: usize) -> String {
+    format!("__shoal_key_{}", i + 1)
+}
+
+fn hidden_nn(j: usize) -> String {
+    format!("__shoal_nn_{}", j + 1)
+}
+
+fn hidden_sum(j: usize) -> String {
+    format!("__shoal_sum_{}", j + 1)
+}
+
+fn needs_nn(func: AggFunc) -> bool {
+    matches!(func, AggFunc::Sum | AggFunc::Avg)
+}
+
+fn is_extreme(func: AggFunc) -> bool {
+    matches!(func, AggFunc::Min | AggFunc::Max)
+}
+
+/// The stored column holding group key `i`: its first output column, or a hidden one.
+fn key_column(plan: &QueryPlan, g: &Grouping, i: usize) -> String {
+    match g.keys[i].column {
+        Some(c) => plan.columns[c].name.clone(),
+        None => hidden_key(i),
+    }
+}
+
+/// The stored columns the row id hashes: the group key, or every visible column.
+fn row_key_columns(plan: &QueryPlan, d: &Differential) -> Vec<String> {
+    match &d.grouping {
+        Some(g) => (0..g.keys.len()).map(|i| key_column(plan, g, i)).collect(),
+        None => plan.column_names(),
+    }
+}
+
+fn is_global(d: &Differential) -> bool {
+    d.grouping.as_ref().is_some_and(|g| g.keys.is_empty())
+}
+
+/// The columns whose SQL types [`storage_ddl`] needs, in order: the visible columns, then hidden
+/// group keys (GROUP BY expressions not in the select list).
+pub fn typed_columns(plan: &QueryPlan) -> Vec<String> {
+    let mut names = plan.column_names();
+    if let Some(g) = plan.differential().and_then(|d| d.grouping.as_ref()) {
+        names.extend(
+            g.keys
+                .iter()
+                .enumerate()
+                .filter(|(_, k)| k.column.is_none())
+                .map(|(i, _)| hidden_key(i)),
+        );
+    }
+    names
+}
+
+/// A query returning no rows whose columns are [`typed_columns`]: run it (or `CREATE TEMP TABLE
+/// ... AS` it) to learn the types.
+pub fn probe_sql(plan: &QueryPlan) -> String {
+    let Some(d) = plan.differential() else {
+        return format!(
+            "SELECT * FROM ({}) AS {} LIMIT 0",
+            plan.query,
+            full_only_alias(plan)
+        );
+    };
+    let mut items: Vec<String> = plan
+        .columns
+        .iter()
+        .map(|c| format!("{} AS {}", c.expr, qi(&c.name)))
+        .collect();
+    let mut group_by = String::new();
+    if let Some(g) = &d.grouping {
+        for (i, k) in g.keys.iter().enumerate() {
+            if k.column.is_none() {
+                items.push(format!("{} AS {}", k.expr, qi(&hidden_key(i))));
+            }
+        }
+        group_by = group_by_clause(g);
+    }
+    format!(
+        "SELECT {} {}{} LIMIT 0",
+        items.join(", "),
+        from_where(d, |_, s| s.relation.sql(), &[]),
+        group_by
+    )
+}
+
+fn group_by_clause(g: &Grouping) -> String {
+    if g.keys.is_empty() {
+        String::new()
+    } else {
+        let keys: Vec<&str> = g.keys.iter().map(|k| k.expr.as_str()).collect();
+        format!(" GROUP BY {}", keys.join(", "))
+    }
+}
+
+/// `AS "__shoal_q"("a", "b")`: renames a full-only query's columns by position, so they are
+/// reachable whatever PostgreSQL would have called them.
+fn full_only_alias(plan: &QueryPlan) -> String {
+    let cols: Vec<String> = plan.columns.iter().map(|c| qi(&c.name)).collect();
+    format!("{}({})", qi("__shoal_q"), cols.join(", "))
+}
+
+/// The stream table's DDL: visible columns, hidden state, and the index refreshes look rows up
+/// by. `column_types` gives the types of [`typed_columns`], in that order.
+pub fn storage_ddl(
+    plan: &QueryPlan,
+    table: &QualifiedName,
+    column_types: &[ColumnType],
+) -> Result<Vec<String>, GenerateError> {
+    let expected = typed_columns(plan);
+    let got: Vec<String> = column_types.iter().map(|c| c.name.clone()).collect();
+    if expected != got {
+        return Err(GenerateError::ColumnTypes { expected, got });
+    }
+    let type_of = |name: &str| {
+        column_types
+            .iter()
+            .find(|c| c.name == name)
+            .map(|c| c.sql_type.clone())
+            .unwrap_or_default()
+    };
+    let mut defs: Vec<String> = column_types
+        .iter()
+        .map(|c| format!("{} {}", qi(&c.name), c.sql_type))
+        .collect();
+    let mut stmts = Vec::new();
+    let Some(d) = plan.differential() else {
+        defs.push(format!("{} bigint NOT NULL", qi(COUNT_COLUMN)));
+        stmts.push(format!(
+            "CREATE TABLE {} ({})",
+            table.quoted(),
+            defs.join(", ")
+        ));
+        return Ok(stmts);
+    };
+    if let Some(g) = &d.grouping {
+        for (j, a) in g.aggregates.iter().enumerate() {
+            if needs_nn(a.func) {
+                defs.push(format!("{} bigint NOT NULL DEFAULT 0", qi(&hidden_nn(j))));
+            }
+            if a.func == AggFunc::Avg {
+                // The running sum has the average's type: numeric for integer and numeric
+                // input, double precision for floats, interval for intervals.
+                let avg_type = type_of(&plan.columns[a.column].name);
+                defs.push(format!("{} {avg_type}", qi(&hidden_sum(j))));
+            }
+        }
+    }
+    defs.push(format!("{} bigint NOT NULL", qi(COUNT_COLUMN)));
+    let key_cols = row_key_columns(plan, d);
+    if !is_global(d) {
+        let row: Vec<String> = key_cols.iter().map(|c| qi(c)).collect();
+        defs.push(format!(
+            "{} bigint GENERATED ALWAYS AS ({}) STORED",
+            qi(ROW_ID_COLUMN),
+            row_hash(&row)
+        ));
+    }
+    stmts.push(format!(
+        "CREATE TABLE {} ({})",
+        table.quoted(),
+        defs.join(", ")
+    ));
+    if !is_global(d) {
+        let index = qi(&derived_name(&table.name, "shoal_key"));
+        if d.grouping.is_some() {
+            // One row per group. NULL keys are one group each, as in GROUP BY.
+            let mut cols = vec![qi(ROW_ID_COLUMN)];
+            cols.extend(key_cols.iter().map(|c| qi(c)));
+            stmts.push(format!(
+                "CREATE UNIQUE INDEX {index} ON {} ({}) NULLS NOT DISTINCT",
+                table.quoted(),
+                cols.join(", ")
+            ));
+        } else {
+            // Without grouping the key is the whole row, which may be too wide or of a type
+            // without a btree class for a unique index; refreshes keep rows unique anyway.
+            stmts.push(format!(
+                "CREATE INDEX {index} ON {} ({})",
+                table.quoted(),
+                qi(ROW_ID_COLUMN)
+            ));
+        }
+    }
+    Ok(stmts)
+}
+
+/// A hash of a row of values that agrees with their equality operators (1.0 and 1.00 hash the
+/// same), computed by the types' own hash functions.
+fn row_hash(values: &[String]) -> String {
+    format!("hash_record_extended(ROW({}), 0)", values.join(", "))
+}
+
+/// `FROM r1 AS "a1", r2 AS "a2" WHERE (on1) AND (where) AND (extra)`: the query's FROM clause
+/// with inner joins flattened, and each source replaced by `relation(i, source)`.
+fn from_where(
+    d: &Differential,
+    relation: impl Fn(usize, &Source) -> String,
+    extra: &[String],
+) -> String {
+    let items: Vec<String> = d
+        .sources
+        .iter()
+        .enumerate()
+        .map(|(i, s)| format!("{} AS {}", relation(i, s), qi(s.range_name())))
+        .collect();
+    let conds: Vec<String> = d
+        .join_conditions
+        .iter()
+        .chain(d.filter.iter())
+        .chain(extra.iter())
+        .map(|c| format!("({c})"))
+        .collect();
+    if conds.is_empty() {
+        format!("FROM {}", items.join(", "))
+    } else {
+        format!("FROM {} WHERE {}", items.join(", "), conds.join(" AND "))
+    }
+}
+
+/// The statements of a full refresh, to run in one transaction.
+pub fn full_refresh_sql(plan: &QueryPlan, table: &QualifiedName) -> Vec<String> {
+    let truncate = format!("TRUNCATE {}", table.quoted());
+    let Some(d) = plan.differential() else {
+        let cols: Vec<String> = plan.columns.iter().map(|c| qi(&c.name)).collect();
+        let positions: Vec<String> = (1..=cols.len()).map(|i| i.to_string()).collect();
+        let select: Vec<String> = plan
+            .columns
+            .iter()
+            .map(|c| qc("__shoal_q", &c.name))
+            .collect();
+        let insert = format!(
+            "INSERT INTO {} ({}, {}) SELECT {}, count(*) FROM ({}) AS {} GROUP BY {}",
+            table.quoted(),
+            cols.join(", "),
+            qi(COUNT_COLUMN),
+            select.join(", "),
+            plan.query,
+            full_only_alias(plan),
+            positions.join(", ")
+        );
+        return vec![truncate, insert];
+    };
+    let all_new = |_: usize, s: &Source| s.relation.sql();
+    let insert = match &d.grouping {
+        None => {
+            let cols: Vec<String> = plan.columns.iter().map(|c| qi(&c.name)).collect();
+            let exprs: Vec<&str> = plan.columns.iter().map(|c| c.expr.as_str()).collect();
+            let positions: Vec<String> = (1..=cols.len()).map(|i| i.to_string()).collect();
+            format!(
+                "INSERT INTO {} ({}, {}) SELECT {}, count(*) {} GROUP BY {}",
+                table.quoted(),
+                cols.join(", "),
+                qi(COUNT_COLUMN),
+                exprs.join(", "),
+                from_where(d, all_new, &[]),
+                positions.join(", ")
+            )
+        }
+        Some(g) => {
+            let mut cols = Vec::new();
+            let mut vals = Vec::new();
+            for c in &plan.columns {
+                cols.push(qi(&c.name));
+                vals.push(c.expr.clone());
+            }
+            for (i, k) in g.keys.iter().enumerate() {
+                if k.column.is_none() {
+                    cols.push(qi(&hidden_key(i)));
+                    vals.push(k.expr.clone());
+                }
+            }
+            for (j, a) in g.aggregates.iter().enumerate() {
+                let arg = a.arg.as_deref().unwrap_or("*");
+                if needs_nn(a.func) {
+                    cols.push(qi(&hidden_nn(j)));
+                    vals.push(format!("count({arg})"));
+                }
+                if a.func == AggFunc::Avg {
+                    cols.push(qi(&hidden_sum(j)));
+                    vals.push(format!("sum({arg})"));
+                }
+            }
+            cols.push(qi(COUNT_COLUMN));
+            vals.push("count(*)".into());
+            format!(
+                "INSERT INTO {} ({}) SELECT {} {}{}",
+                table.quoted(),
+                cols.join(", "),
+                vals.join(", "),
+                from_where(d, all_new, &[]),
+                group_by_clause(g)
+            )
+        }
+    };
+    vec![truncate, insert]
+}
+
+/// The signed union of one relation's deleted (-1) and inserted (+1) rows.
+fn signed_delta(delta: &DeltaRelations) -> String {
+    format!(
+        "(SELECT {m}.*, -1 AS {d} FROM {del} AS {m} UNION ALL SELECT {p}.*, 1 AS {d} FROM {ins} AS {p})",
+        m = qi("__shoal_m"),
+        p = qi("__shoal_p"),
+        d = qi(DELTA_COLUMN),
+        del = delta.deleted_sql,
+        ins = delta.inserted_sql,
+    )
+}
+
+/// The delta of the join-filter-project part, as `UNION ALL` of inclusion-exclusion terms: for
+/// every non-empty set S of changed sources, the join with the sources in S replaced by their
+/// signed deltas and the others at their new state, with sign (-1)^(|S|+1). `items` are
+/// (internal name, expression) pairs computed per joined row. None when nothing changed.
+fn delta_terms(
+    d: &Differential,
+    items: &[(String, String)],
+    deltas: &[Option<&DeltaRelations>],
+) -> Option<String> {
+    let changed: Vec<usize> = (0..d.sources.len())
+        .filter(|&i| deltas[i].is_some())
+        .collect();
+    if changed.is_empty() {
+        return None;
+    }
+    let mut terms = Vec::new();
+    for mask in 1u64..(1u64 << changed.len()) {
+        let subset: Vec<usize> = changed
+            .iter()
+            .enumerate()
+            .filter(|(bit, _)| mask & (1 << bit) != 0)
+            .map(|(_, &i)| i)
+            .collect();
+        let mut sign: Vec<String> = subset
+            .iter()
+            .map(|&i| qc(d.sources[i].range_name(), DELTA_COLUMN))
+            .collect();
+        if subset.len() & 1 == 0 {
+            sign.insert(0, "-1".into());
+        }
+        let mut select: Vec<String> = items
+            .iter()
+            .map(|(name, expr)| format!("{expr} AS {}", qi(name)))
+            .collect();
+        select.push(format!("{} AS {}", sign.join(" * "), qi(DELTA_COLUMN)));
+        let from = from_where(
+            d,
+            |i, s| match deltas[i] {
+                Some(delta) if subset.contains(&i) => signed_delta(delta),
+                _ => s.relation.sql(),
+            },
+            &[],
+        );
+        terms.push(format!("SELECT {} {from}", select.join(", ")));
+    }
+    Some(terms.join(" UNION ALL "))
+}
+
+/// The statements of a differential refresh, to run in one transaction after the changes are in
+/// place and before they are discarded. `deltas` holds the sources that changed in the window,
+/// keyed as the query names them ([`QueryPlan::relations`]); no statement at all when empty.
+pub fn differential_refresh_sql(
+    plan: &QueryPlan,
+    table: &QualifiedName,
+    deltas: &HashMap<SourceRef, DeltaRelations>,
+) -> Result<Vec<String>, GenerateError> {
+    let d = match &plan.maintenance {
+        Maintenance::Differential(d) => d,
+        Maintenance::FullOnly(u) => return Err(GenerateError::NotDifferential(u.clone())),
+    };
+    for r in deltas.keys() {
+        if !d.sources.iter().any(|s| &s.relation == r) {
+            return Err(GenerateError::UnknownSource(r.to_string()));
+        }
+    }
+    let per_source: Vec<Option<&DeltaRelations>> =
+        d.sources.iter().map(|s| deltas.get(&s.relation)).collect();
+    let stmt = match &d.grouping {
+        None => projection_merge(plan, d, table, &per_source),
+        Some(g) => aggregate_merge(plan, d, g, table, &per_source),
+    };
+    // Delta queries are small but their plans can look costly (rescan branches that usually do
+    // not run), and JIT compilation would then cost more than the refresh itself.
+    Ok(stmt
+        .map(|s| vec!["SET LOCAL jit = off".to_string(), s])
+        .unwrap_or_default())
+}
+
+fn k(i: usize) -> String {
+    format!("__shoal_k{}", i + 1)
+}
+
+fn x(j: usize) -> String {
+    format!("__shoal_x{}", j + 1)
+}
+
+/// Without grouping: sum the signed rows per distinct row, then add the sums to the stored
+/// multiplicities, deleting rows whose multiplicity reaches zero.
+fn projection_merge(
+    plan: &QueryPlan,
+    d: &Differential,
+    table: &QualifiedName,
+    deltas: &[Option<&DeltaRelations>],
+) -> Option<String> {
+    let items: Vec<(String, String)> = plan
+        .columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (k(i), c.expr.clone()))
+        .collect();
+    let terms = delta_terms(d, &items, deltas)?;
+    let n = items.len();
+    let ks: Vec<String> = (0..n).map(|i| qi(&k(i))).collect();
+    let s = |col: &str| qc("__shoal_s", col);
+    let t = |col: &str| qc("__shoal_t", col);
+    let mut on = vec![format!("{} = {}", t(ROW_ID_COLUMN), s("__shoal_rid"))];
+    for (i, c) in plan.columns.iter().enumerate() {
+        on.push(format!("{} IS NOT DISTINCT FROM {}", t(&c.name), s(&k(i))));
+    }
+    let cols: Vec<String> = plan.columns.iter().map(|c| qi(&c.name)).collect();
+    let vals: Vec<String> = (0..n).map(|i| s(&k(i))).collect();
+    Some(format!(
+        "WITH {dcte} AS ({terms}), \
+         {scte} AS (SELECT {ks}, sum({delta})::bigint AS {dcount}, {hash} AS {rid} \
+         FROM {dcte} GROUP BY {ks} HAVING sum({delta}) <> 0) \
+         MERGE INTO {table} AS {talias} USING {scte} ON {on} \
+         WHEN MATCHED AND {tcount} + {sdcount} <= 0 THEN DELETE \
+         WHEN MATCHED THEN UPDATE SET {count} = {tcount} + {sdcount} \
+         WHEN NOT MATCHED AND {sdcount} > 0 THEN INSERT ({cols}, {count}) VALUES ({vals}, {sdcount})",
+        dcte = qi("__shoal_d"),
+        scte = qi("__shoal_s"),
+        talias = qi("__shoal_t"),
+        ks = ks.join(", "),
+        delta = qi(DELTA_COLUMN),
+        dcount = qi("__shoal_dcount"),
+        hash = row_hash(&ks),
+        rid = qi("__shoal_rid"),
+        table = table.quoted(),
+        on = on.join(" AND "),
+        tcount = t(COUNT_COLUMN),
+        sdcount = s("__shoal_dcount"),
+        count = qi(COUNT_COLUMN),
+        cols = cols.join(", "),
+        vals = vals.join(", "),
+    ))
+}
+
+/// `CASE` adding a delta to a running value, where either may be NULL (no value yet / no
+/// non-null input in the delta) and the result is NULL when no non-null input remains.
+fn add_nullable(nonnull_count: &str, old: &str, delta: &str) -> String {
+    format!(
+        "CASE WHEN {nonnull_count} = 0 THEN NULL WHEN {old} IS NULL THEN {delta} \
+         WHEN {delta} IS NULL THEN {old} ELSE {old} + {delta} END"
+    )
+}
+
+/// With grouping: per group, fold the signed rows into count/sum deltas and the extremes of the
+/// inserted and deleted values; combine them with the stored state; recompute MIN/MAX from the
+/// sources for the groups whose extreme may have been deleted; merge.
+fn aggregate_merge(
+    plan: &QueryPlan,
+    d: &Differential,
+    g: &Grouping,
+    table: &QualifiedName,
+    deltas: &[Option<&DeltaRelations>],
+) -> Option<String> {
+    let nk = g.keys.len();
+    let mut items: Vec<(String, String)> = g
+        .keys
+        .iter()
+        .enumerate()
+        .map(|(i, key)| (k(i), key.expr.clone()))
+        .collect();
+    for (j, a) in g.aggregates.iter().enumerate() {
+        if let Some(arg) = &a.arg {
+            items.push((x(j), arg.clone()));
+        }
+    }
+    let terms = delta_terms(d, &items, deltas)?;
+    let global = nk == 0;
+    let q = |alias: &str, col: &str| qc(alias, col);
+    let delta = qi(DELTA_COLUMN);
+    let ks: Vec<String> = (0..nk).map(|i| qi(&k(i))).collect();
+
+    // __shoal_g: per-group deltas.
+    let mut g_items: Vec<String> = ks.clone();
+    g_items.push(format!("sum({delta})::bigint AS {}", qi("__shoal_dcount")));
+    for (j, a) in g.aggregates.iter().enumerate() {
+        let xj = qi(&x(j));
+        let nn = format!(
+            "sum(CASE WHEN {xj} IS NOT NULL THEN {delta} ELSE 0 END)::bigint AS {}",
+            qi(&format!("__shoal_dnn{}", j + 1))
+        );
+        match a.func {
+            AggFunc::CountStar => {}
+            AggFunc::Count => g_items.push(nn),
+            AggFunc::Sum | AggFunc::Avg => {
+                g_items.push(nn);
+                g_items.push(format!(
+                    "sum({xj} * {delta}) AS {}",
+                    qi(&format!("__shoal_dsum{}", j + 1))
+                ));
+            }
+            AggFunc::Min | AggFunc::Max => {
+                let f = if a.func == AggFunc::Min { "min" } else { "max" };
+                g_items.push(format!(
+                    "{f}({xj}) FILTER (WHERE {delta} > 0) AS {}",
+                    qi(&format!("__shoal_ins{}", j + 1))
+                ));
+                g_items.push(format!(
+                    "{f}({xj}) FILTER (WHERE {delta} < 0) AS {}",
+                    qi(&format!("__shoal_del{}", j + 1))
+                ));
+            }
+        }
+    }
+    let g_cte = if global {
+        // Without GROUP BY the aggregate yields a row even for no input; keep only real deltas.
+        format!(
+            "SELECT {} FROM {} HAVING count(*) > 0",
+            g_items.join(", "),
+            qi("__shoal_d")
+        )
+    } else {
+        format!(
+            "SELECT {} FROM {} GROUP BY {}",
+            g_items.join(", "),
+            qi("__shoal_d"),
+            ks.join(", ")
+        )
+    };
+
+    // __shoal_j: the deltas next to the stored state of their group.
+    let key_cols: Vec<String> = (0..nk).map(|i| key_column(plan, g, i)).collect();
+    let g_ks: Vec<String> = (0..nk).map(|i| q("__shoal_g", &k(i))).collect();
+    let mut j_items = vec![format!("{}.*", qi("__shoal_g"))];
+    if !global {
+        j_items.push(format!("{} AS {}", row_hash(&g_ks), qi("__shoal_rid")));
+    }
+    j_items.push(format!(
+        "{} AS {}",
+        q("__shoal_t", COUNT_COLUMN),
+        qi("__shoal_ocount")
+    ));
+    for (j, a) in g.aggregates.iter().enumerate() {
+        let col = &plan.columns[a.column].name;
+        j_items.push(format!(
+            "{} AS {}",
+            q("__shoal_t", col),
+            qi(&format!("__shoal_o{}", j + 1))
+        ));
+        if needs_nn(a.func) {
+            j_items.push(format!(
+                "{} AS {}",
+                q("__shoal_t", &hidden_nn(j)),
+                qi(&format!("__shoal_onn{}", j + 1))
+            ));
+        }
+        if a.func == AggFunc::Avg {
+            j_items.push(format!(
+                "{} AS {}",
+                q("__shoal_t", &hidden_sum(j)),
+                qi(&format!("__shoal_osum{}", j + 1))
+            ));
+        }
+    }
+    let j_on = if global {
+        "true".to_string()
+    } else {
+        let mut on = vec![format!(
+            "{} = {}",
+            q("__shoal_t", ROW_ID_COLUMN),
+            row_hash(&g_ks)
+        )];
+        for (i, col) in key_cols.iter().enumerate() {
+            on.push(format!(
+                "{} IS NOT DISTINCT FROM {}",
+                q("__shoal_t", col),
+                g_ks[i]
+            ));
+        }
+        on.join(" AND ")
+    };
+    let j_cte = format!(
+        "SELECT {} FROM {} LEFT JOIN {} AS {} ON {}",
+        j_items.join(", "),
+        qi("__shoal_g"),
+        table.quoted(),
+        qi("__shoal_t"),
+        j_on
+    );
+
+    // __shoal_n: the new state of each touched group.
+    let jc = |name: String| qi(&name);
+    let ncount = format!(
+        "COALESCE({}, 0) + {}",
+        qi("__shoal_ocount"),
+        qi("__shoal_dcount")
+    );
+    let mut n_items: Vec<String> = ks.clone();
+    if !global {
+        n_items.push(qi("__shoal_rid"));
+    }
+    n_items.push(format!("{ncount} AS {}", qi("__shoal_ncount")));
+    let mut rescan_flags = Vec::new();
+    for (j, a) in g.aggregates.iter().enumerate() {
+        let n = j + 1;
+        let old = jc(format!("__shoal_o{n}"));
+        let nn_new = format!(
+            "(COALESCE({}, 0) + {})",
+            jc(format!("__shoal_onn{n}")),
+            jc(format!("__shoal_dnn{n}"))
+        );
+        let dsum = jc(format!("__shoal_dsum{n}"));
+        let value = match a.func {
+            AggFunc::CountStar => format!("COALESCE({old}, 0) + {}", qi("__shoal_dcount")),
+            AggFunc::Count => format!("COALESCE({old}, 0) + {}", jc(format!("__shoal_dnn{n}"))),
+            AggFunc::Sum => {
+                n_items.push(format!("{nn_new} AS {}", jc(format!("__shoal_nnn{n}"))));
+                add_nullable(&nn_new, &old, &dsum)
+            }
+            AggFunc::Avg => {
+                n_items.push(format!("{nn_new} AS {}", jc(format!("__shoal_nnn{n}"))));
+                let sum = add_nullable(&nn_new, &jc(format!("__shoal_osum{n}")), &dsum);
+                n_items.push(format!("{sum} AS {}", jc(format!("__shoal_nsum{n}"))));
+                format!("CASE WHEN {nn_new} = 0 THEN NULL ELSE ({sum}) / {nn_new} END")
+            }
+            AggFunc::Min | AggFunc::Max => {
+                let (f, cmp) = if a.func == AggFunc::Min {
+                    ("LEAST", "<=")
+                } else {
+                    ("GREATEST", ">=")
+                };
+                // The candidate is the old extreme or a better inserted value. It stands
+                // unless a deleted value is at least as extreme: then it may be gone.
+                let candidate = format!("{f}({old}, {})", jc(format!("__shoal_ins{n}")));
+                let del = jc(format!("__shoal_del{n}"));
+                rescan_flags.push(format!(
+                    "({del} IS NOT NULL AND ({candidate} IS NULL OR {del} {cmp} {candidate}))"
+                ));
+                candidate
+            }
+        };
+        n_items.push(format!("{value} AS {}", jc(format!("__shoal_n{n}"))));
+    }
+    let has_rescan = !rescan_flags.is_empty();
+    if has_rescan {
+        n_items.push(format!(
+            "({ncount} > 0 AND ({})) AS {}",
+            rescan_flags.join(" OR "),
+            qi("__shoal_rescan")
+        ));
+    }
+    let n_cte = format!("SELECT {} FROM {}", n_items.join(", "), qi("__shoal_j"));
+
+    let mut ctes = vec![
+        format!("{} AS ({terms})", qi("__shoal_d")),
+        format!("{} AS ({g_cte})", qi("__shoal_g")),
+        format!("{} AS ({j_cte})", qi("__shoal_j")),
+        format!("{} AS ({n_cte})", qi("__shoal_n")),
+    ];
+
+    // __shoal_r: MIN/MAX recomputed from the sources' new state for the flagged groups only.
+    if has_rescan {
+        let mut r_aggs = Vec::new();
+        for (j, a) in g.aggregates.iter().enumerate() {
+            if is_extreme(a.func) {
+                let f = if a.func == AggFunc::Min { "min" } else { "max" };
+                r_aggs.push(format!(
+                    "{f}({}) AS {}",
+                    a.arg.as_deref().unwrap_or("*"),
+                    qi(&format!("__shoal_m{}", j + 1))
+                ));
+            }
+        }
+        let n = qi("__shoal_n");
+        let rescan = q("__shoal_n", "__shoal_rescan");
+        let r_cte = if global {
+            // Gated by a one-time filter: the sources are only read when the row is flagged.
+            format!(
+                "SELECT {} {}",
+                r_aggs.join(", "),
+                from_where(
+                    d,
+                    |_, s| s.relation.sql(),
+                    &[format!("(SELECT bool_or({rescan}) FROM {n})")]
+                )
+            )
+        } else {
+            let key_exprs: Vec<String> = g.keys.iter().map(|key| key.expr.clone()).collect();
+            let mut head: Vec<String> = key_exprs
+                .iter()
+                .enumerate()
+                .map(|(i, e)| format!("{e} AS {}", qi(&k(i))))
+                .collect();
+            head.push(format!("{} AS {}", row_hash(&key_exprs), qi("__shoal_rid")));
+            head.extend(r_aggs.iter().cloned());
+            let n_keys: Vec<String> = (0..nk).map(|i| q("__shoal_n", &k(i))).collect();
+            let nonnull: Vec<String> = n_keys.iter().map(|k| format!("{k} IS NOT NULL")).collect();
+            let nonnull = nonnull.join(" AND ");
+            let branch = |flagged: String, key_match: String| {
+                // The uncorrelated bool_or is a one-time filter: no flagged group, no scan.
+                format!(
+                    "SELECT {} {} GROUP BY {}",
+                    head.join(", "),
+                    from_where(
+                        d,
+                        |_, s| s.relation.sql(),
+                        &[key_match, format!("(SELECT bool_or({flagged}) FROM {n})")]
+                    ),
+                    key_exprs.join(", ")
+                )
+            };
+            // All flagged groups in one pass over the sources: a semi-join on the plain key
+            // values, which can use indexes and partition pruning, or one scan without them.
+            let flagged = format!("{rescan} AND {nonnull}");
+            let plain = branch(
+                flagged.clone(),
+                format!(
+                    "({}) IN (SELECT {} FROM {n} WHERE {flagged})",
+                    key_exprs.join(", "),
+                    n_keys.join(", ")
+                ),
+            );
+            // Groups with a NULL key need IS NOT DISTINCT FROM, which no index serves; rare.
+            let flagged_null = format!("{rescan} AND NOT ({nonnull})");
+            let null_match: Vec<String> = key_exprs
+                .iter()
+                .zip(&n_keys)
+                .map(|(e, nk)| format!("({e}) IS NOT DISTINCT FROM {nk}"))
+                .collect();
+            let nulls = branch(
+                flagged_null.clone(),
+                format!(
+                    "EXISTS (SELECT 1 FROM {n} WHERE {flagged_null} AND {})",
+                    null_match.join(" AND ")
+                ),
+            );
+            format!("{plain} UNION ALL {nulls}")
+        };
+        ctes.push(format!("{} AS ({r_cte})", qi("__shoal_r")));
+    }
+
+    // The MERGE source: new state plus rescanned extremes.
+    let mut s_items = vec![format!("{}.*", qi("__shoal_n"))];
+    for (j, a) in g.aggregates.iter().enumerate() {
+        if is_extreme(a.func) {
+            s_items.push(q("__shoal_r", &format!("__shoal_m{}", j + 1)));
+        }
+    }
+    let r_on = if global {
+        "true".to_string()
+    } else {
+        let mut on = vec![format!(
+            "{} = {}",
+            q("__shoal_r", "__shoal_rid"),
+            q("__shoal_n", "__shoal_rid")
+        )];
+        for i in 0..nk {
+            on.push(format!(
+                "{} IS NOT DISTINCT FROM {}",
+                q("__shoal_r", &k(i)),
+                q("__shoal_n", &k(i))
+            ));
+        }
+        on.join(" AND ")
+    };
+    let source = if has_rescan {
+        format!(
+            "(SELECT {} FROM {} LEFT JOIN {} ON {})",
+            s_items.join(", "),
+            qi("__shoal_n"),
+            qi("__shoal_r"),
+            r_on
+        )
+    } else {
+        qi("__shoal_n")
+    };
+
+    let s = |col: &str| q("__shoal_s", col);
+    let ncount_s = s("__shoal_ncount");
+    let merge_on = if global {
+        "true".to_string()
+    } else {
+        let mut on = vec![format!(
+            "{} = {}",
+            q("__shoal_t", ROW_ID_COLUMN),
+            s("__shoal_rid")
+        )];
+        for (i, col) in key_cols.iter().enumerate() {
+            on.push(format!(
+                "{} IS NOT DISTINCT FROM {}",
+                q("__shoal_t", col),
+                s(&k(i))
+            ));
+        }
+        on.join(" AND ")
+    };
+    let agg_value = |j: usize| {
+        let n = j + 1;
+        if is_extreme(g.aggregates[j].func) {
+            format!(
+                "CASE WHEN {ncount_s} <= 0 THEN NULL WHEN {} THEN {} ELSE {} END",
+                s("__shoal_rescan"),
+                s(&format!("__shoal_m{n}")),
+                s(&format!("__shoal_n{n}"))
+            )
+        } else {
+            s(&format!("__shoal_n{n}"))
+        }
+    };
+    let mut sets = vec![format!("{} = {ncount_s}", qi(COUNT_COLUMN))];
+    let mut cols = Vec::new();
+    let mut vals = Vec::new();
+    for c in &plan.columns {
+        cols.push(qi(&c.name));
+        vals.push(match c.role {
+            ColumnRole::Key(i) => s(&k(i)),
+            ColumnRole::Aggregate(j) => agg_value(j),
+            ColumnRole::Plain => "NULL".into(),
+        });
+        if let ColumnRole::Aggregate(j) = c.role {
+            sets.push(format!("{} = {}", qi(&c.name), agg_value(j)));
+        }
+    }
+    for (i, key) in g.keys.iter().enumerate() {
+        if key.column.is_none() {
+            cols.push(qi(&hidden_key(i)));
+            vals.push(s(&k(i)));
+        }
+    }
+    for (j, a) in g.aggregates.iter().enumerate() {
+        let n = j + 1;
+        if needs_nn(a.func) {
+            cols.push(qi(&hidden_nn(j)));
+            vals.push(s(&format!("__shoal_nnn{n}")));
+            sets.push(format!(
+                "{} = {}",
+                qi(&hidden_nn(j)),
+                s(&format!("__shoal_nnn{n}"))
+            ));
+        }
+        if a.func == AggFunc::Avg {
+            cols.push(qi(&hidden_sum(j)));
+            vals.push(s(&format!("__shoal_nsum{n}")));
+            sets.push(format!(
+                "{} = {}",
+                qi(&hidden_sum(j)),
+                s(&format!("__shoal_nsum{n}"))
+            ));
+        }
+    }
+    cols.push(qi(COUNT_COLUMN));
+    vals.push(ncount_s.clone());
+    // A group with no rows left disappears; the single row of an aggregate without GROUP BY
+    // stays (count 0, sums NULL), as the query would return it.
+    let delete = if global {
+        String::new()
+    } else {
+        format!("WHEN MATCHED AND {ncount_s} <= 0 THEN DELETE ")
+    };
+    let insert_cond = if global {
+        String::new()
+    } else {
+        format!(" AND {ncount_s} > 0")
+    };
+    Some(format!(
+        "WITH {} MERGE INTO {} AS {} USING {source} AS {} ON {merge_on} {delete}\
+         WHEN MATCHED THEN UPDATE SET {} \
+         WHEN NOT MATCHED{insert_cond} THEN INSERT ({}) VALUES ({})",
+        ctes.join(", "),
+        table.quoted(),
+        qi("__shoal_t"),
+        qi("__shoal_s"),
+        sets.join(", "),
+        cols.join(", "),
+        vals.join(", ")
+    ))
+}
+
+/// The stream table's content as the query's result (a bag): rows repeated by their
+/// multiplicity where the query keeps duplicates.
+pub fn contents_sql(plan: &QueryPlan, table: &QualifiedName) -> String {
+    let cols: Vec<String> = plan
+        .columns
+        .iter()
+        .map(|c| qc("__shoal_t", &c.name))
+        .collect();
+    let bag = match plan.differential() {
+        Some(d) => d.grouping.is_none() && !d.distinct,
+        None => true,
+    };
+    if bag {
+        format!(
+            "SELECT {} FROM {} AS {} CROSS JOIN LATERAL generate_series(1, {}) AS {}",
+            cols.join(", "),
+            table.quoted(),
+            qi("__shoal_t"),
+            qc("__shoal_t", COUNT_COLUMN),
+            qi("__shoal_i")
+        )
+    } else {
+        format!(
+            "SELECT {} FROM {} AS {}",
+            cols.join(", "),
+            table.quoted(),
+            qi("__shoal_t")
+        )
+    }
+}
