@@ -22,7 +22,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Init => init(&coordinator()?).await,
         Command::Local(command) => local(command).await,
         Command::Demo(args) => crate::demo::run(&args).await,
-        Command::Serve(args) => crate::serve::run(connect(&coordinator()?).await?, &args).await,
+        Command::Serve(args) => {
+            let params = ConnectParams::parse(&coordinator()?)?;
+            // Fail early, with the usual message, if the coordinator is unusable.
+            Cluster::connect(params.clone()).await?;
+            crate::serve::run(params, &args).await
+        }
         Command::Node(command) => node(&connect(&coordinator()?).await?, command).await,
         Command::Table(command) => table(&connect(&coordinator()?).await?, command).await,
         Command::Shard(command) => shard(&connect(&coordinator()?).await?, command).await,

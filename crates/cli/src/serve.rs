@@ -1,51 +1,93 @@
-//! `shoal serve`: the daemon. Today it runs the cleanup loop, which removes what finished
-//! operations left for later (a source shard that was still being read when its move completed)
-//! and what failed ones could not remove at once (a node that was down). Several daemons may run
-//! against one coordinator: operation locks keep them from touching a running operation's
-//! objects, and removing an object twice is harmless.
+//! `shoal serve`: the daemon. It runs duties side by side until Ctrl-C or SIGTERM:
+//! - the cleanup loop, which removes what finished operations left for later (a source shard
+//!   still being read when its move completed) and what failed ones could not remove at once
+//!   (a node that was down).
+//!
+//! Several daemons may run against one coordinator: the catalog's locks and leases decide who
+//! does what, and every duty is safe to repeat. Each duty gets its own coordinator connection and
+//! reconnects after an error.
 
+use std::future::Future;
 use std::time::Duration;
 
 use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::watch;
 
-use crate::args::ServeArgs;
+use shoal_catalog::ConnectParams;
 use shoal_cluster::{cleanup, Cluster};
 
-pub async fn run(mut cluster: Cluster, args: &ServeArgs) -> anyhow::Result<()> {
-    let mut terminate = signal(SignalKind::terminate())?;
-    let interval = Duration::from_secs(args.cleanup_interval);
-    tracing::info!(
-        interval_s = args.cleanup_interval,
-        "shoal serve: cleanup loop started"
-    );
+use crate::args::ServeArgs;
+
+/// Tells a duty to stop: `changed()` resolves when the daemon shuts down.
+pub type Shutdown = watch::Receiver<bool>;
+
+pub async fn run(params: ConnectParams, args: &ServeArgs) -> anyhow::Result<()> {
+    let (stop, shutdown) = watch::channel(false);
+    let mut duties = tokio::task::JoinSet::new();
+    duties.spawn(every(
+        "cleanup",
+        params.clone(),
+        Duration::from_secs(args.cleanup_interval),
+        shutdown.clone(),
+        |cluster| async move { cleanup_pass(&cluster).await },
+    ));
     eprintln!(
         "shoal serve: cleanup every {} s; Ctrl-C or SIGTERM stops it",
         args.cleanup_interval
     );
+    let mut terminate = signal(SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+    let _ = stop.send(true);
+    while duties.join_next().await.is_some() {}
+    eprintln!("shoal serve: stopped");
+    Ok(())
+}
+
+/// Runs `pass` every `interval` with a coordinator connection of its own, reconnecting after
+/// errors, until shutdown.
+pub async fn every<F, Fut>(
+    name: &'static str,
+    params: ConnectParams,
+    interval: Duration,
+    mut shutdown: Shutdown,
+    mut pass: F,
+) where
+    F: FnMut(std::sync::Arc<Cluster>) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    let mut cluster: Option<std::sync::Arc<Cluster>> = None;
     loop {
-        match cleanup::run_cleanup(&cluster, None).await {
-            Ok(report) => {
-                for removed in &report.removed {
-                    tracing::info!(object = %removed, "cleanup: removed");
-                }
-                for failed in &report.failed {
-                    tracing::warn!(object = %failed, "cleanup: will retry");
+        if cluster.is_none() {
+            match Cluster::connect(params.clone()).await {
+                Ok(connected) => cluster = Some(std::sync::Arc::new(connected)),
+                Err(error) => {
+                    tracing::warn!(duty = name, %error, "coordinator unreachable; will retry")
                 }
             }
-            Err(error) => {
-                tracing::warn!(%error, "cleanup pass failed; reconnecting to the coordinator");
-                match Cluster::connect(cluster.params().clone()).await {
-                    Ok(fresh) => cluster = fresh,
-                    Err(error) => tracing::warn!(%error, "coordinator unreachable; will retry"),
-                }
+        }
+        if let Some(current) = &cluster {
+            if let Err(error) = pass(current.clone()).await {
+                tracing::warn!(duty = name, %error, "pass failed; will retry with a new connection");
+                cluster = None;
             }
         }
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
-            _ = tokio::signal::ctrl_c() => break,
-            _ = terminate.recv() => break,
+            _ = shutdown.changed() => return,
         }
     }
-    eprintln!("shoal serve: stopped");
+}
+
+async fn cleanup_pass(cluster: &Cluster) -> anyhow::Result<()> {
+    let report = cleanup::run_cleanup(cluster, None).await?;
+    for removed in &report.removed {
+        tracing::info!(object = %removed, "cleanup: removed");
+    }
+    for failed in &report.failed {
+        tracing::warn!(object = %failed, "cleanup: will retry");
+    }
     Ok(())
 }
