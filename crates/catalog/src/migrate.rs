@@ -18,6 +18,7 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "transfers",
         include_str!("../migrations/0002_transfers.sql"),
     ),
+    ("streams", include_str!("../migrations/0003_streams.sql")),
 ];
 
 pub const LATEST_VERSION: i32 = MIGRATIONS.len() as i32;
