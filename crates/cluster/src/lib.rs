@@ -11,6 +11,7 @@ use tokio_postgres::Client;
 
 use shoal_catalog::{check_version, connect, ConnectParams};
 
+pub mod capture;
 pub mod cleanup;
 pub mod ddl;
 pub mod distribute;

@@ -600,8 +600,18 @@ impl<'a> Transfer<'a> {
         Ok(())
     }
 
+    /// Stream tables capture changes from every node: the target must have its slot before
+    /// the group's writes arrive there, so that none of them goes uncaptured.
+    async fn ensure_capture_on_target(&self) -> Result<(), TransferError> {
+        if shoal_cluster::capture::capture_active(self.cluster).await? {
+            shoal_cluster::capture::ensure_node_slot(self.cluster, &self.target).await?;
+        }
+        Ok(())
+    }
+
     async fn move_logical(&mut self, cancel: &CancelToken) -> Result<(), TransferError> {
         self.set_status(Status::SettingUp, cancel).await?;
+        self.ensure_capture_on_target().await?;
         let source = self.connect(&self.source).await?;
         let target = self.connect(&self.target).await?;
         self.measure_source(&source).await?;
@@ -714,6 +724,7 @@ impl<'a> Transfer<'a> {
 
     async fn move_blocking(&mut self, cancel: &CancelToken) -> Result<(), TransferError> {
         self.set_status(Status::SettingUp, cancel).await?;
+        self.ensure_capture_on_target().await?;
         let source = self.connect(&self.source).await?;
         let target = self.connect(&self.target).await?;
         self.measure_source(&source).await?;
