@@ -68,6 +68,83 @@ pub enum Command {
     Demo(DemoArgs),
     /// Run the daemon: the cleanup loop (removes what finished and failed operations left)
     Serve(ServeArgs),
+    /// Stream tables: query results over distributed tables, kept up to date incrementally
+    #[command(subcommand)]
+    Stream(StreamCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StreamCommand {
+    /// Create a stream table from a query over distributed and reference tables, populated now
+    Create {
+        /// Name of the new table (as in SQL: name or schema.name)
+        name: String,
+        /// The defining query
+        #[arg(long)]
+        query: String,
+        /// How often `shoal serve` refreshes it: 500ms, 1s, 2m
+        #[arg(long, default_value = "1s", value_parser = parse_duration)]
+        schedule: std::time::Duration,
+        /// auto: differential when the query allows it, else full (saying why)
+        #[arg(long, value_enum, default_value_t = StreamMode::Auto)]
+        mode: StreamMode,
+    },
+    /// Change a stream table's schedule or mode
+    Alter {
+        name: String,
+        #[arg(long, value_parser = parse_duration)]
+        schedule: Option<std::time::Duration>,
+        #[arg(long, value_enum)]
+        mode: Option<StreamMode>,
+    },
+    /// Drop a stream table
+    Drop { name: String },
+    /// Capture the latest changes and refresh now
+    Refresh {
+        name: String,
+        /// Recompute the whole query instead of applying changes
+        #[arg(long)]
+        full: bool,
+    },
+    /// List stream tables
+    List(JsonFlag),
+    /// Capture and refresh status per stream table and node
+    Status(JsonFlag),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StreamMode {
+    Auto,
+    Differential,
+    Full,
+}
+
+/// `500ms`, `1s`, `2m`, or a number of seconds.
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let text = text.trim();
+    let (number, unit) = match text.find(|c: char| c.is_ascii_alphabetic()) {
+        Some(i) => (&text[..i], &text[i..]),
+        None => (text, "s"),
+    };
+    let value: f64 = number
+        .trim()
+        .parse()
+        .map_err(|_| format!("invalid duration {text:?}; use 500ms, 1s or 2m"))?;
+    let seconds = match unit {
+        "ms" => value / 1000.0,
+        "s" => value,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        _ => {
+            return Err(format!(
+                "invalid duration unit in {text:?}; use ms, s, m or h"
+            ))
+        }
+    };
+    if !(seconds > 0.0 && seconds.is_finite()) {
+        return Err(format!("the duration {text:?} must be positive"));
+    }
+    Ok(std::time::Duration::from_secs_f64(seconds))
 }
 
 #[derive(Debug, Args)]

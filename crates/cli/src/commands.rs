@@ -22,6 +22,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Init => init(&coordinator()?).await,
         Command::Local(command) => local(command).await,
         Command::Demo(args) => crate::demo::run(&args).await,
+        Command::Stream(command) => {
+            crate::stream::run(&connect(&coordinator()?).await?, command).await
+        }
         Command::Serve(args) => {
             let params = ConnectParams::parse(&coordinator()?)?;
             // Fail early, with the usual message, if the coordinator is unusable.

@@ -7,6 +7,7 @@ mod config;
 mod demo;
 mod output;
 mod serve;
+mod stream;
 mod transfer;
 
 use std::process::ExitCode;

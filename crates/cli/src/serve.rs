@@ -1,4 +1,6 @@
 //! `shoal serve`: the daemon. It runs duties side by side until Ctrl-C or SIGTERM:
+//! - the stream scheduler: follows the topology, captures every node's changes and refreshes
+//!   the stream tables that are due, each under a lease;
 //! - the cleanup loop, which removes what finished operations left for later (a source shard
 //!   still being read when its move completed) and what failed ones could not remove at once
 //!   (a node that was down).
@@ -15,7 +17,6 @@ use tokio::sync::watch;
 
 use shoal_catalog::ConnectParams;
 use shoal_cluster::{cleanup, Cluster};
-
 use crate::args::ServeArgs;
 
 /// Tells a duty to stop: `changed()` resolves when the daemon shuts down.
@@ -31,8 +32,35 @@ pub async fn run(params: ConnectParams, args: &ServeArgs) -> anyhow::Result<()> 
         shutdown.clone(),
         |cluster| async move { cleanup_pass(&cluster).await },
     ));
+    let holder = format!(
+        "{}:{}:{}",
+        std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".into()),
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or(0)
+    );
+    let config = std::sync::Arc::new(shoal_stream::runtime::SchedulerConfig::new(holder));
+    duties.spawn(every(
+        "stream scheduler",
+        params.clone(),
+        Duration::from_millis(200),
+        shutdown.clone(),
+        move |cluster| {
+            let config = config.clone();
+            async move {
+                let report = shoal_stream::runtime::tick(&cluster, &config).await?;
+                if report.changes_captured > 0 || !report.refreshed.is_empty() {
+                    tracing::debug!(?report, "stream scheduler tick");
+                }
+                Ok(())
+            }
+        },
+    ));
     eprintln!(
-        "shoal serve: cleanup every {} s; Ctrl-C or SIGTERM stops it",
+        "shoal serve: cleanup every {} s, stream tables refreshed on their schedules; \
+         Ctrl-C or SIGTERM stops it",
         args.cleanup_interval
     );
     let mut terminate = signal(SignalKind::terminate())?;

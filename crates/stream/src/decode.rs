@@ -53,7 +53,10 @@ pub struct DecodeError {
 }
 
 fn error(line: &str, reason: &str) -> DecodeError {
-    DecodeError { line: line.chars().take(200).collect(), reason: reason.to_string() }
+    DecodeError {
+        line: line.chars().take(200).collect(),
+        reason: reason.to_string(),
+    }
 }
 
 /// Groups `(lsn, data)` rows into transactions. Rows after the last COMMIT (never the case for
@@ -65,8 +68,13 @@ pub fn transactions(rows: &[(String, String)]) -> Result<Vec<Transaction>, Decod
         if data == "BEGIN" || data.starts_with("BEGIN ") {
             current = Some(Vec::new());
         } else if data == "COMMIT" || data.starts_with("COMMIT ") {
-            let changes = current.take().ok_or_else(|| error(data, "COMMIT without BEGIN"))?;
-            out.push(Transaction { commit_lsn: lsn.clone(), changes });
+            let changes = current
+                .take()
+                .ok_or_else(|| error(data, "COMMIT without BEGIN"))?;
+            out.push(Transaction {
+                commit_lsn: lsn.clone(),
+                changes,
+            });
         } else {
             let change = parse_change(data)?;
             current
@@ -79,17 +87,26 @@ pub fn transactions(rows: &[(String, String)]) -> Result<Vec<Transaction>, Decod
 }
 
 pub fn parse_change(line: &str) -> Result<Change, DecodeError> {
-    let rest = line.strip_prefix("table ").ok_or_else(|| error(line, "no `table ` prefix"))?;
+    let rest = line
+        .strip_prefix("table ")
+        .ok_or_else(|| error(line, "no `table ` prefix"))?;
     let mut cursor = Cursor { text: rest, pos: 0 };
-    let schema = cursor.identifier().ok_or_else(|| error(line, "no schema name"))?;
+    let schema = cursor
+        .identifier()
+        .ok_or_else(|| error(line, "no schema name"))?;
     if !cursor.eat(".") {
         return Err(error(line, "no `.` after the schema"));
     }
-    let table = cursor.identifier().ok_or_else(|| error(line, "no table name"))?;
+    let table = cursor
+        .identifier()
+        .ok_or_else(|| error(line, "no table name"))?;
     if !cursor.eat(": ") {
         return Err(error(line, "no `: ` after the table"));
     }
-    let action_end = cursor.rest().find(':').ok_or_else(|| error(line, "no action"))?;
+    let action_end = cursor
+        .rest()
+        .find(':')
+        .ok_or_else(|| error(line, "no action"))?;
     let action = cursor.rest()[..action_end].to_string();
     cursor.pos += action_end + 1;
     cursor.eat(" ");
@@ -122,7 +139,13 @@ pub fn parse_change(line: &str) -> Result<Change, DecodeError> {
             }
         }
     };
-    Ok(Change { schema, table, kind, old, new })
+    Ok(Change {
+        schema,
+        table,
+        kind,
+        old,
+        new,
+    })
 }
 
 struct Cursor<'a> {
@@ -183,11 +206,16 @@ impl<'a> Cursor<'a> {
             if self.rest().is_empty() || stop.is_some_and(|s| self.rest().starts_with(s)) {
                 return Ok(row);
             }
-            let name = self.identifier().ok_or_else(|| error(line, "no column name"))?;
+            let name = self
+                .identifier()
+                .ok_or_else(|| error(line, "no column name"))?;
             if !self.eat("[") {
                 return Err(error(line, "no `[` after a column name"));
             }
-            let type_end = self.rest().find("]:").ok_or_else(|| error(line, "no end of a type"))?;
+            let type_end = self
+                .rest()
+                .find("]:")
+                .ok_or_else(|| error(line, "no end of a type"))?;
             self.pos += type_end + 2;
             let value = self.value(line)?;
             row.push((name, value));
@@ -314,7 +342,10 @@ mod tests {
         .unwrap();
         assert_eq!(change.kind, ChangeKind::Update);
         let old = change.old.unwrap();
-        assert_eq!(old, vec![("id".into(), text("1")), ("big".into(), text("xxx"))]);
+        assert_eq!(
+            old,
+            vec![("id".into(), text("1")), ("big".into(), text("xxx"))]
+        );
         let new = complete_new_row(Some(&old), &change.new.unwrap());
         assert_eq!(new[1], ("big".into(), text("xxx")));
         assert_eq!(new[2], ("v".into(), text("2")));
@@ -326,8 +357,14 @@ mod tests {
     fn deletes_truncates_and_transactions() {
         let rows = vec![
             ("0/10".to_string(), "BEGIN".to_string()),
-            ("0/11".to_string(), "table public.t: DELETE: id[integer]:1".to_string()),
-            ("0/12".to_string(), "table public.t: TRUNCATE: (no-flags)".to_string()),
+            (
+                "0/11".to_string(),
+                "table public.t: DELETE: id[integer]:1".to_string(),
+            ),
+            (
+                "0/12".to_string(),
+                "table public.t: TRUNCATE: (no-flags)".to_string(),
+            ),
             ("0/13".to_string(), "COMMIT".to_string()),
             ("0/20".to_string(), "BEGIN 733".to_string()),
             ("0/21".to_string(), "COMMIT 733".to_string()),
@@ -336,7 +373,10 @@ mod tests {
         assert_eq!(txns.len(), 2);
         assert_eq!(txns[0].commit_lsn, "0/13");
         assert_eq!(txns[0].changes[0].kind, ChangeKind::Delete);
-        assert_eq!(txns[0].changes[0].old.as_ref().unwrap()[0], ("id".into(), text("1")));
+        assert_eq!(
+            txns[0].changes[0].old.as_ref().unwrap()[0],
+            ("id".into(), text("1"))
+        );
         assert_eq!(txns[0].changes[1].kind, ChangeKind::Truncate);
         assert!(txns[1].changes.is_empty());
     }

@@ -98,6 +98,7 @@ mod error;
 mod expr;
 mod plan;
 mod refresh;
+pub mod runtime;
 pub mod topology;
 
 pub use error::{AnalyzeError, GenerateError, Unsupported};

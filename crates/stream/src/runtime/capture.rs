@@ -1,0 +1,327 @@
+//! Reading every capture point's slot into `shoal.change_buffer`, exactly once.
+//!
+//! Per node: peek the slot (changes are not consumed yet), keep the changes to shard tables of
+//! captured sources, store them together with the node's new frontier in one coordinator
+//! transaction, and only then advance the slot. A crash in between re-reads transactions at or
+//! below the frontier, which are skipped.
+
+use std::collections::HashMap;
+
+use tokio_postgres::Client;
+
+use shoal_catalog::model::{self, Node};
+use shoal_cluster::capture::{COORDINATOR_NODE, SLOT_NAME};
+use shoal_cluster::{pg_message, Cluster};
+use crate::decode::{self, ChangeKind};
+use crate::runtime::StreamError;
+
+/// Serialises writes to the change buffer, so that committed rows are always a prefix of the
+/// sequence: a refresh that reads up to the highest committed sequence number never skips a row
+/// that commits later with a lower one.
+const BUFFER_LOCK: i64 = 0x5348_4f41_4c00_00b0;
+
+/// Parses `X/Y` (both hexadecimal) into a comparable number.
+pub fn parse_lsn(text: &str) -> Option<u64> {
+    let (high, low) = text.split_once('/')?;
+    Some((u64::from_str_radix(high, 16).ok()? << 32) | u64::from_str_radix(low, 16).ok()?)
+}
+
+/// `(schema, shard table)` to `(table id, shard id)`.
+type ShardsByName = HashMap<(String, String), (i32, i64)>;
+
+/// Which captured table and shard a decoded `schema.name` is, per capture point.
+#[derive(Debug, Default)]
+pub struct ShardMap {
+    by_node: HashMap<i32, ShardsByName>,
+}
+
+impl ShardMap {
+    pub async fn load(client: &Client) -> Result<ShardMap, StreamError> {
+        let rows = client
+            .query(
+                "SELECT DISTINCT t.table_id, t.kind, s.shard_id, s.schema_name, s.shard_name, p.node_id
+                 FROM shoal.stream_source ss
+                 JOIN shoal.distributed_table t USING (table_id)
+                 JOIN shoal.shard s ON s.table_id = t.table_id
+                 JOIN shoal.placement p ON p.shard_id = s.shard_id",
+                &[],
+            )
+            .await?;
+        let mut map = ShardMap::default();
+        for row in rows {
+            let table_id: i32 = row.get(0);
+            let kind: String = row.get(1);
+            let shard_id: i64 = row.get(2);
+            let key = (row.get::<_, String>(3), row.get::<_, String>(4));
+            // Reference tables are written on the coordinator; their node copies are replicas
+            // whose changes carry an origin and are never decoded.
+            let node = if kind == "reference" {
+                COORDINATOR_NODE
+            } else {
+                row.get(5)
+            };
+            map.by_node
+                .entry(node)
+                .or_default()
+                .insert(key, (table_id, shard_id));
+        }
+        Ok(map)
+    }
+
+    fn lookup(&self, node: i32, schema: &str, table: &str) -> Option<(i32, i64)> {
+        self.by_node
+            .get(&node)?
+            .get(&(schema.to_string(), table.to_string()))
+            .copied()
+    }
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct PollReport {
+    pub changes: u64,
+    pub failed_nodes: Vec<(i32, String)>,
+}
+
+/// Polls every capture point once (up to `limit` changes each).
+pub async fn poll_all(
+    cluster: &Cluster,
+    limit: i32,
+    retry_ticks: i32,
+) -> Result<PollReport, StreamError> {
+    let slots = cluster
+        .client()
+        .query(
+            "SELECT node_id FROM shoal.worker_slot ORDER BY node_id",
+            &[],
+        )
+        .await?;
+    let map = ShardMap::load(cluster.client()).await?;
+    let nodes: HashMap<i32, Node> = model::list_nodes(cluster.client())
+        .await?
+        .into_iter()
+        .map(|n| (n.node_id, n))
+        .collect();
+    let mut report = PollReport::default();
+    for row in slots {
+        let node_id: i32 = row.get(0);
+        let result = if node_id == COORDINATOR_NODE {
+            poll_node(cluster, node_id, cluster.client(), &map, limit).await
+        } else if let Some(node) = nodes.get(&node_id) {
+            match cluster.node_client(node, "shoal capture").await {
+                Ok(client) => poll_node(cluster, node_id, &client, &map, limit).await,
+                Err(error) => Err(StreamError::Cluster(error)),
+            }
+        } else {
+            continue;
+        };
+        match result {
+            Ok(n) => report.changes += n,
+            Err(error) => {
+                let message = error.to_string();
+                record_failure(cluster, node_id, &message, retry_ticks).await?;
+                report.failed_nodes.push((node_id, message));
+            }
+        }
+    }
+    Ok(report)
+}
+
+/// A node that cannot be read is skipped; its frontier stays where it is, and after
+/// `retry_ticks` failures in a row it is flagged.
+async fn record_failure(
+    cluster: &Cluster,
+    node_id: i32,
+    message: &str,
+    retry_ticks: i32,
+) -> Result<(), StreamError> {
+    let row = cluster
+        .client()
+        .query_one(
+            "UPDATE shoal.worker_slot SET consecutive_failures = consecutive_failures + 1,
+                    last_error = $2, alert = consecutive_failures + 1 >= $3
+             WHERE node_id = $1 RETURNING consecutive_failures, alert",
+            &[&node_id, &message, &retry_ticks],
+        )
+        .await?;
+    let failures: i32 = row.get(0);
+    if row.get::<_, bool>(1) {
+        tracing::warn!(
+            node_id,
+            failures,
+            error = message,
+            "capture point unreachable; stream tables lag behind it"
+        );
+    } else {
+        tracing::info!(
+            node_id,
+            failures,
+            error = message,
+            "capture point unreachable; retrying next tick"
+        );
+    }
+    Ok(())
+}
+
+/// Reads one node's slot into the buffer. Returns the number of changes stored.
+pub async fn poll_node(
+    cluster: &Cluster,
+    node_id: i32,
+    node: &Client,
+    map: &ShardMap,
+    limit: i32,
+) -> Result<u64, StreamError> {
+    // Everything committed and flushed before this position is in the peek below, unless the
+    // peek stops at `limit`: then the frontier can move up to here even without a transaction
+    // of ours (a shard move's barrier waits on it).
+    let flushed: String = node
+        .query_one("SELECT pg_current_wal_flush_lsn()::text", &[])
+        .await
+        .map_err(|e| StreamError::Capture(format!("reading node {node_id}: {}", pg_message(&e))))?
+        .get(0);
+    let rows: Vec<(String, String)> = node
+        .query(
+            "SELECT lsn::text, data FROM pg_logical_slot_peek_changes($1, NULL, $2,
+                 'include-xids', '0', 'skip-empty-xacts', '1', 'only-local', '1')",
+            &[&SLOT_NAME, &limit],
+        )
+        .await
+        .map_err(|e| {
+            StreamError::Capture(format!(
+                "reading the slot of node {node_id}: {}",
+                pg_message(&e)
+            ))
+        })?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let complete = rows.len() < usize::try_from(limit).unwrap_or(usize::MAX);
+    let transactions =
+        decode::transactions(&rows).map_err(|e| StreamError::Capture(e.to_string()))?;
+    let last_commit = transactions.last().map(|t| t.commit_lsn.clone());
+    let last_lsn = match (&last_commit, complete) {
+        (Some(commit), false) => commit.clone(),
+        (Some(commit), true) if parse_lsn(commit) > parse_lsn(&flushed) => commit.clone(),
+        (_, true) => flushed.clone(),
+        (None, false) => {
+            mark_polled(cluster, node_id).await?;
+            return Ok(0);
+        }
+    };
+
+    let mut coordinator = cluster.coordinator("shoal capture").await?;
+    let tx = coordinator.transaction().await?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&BUFFER_LOCK])
+        .await?;
+    let frontier: String = tx
+        .query_one(
+            "SELECT frontier::text FROM shoal.worker_slot WHERE node_id = $1 FOR UPDATE",
+            &[&node_id],
+        )
+        .await?
+        .get(0);
+    let frontier = parse_lsn(&frontier).unwrap_or(0);
+    let (mut table_ids, mut shard_ids, mut lsns, mut olds, mut news) =
+        (vec![], vec![], vec![], vec![], vec![]);
+    let mut truncated = Vec::new();
+    for txn in &transactions {
+        if parse_lsn(&txn.commit_lsn).unwrap_or(0) <= frontier {
+            continue; // stored before a crash; the slot was not advanced yet
+        }
+        for change in &txn.changes {
+            let Some((table_id, shard_id)) = map.lookup(node_id, &change.schema, &change.table)
+            else {
+                continue;
+            };
+            if change.kind == ChangeKind::Truncate {
+                truncated.push(table_id);
+                continue;
+            }
+            let old = change.old.as_ref().map(decode::row_json);
+            let new = change
+                .new
+                .as_ref()
+                .map(|new| decode::row_json(&decode::complete_new_row(change.old.as_ref(), new)));
+            table_ids.push(table_id);
+            shard_ids.push(shard_id);
+            lsns.push(txn.commit_lsn.clone());
+            olds.push(old);
+            news.push(new);
+        }
+    }
+    let stored = table_ids.len() as u64;
+    if stored > 0 {
+        tx.execute(
+            "INSERT INTO shoal.change_buffer (table_id, shard_id, node_id, commit_lsn, old_row, new_row)
+             SELECT t, s, $3, l::pg_lsn, o, n
+             FROM unnest($1::int[], $2::bigint[], $4::text[], $5::jsonb[], $6::jsonb[]) AS u(t, s, l, o, n)",
+            &[&table_ids, &shard_ids, &node_id, &lsns, &olds, &news],
+        )
+        .await?;
+    }
+    if !truncated.is_empty() {
+        // A TRUNCATE carries no rows: the stream tables over it start again from a full refresh.
+        tx.execute(
+            "UPDATE shoal.stream_table SET needs_reinit = true WHERE stream_id IN (
+                 SELECT stream_id FROM shoal.stream_source WHERE table_id = ANY ($1))",
+            &[&truncated],
+        )
+        .await?;
+    }
+    tx.execute(
+        "UPDATE shoal.worker_slot SET frontier = greatest(frontier, $2::text::pg_lsn), last_poll_at = now(),
+                consecutive_failures = 0, alert = false, last_error = NULL
+         WHERE node_id = $1",
+        &[&node_id, &last_lsn],
+    )
+    .await?;
+    tx.commit().await?;
+    crash_point("after-capture-store");
+    node.execute(
+        "SELECT pg_replication_slot_advance($1, $2::text::pg_lsn)",
+        &[&SLOT_NAME, &last_lsn],
+    )
+    .await
+    .map_err(|e| {
+        StreamError::Capture(format!(
+            "advancing the slot of node {node_id}: {}",
+            pg_message(&e)
+        ))
+    })?;
+    Ok(stored)
+}
+
+async fn mark_polled(cluster: &Cluster, node_id: i32) -> Result<(), StreamError> {
+    cluster
+        .client()
+        .execute(
+            "UPDATE shoal.worker_slot SET last_poll_at = now(), consecutive_failures = 0, alert = false,
+                    last_error = NULL WHERE node_id = $1",
+            &[&node_id],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Fault injection for crash tests: `SHOAL_FAILPOINTS=crash:after-capture-store` ends the process
+/// at once (as a SIGKILL would) between storing changes and advancing the slot.
+fn crash_point(name: &str) {
+    if std::env::var("SHOAL_FAILPOINTS")
+        .is_ok_and(|v| v.split(';').any(|p| p.trim() == format!("crash:{name}")))
+    {
+        eprintln!("failpoint: crashing at {name}");
+        std::process::abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lsns_compare_as_numbers() {
+        assert_eq!(parse_lsn("0/0"), Some(0));
+        assert!(parse_lsn("1/0").unwrap() > parse_lsn("0/FFFFFFFF").unwrap());
+        assert!(parse_lsn("0/1A2B").unwrap() > parse_lsn("0/9FFF").unwrap());
+        assert_eq!(parse_lsn("nonsense"), None);
+    }
+}

@@ -1,0 +1,686 @@
+//! Creating, changing, refreshing and dropping stream tables.
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use thiserror::Error;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{GenericClient, Transaction};
+
+use shoal_catalog::model::{self, TableKind};
+use shoal_catalog::CatalogError;
+use shoal_cluster::capture;
+use shoal_cluster::{pg_message, Cluster, ClusterError};
+use shoal_sql::QualifiedName;
+use crate::runtime::capture::poll_all;
+use crate::{
+    analyze, choose_mode, differential_refresh_sql, full_refresh_sql, probe_sql, storage_ddl,
+    AggFunc, AnalyzeError, ColumnType, DeltaRelations, GenerateError, Mode, QueryPlan, SourceRef,
+};
+
+#[derive(Debug, Error)]
+pub enum StreamError {
+    #[error("{0}")]
+    Analyze(#[from] AnalyzeError),
+    #[error("{0}")]
+    Generate(#[from] GenerateError),
+    #[error("{0}")]
+    Refused(String),
+    #[error("change capture: {0}")]
+    Capture(String),
+    #[error("{0}")]
+    Cluster(#[from] ClusterError),
+    #[error("{0}")]
+    Catalog(#[from] CatalogError),
+    #[error("{0}")]
+    Postgres(String),
+}
+
+impl From<tokio_postgres::Error> for StreamError {
+    fn from(error: tokio_postgres::Error) -> Self {
+        StreamError::Postgres(pg_message(&error))
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct StreamOptions {
+    pub schedule: Duration,
+    pub mode: Mode,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StreamInfo {
+    pub stream_id: i32,
+    pub name: String,
+    pub query: String,
+    pub requested_mode: String,
+    pub refresh_mode: String,
+    pub mode_reason: Option<String>,
+    pub schedule_ms: i32,
+    pub needs_reinit: bool,
+    pub last_refresh_at: Option<String>,
+    pub last_refresh_ms: Option<f64>,
+    pub last_refresh_mode: Option<String>,
+    pub last_rows_changed: Option<i64>,
+    pub last_error: Option<String>,
+    pub rows: Option<i64>,
+}
+
+/// A stream table as the catalog records it, with what a refresh needs.
+pub(crate) struct Stream {
+    pub table: QualifiedName,
+    pub query: String,
+    pub search_path: String,
+    pub refresh_mode: String,
+    pub needs_reinit: bool,
+    pub consumed_seq: i64,
+    /// The coordinator relation of each source, by the name the query uses.
+    pub sources: Vec<(SourceRef, QualifiedName, i32)>,
+}
+
+pub(crate) async fn load_stream(
+    client: &impl GenericClient,
+    stream_id: i32,
+) -> Result<Stream, StreamError> {
+    let row = client
+        .query_one(
+            "SELECT n.nspname::text, c.relname::text, s.query, s.search_path, s.refresh_mode,
+                    s.needs_reinit, s.consumed_seq
+             FROM shoal.stream_table s JOIN pg_class c ON c.oid = s.relid
+             JOIN pg_namespace n ON n.oid = c.relnamespace WHERE s.stream_id = $1",
+            &[&stream_id],
+        )
+        .await?;
+    let plan = analyze(row.get::<_, &str>(2))?;
+    let search_path: String = row.get(3);
+    let mut sources = Vec::new();
+    for relation in &plan.relations {
+        let (relid, name) = resolve_source(client, relation, &search_path).await?;
+        let table = model::get_table_by_relid(client, relid)
+            .await?
+            .ok_or_else(|| {
+                StreamError::Refused(format!("source {name} is no longer distributed"))
+            })?;
+        sources.push((relation.clone(), name, table.table_id));
+    }
+    Ok(Stream {
+        table: QualifiedName::new(row.get::<_, String>(0), row.get::<_, String>(1)),
+        query: row.get(2),
+        search_path,
+        refresh_mode: row.get(4),
+        needs_reinit: row.get(5),
+        consumed_seq: row.get(6),
+        sources,
+    })
+}
+
+/// Resolves a source as the query names it, with the stream table's search path.
+async fn resolve_source(
+    client: &impl GenericClient,
+    source: &SourceRef,
+    search_path: &str,
+) -> Result<(u32, QualifiedName), StreamError> {
+    let text = match &source.schema {
+        Some(schema) => QualifiedName::new(schema, &source.name).quoted(),
+        None => shoal_sql::quote_ident(&source.name),
+    };
+    let row = client
+        .query_one(
+            "SELECT c.oid, n.nspname::text, c.relname::text
+             FROM (SELECT set_config('search_path', $2, true)) _,
+                  pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE c.oid = to_regclass($1)",
+            &[&text, &search_path],
+        )
+        .await
+        .map_err(|_| StreamError::Refused(format!("the query's table {text} does not exist")))?;
+    Ok((
+        row.get(0),
+        QualifiedName::new(row.get::<_, String>(1), row.get::<_, String>(2)),
+    ))
+}
+
+fn stream_key(stream_id: i32) -> String {
+    format!("stream:{stream_id}")
+}
+
+/// Finds a stream table by its SQL name.
+pub(crate) async fn find_stream(
+    client: &impl GenericClient,
+    name: &str,
+) -> Result<i32, StreamError> {
+    let row = client
+        .query_opt(
+            "SELECT stream_id FROM shoal.stream_table WHERE relid = to_regclass($1)",
+            &[&name],
+        )
+        .await
+        .ok()
+        .flatten();
+    row.map(|r| r.get(0)).ok_or_else(|| {
+        StreamError::Refused(format!("no stream table {name}; see `shoal stream list`"))
+    })
+}
+
+pub async fn create_stream(
+    cluster: &Cluster,
+    name: &str,
+    query: &str,
+    options: &StreamOptions,
+) -> Result<StreamInfo, StreamError> {
+    let analysis = analyze(query);
+    let chosen = choose_mode(&analysis, options.mode)?;
+    let plan = analysis?;
+    let schedule_ms = i32::try_from(options.schedule.as_millis())
+        .ok()
+        .filter(|ms| *ms > 0)
+        .ok_or_else(|| {
+            StreamError::Refused("the schedule must be between 1 ms and 24 days".into())
+        })?;
+    let client = cluster.client();
+    let target = client
+        .query_one(
+            "SELECT coalesce(p[1], current_schema())::text, p[array_length(p, 1)]::text,
+                    to_regclass($1) IS NOT NULL, current_setting('search_path'), array_length(p, 1)
+             FROM parse_ident($1) p",
+            &[&name],
+        )
+        .await
+        .map_err(|_| StreamError::Refused(format!("{name} is not a valid table name")))?;
+    if target.get::<_, bool>(2) {
+        return Err(StreamError::Refused(format!(
+            "a table named {name} already exists; choose another name"
+        )));
+    }
+    let parts: i32 = target.get(4);
+    let table = if parts > 1 {
+        QualifiedName::new(target.get::<_, String>(0), target.get::<_, String>(1))
+    } else {
+        QualifiedName::new(
+            client
+                .query_one("SELECT current_schema()::text", &[])
+                .await?
+                .get::<_, String>(0),
+            target.get::<_, String>(1),
+        )
+    };
+    let search_path: String = target.get(3);
+
+    // Every source must be distributed or a reference table: only those are captured.
+    let mut sources = Vec::new();
+    for relation in &plan.relations {
+        let (relid, qualified) = resolve_source(client, relation, &search_path).await?;
+        let dist = model::get_table_by_relid(client, relid).await?.ok_or_else(|| {
+            StreamError::Refused(format!(
+                "{qualified} is not a distributed or reference table; stream tables are fed by \
+                 change capture on the nodes (run `shoal table distribute` or `shoal table reference` first)"
+            ))
+        })?;
+        sources.push(dist);
+    }
+    prepare_capture(cluster, &sources).await?;
+
+    let types = probe_types(cluster, &plan, &search_path).await?;
+    let mut coordinator = cluster.coordinator("shoal stream create").await?;
+    let tx = coordinator.transaction().await?;
+    tx.execute(
+        "SELECT set_config('search_path', $1, true)",
+        &[&search_path],
+    )
+    .await?;
+    for statement in storage_ddl(&plan, &table, &types)? {
+        tx.batch_execute(&statement).await?;
+    }
+    let relid: u32 = tx
+        .query_one("SELECT to_regclass($1)::oid", &[&table.quoted()])
+        .await?
+        .get(0);
+    let stream_id: i32 = tx
+        .query_one(
+            "INSERT INTO shoal.stream_table (relid, query, search_path, requested_mode, refresh_mode,
+                 mode_reason, schedule_ms, needs_reinit)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, true) RETURNING stream_id",
+            &[
+                &relid,
+                &plan.query,
+                &search_path,
+                &options.mode.as_str(),
+                &chosen.mode.as_str(),
+                &chosen.reason,
+                &schedule_ms,
+            ],
+        )
+        .await?
+        .get(0);
+    let table_ids: BTreeSet<i32> = sources.iter().map(|s| s.table_id).collect();
+    for table_id in table_ids {
+        tx.execute(
+            "INSERT INTO shoal.stream_source (stream_id, table_id) VALUES ($1, $2)",
+            &[&stream_id, &table_id],
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    // Populated at once: a consistent full refresh.
+    refresh_stream(cluster, stream_id, true).await?;
+    stream_info(cluster.client(), stream_id).await
+}
+
+/// Capture needs the old row of every update and delete (`REPLICA IDENTITY FULL` on every
+/// shard, recorded so that moved and new shards keep it) and a slot on every node (and on the
+/// coordinator for reference tables) created after that.
+async fn prepare_capture(
+    cluster: &Cluster,
+    sources: &[model::DistributedTable],
+) -> Result<(), StreamError> {
+    let nodes = model::list_nodes(cluster.client()).await?;
+    let mut reference = false;
+    for source in sources {
+        cluster
+            .client()
+            .execute(
+                "UPDATE shoal.distributed_table SET original_ddl =
+                     jsonb_set(original_ddl, '{replica_identity}', '\"Full\"') WHERE table_id = $1",
+                &[&source.table_id],
+            )
+            .await?;
+        if source.kind == TableKind::Reference {
+            reference = true;
+            cluster
+                .client()
+                .batch_execute(&format!(
+                    "ALTER TABLE {} REPLICA IDENTITY FULL",
+                    source.name.quoted()
+                ))
+                .await?;
+            continue;
+        }
+        for placement in model::placements_of_table(cluster.client(), source.table_id).await? {
+            let node = nodes
+                .iter()
+                .find(|n| n.node_id == placement.node_id)
+                .ok_or_else(|| {
+                    StreamError::Refused(format!("node {} is not registered", placement.node_id))
+                })?;
+            let client = cluster.node_client(node, "shoal stream create").await?;
+            client
+                .batch_execute(&format!(
+                    "ALTER TABLE {} REPLICA IDENTITY FULL",
+                    placement.shard_table.quoted()
+                ))
+                .await?;
+        }
+    }
+    for node in nodes.iter().filter(|n| n.is_active) {
+        capture::ensure_node_slot(cluster, node).await?;
+    }
+    if reference {
+        capture::ensure_coordinator_slot(cluster).await?;
+    }
+    Ok(())
+}
+
+async fn probe_types(
+    cluster: &Cluster,
+    plan: &QueryPlan,
+    search_path: &str,
+) -> Result<Vec<ColumnType>, StreamError> {
+    let mut coordinator = cluster.coordinator("shoal stream create").await?;
+    let tx = coordinator.transaction().await?;
+    tx.execute(
+        "SELECT set_config('search_path', $1, true)",
+        &[&search_path],
+    )
+    .await?;
+    tx.batch_execute(&format!(
+        "CREATE TEMP TABLE shoal_stream_probe ON COMMIT DROP AS {}",
+        probe_sql(plan)
+    ))
+    .await
+    .map_err(|e| StreamError::Refused(format!("the query does not run: {}", pg_message(&e))))?;
+    let rows = tx
+        .query(
+            "SELECT attname::text, format_type(atttypid, atttypmod) FROM pg_attribute
+             WHERE attrelid = 'shoal_stream_probe'::regclass AND attnum > 0 AND NOT attisdropped
+             ORDER BY attnum",
+            &[],
+        )
+        .await?;
+    tx.rollback().await?;
+    Ok(rows
+        .iter()
+        .map(|r| ColumnType::new(r.get::<_, String>(0), r.get::<_, String>(1)))
+        .collect())
+}
+
+/// Differential refresh reads the sources' current state when the query joins tables or keeps a
+/// MIN or MAX (to rescan a group whose extreme was deleted): then the sources' writes wait while
+/// every change up to now is captured and applied, so that the state read and the changes
+/// applied agree.
+fn reads_source_state(plan: &QueryPlan) -> bool {
+    plan.differential().is_some_and(|d| {
+        d.sources.len() > 1
+            || d.grouping.as_ref().is_some_and(|g| {
+                g.aggregates
+                    .iter()
+                    .any(|a| matches!(a.func, AggFunc::Min | AggFunc::Max))
+            })
+    })
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RefreshReport {
+    pub mode: String,
+    pub rows_changed: u64,
+    pub ms: f64,
+}
+
+/// Refreshes one stream table: differentially from the change buffer, or in full (when asked,
+/// when its query needs it, or when the topology changed).
+pub async fn refresh_stream(
+    cluster: &Cluster,
+    stream_id: i32,
+    force_full: bool,
+) -> Result<RefreshReport, StreamError> {
+    let started = Instant::now();
+    let stream = load_stream(cluster.client(), stream_id).await?;
+    let plan = analyze(&stream.query)?;
+    let full = force_full || stream.needs_reinit || stream.refresh_mode == "full";
+    let mut coordinator = cluster.coordinator("shoal stream refresh").await?;
+    let tx = coordinator.transaction().await?;
+    tx.execute(
+        "SELECT set_config('search_path', $1, true)",
+        &[&stream.search_path],
+    )
+    .await?;
+    let consistent = full || reads_source_state(&plan);
+    if consistent {
+        lock_sources(&tx, &stream).await?;
+        drain_capture(cluster).await?;
+    }
+    let hi = buffer_horizon(&tx, stream.consumed_seq).await?;
+    let rows_changed = if full {
+        let mut rows = 0;
+        for statement in full_refresh_sql(&plan, &stream.table) {
+            rows += tx.execute(statement.as_str(), &[]).await?;
+        }
+        rows
+    } else {
+        let mut deltas = HashMap::new();
+        for (source, _, table_id) in &stream.sources {
+            let changed: bool = tx
+                .query_one(
+                    "SELECT EXISTS (SELECT 1 FROM shoal.change_buffer
+                                    WHERE table_id = $1 AND seq > $2 AND seq <= $3)",
+                    &[table_id, &stream.consumed_seq, &hi],
+                )
+                .await?
+                .get(0);
+            if changed {
+                deltas.insert(
+                    source.clone(),
+                    delta_relations(&stream, source, *table_id, hi),
+                );
+            }
+        }
+        let mut rows = 0;
+        for statement in differential_refresh_sql(&plan, &stream.table, &deltas)? {
+            rows += tx.execute(statement.as_str(), &[]).await?;
+        }
+        rows
+    };
+    let ms = started.elapsed().as_secs_f64() * 1000.0;
+    let mode = if full { "full" } else { "differential" };
+    tx.execute(
+        "UPDATE shoal.stream_table SET consumed_seq = $2, needs_reinit = false, last_refresh_at = now(),
+                last_refresh_ms = $3, last_refresh_mode = $4, last_rows_changed = $5, last_error = NULL
+         WHERE stream_id = $1",
+        &[&stream_id, &hi, &ms, &mode, &(rows_changed as i64)],
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(RefreshReport {
+        mode: mode.to_string(),
+        rows_changed,
+        ms,
+    })
+}
+
+/// The buffer rows the delta SQL reads for one source, inside `(consumed, hi]`; the bounds are
+/// numbers of ours, the table name is quoted.
+fn delta_relations(stream: &Stream, source: &SourceRef, table_id: i32, hi: i64) -> DeltaRelations {
+    let table = stream
+        .sources
+        .iter()
+        .find(|(s, _, _)| s == source)
+        .map(|(_, q, _)| q.quoted())
+        .unwrap_or_default();
+    let side = |column: &str| {
+        format!(
+            "(SELECT (jsonb_populate_record(NULL::{table}, b.{column})).* FROM shoal.change_buffer b \
+             WHERE b.table_id = {table_id} AND b.seq > {} AND b.seq <= {hi} AND b.{column} IS NOT NULL)",
+            stream.consumed_seq
+        )
+    };
+    DeltaRelations {
+        deleted_sql: side("old_row"),
+        inserted_sql: side("new_row"),
+    }
+}
+
+/// The highest buffered change a refresh may apply: every committed one, except that after a
+/// shard move the target's changes of the moved shards wait until the source's have been
+/// captured up to the cutover (the source's final LSN), so per-key order holds.
+async fn buffer_horizon(tx: &Transaction<'_>, consumed: i64) -> Result<i64, StreamError> {
+    let row = tx
+        .query_one(
+            "SELECT coalesce((SELECT max(seq) FROM shoal.change_buffer), $1),
+                    (SELECT min(b.seq) FROM shoal.change_buffer b
+                     JOIN shoal.transfer t ON t.target_node = b.node_id AND t.final_source_lsn IS NOT NULL
+                     JOIN shoal.transfer_shard ts ON ts.operation_id = t.operation_id
+                                                 AND ts.shard_id = b.shard_id
+                     JOIN shoal.worker_slot w ON w.node_id = t.source_node
+                     WHERE b.seq > $1 AND w.frontier < t.final_source_lsn)",
+            &[&consumed],
+        )
+        .await?;
+    let max: i64 = row.get(0);
+    let held: Option<i64> = row.get(1);
+    Ok(match held {
+        Some(first_held) => (first_held - 1).min(max).max(consumed),
+        None => max,
+    })
+}
+
+/// Blocks writes to the sources (reads go on) for the rest of the refresh transaction, with a
+/// short lock timeout retried, never queueing writers for long.
+async fn lock_sources(tx: &Transaction<'_>, stream: &Stream) -> Result<(), StreamError> {
+    let mut names: Vec<String> = stream.sources.iter().map(|(_, q, _)| q.quoted()).collect();
+    names.sort();
+    names.dedup();
+    let lock = format!("LOCK TABLE ONLY {} IN SHARE MODE", names.join(", "));
+    for attempt in 0..200 {
+        tx.batch_execute("SAVEPOINT shoal_lock; SET LOCAL lock_timeout = '50ms'")
+            .await?;
+        match tx.batch_execute(&lock).await {
+            Ok(()) => {
+                tx.batch_execute("SET LOCAL lock_timeout = 0; RELEASE SAVEPOINT shoal_lock")
+                    .await?;
+                return Ok(());
+            }
+            Err(e) if e.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) => {
+                tx.batch_execute("ROLLBACK TO SAVEPOINT shoal_lock").await?;
+                tokio::time::sleep(Duration::from_millis(10 * (attempt % 10 + 1))).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(StreamError::Refused(
+        "the sources stayed busy; the refresh will be retried".into(),
+    ))
+}
+
+/// Captures every change committed so far on every node (writes to the sources are blocked by
+/// the caller). A node that cannot be read makes the refresh fail (and be retried), since the
+/// state read and the changes applied would not agree.
+async fn drain_capture(cluster: &Cluster) -> Result<(), StreamError> {
+    for _ in 0..50 {
+        let report = poll_all(cluster, 100_000, i32::MAX).await?;
+        if let Some((node, error)) = report.failed_nodes.first() {
+            return Err(StreamError::Capture(format!(
+                "node {node} cannot be read: {error}"
+            )));
+        }
+        if report.changes == 0 {
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+pub async fn alter_stream(
+    cluster: &Cluster,
+    name: &str,
+    schedule: Option<Duration>,
+    mode: Option<Mode>,
+) -> Result<StreamInfo, StreamError> {
+    let stream_id = find_stream(cluster.client(), name).await?;
+    if let Some(schedule) = schedule {
+        let ms = i32::try_from(schedule.as_millis())
+            .ok()
+            .filter(|ms| *ms > 0)
+            .ok_or_else(|| {
+                StreamError::Refused("the schedule must be between 1 ms and 24 days".into())
+            })?;
+        cluster
+            .client()
+            .execute(
+                "UPDATE shoal.stream_table SET schedule_ms = $2 WHERE stream_id = $1",
+                &[&stream_id, &ms],
+            )
+            .await?;
+    }
+    if let Some(mode) = mode {
+        let stream = load_stream(cluster.client(), stream_id).await?;
+        let chosen = choose_mode(&analyze(&stream.query), mode)?;
+        cluster
+            .client()
+            .execute(
+                "UPDATE shoal.stream_table SET requested_mode = $2, refresh_mode = $3, mode_reason = $4,
+                        needs_reinit = true WHERE stream_id = $1",
+                &[&stream_id, &mode.as_str(), &chosen.mode.as_str(), &chosen.reason],
+            )
+            .await?;
+    }
+    stream_info(cluster.client(), stream_id).await
+}
+
+/// Drops the stream table and its catalog rows; the capture slots go with the last one.
+pub async fn drop_stream(cluster: &Cluster, name: &str) -> Result<(), StreamError> {
+    let stream_id = find_stream(cluster.client(), name).await?;
+    let stream = load_stream(cluster.client(), stream_id).await?;
+    let mut coordinator = cluster.coordinator("shoal stream drop").await?;
+    let tx = coordinator.transaction().await?;
+    tx.execute(
+        "DELETE FROM shoal.stream_table WHERE stream_id = $1",
+        &[&stream_id],
+    )
+    .await?;
+    tx.execute(
+        "DELETE FROM shoal.lease WHERE key = $1",
+        &[&stream_key(stream_id)],
+    )
+    .await?;
+    tx.batch_execute(&format!("DROP TABLE {}", stream.table.quoted()))
+        .await?;
+    tx.commit().await?;
+    let remaining: i64 = cluster
+        .client()
+        .query_one("SELECT count(*) FROM shoal.stream_table", &[])
+        .await?
+        .get(0);
+    if remaining == 0 {
+        let nodes = model::list_nodes(cluster.client()).await?;
+        let slots: Vec<i32> = cluster
+            .client()
+            .query("SELECT node_id FROM shoal.worker_slot", &[])
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        for node_id in slots {
+            let node = nodes.iter().find(|n| n.node_id == node_id);
+            if node_id == capture::COORDINATOR_NODE {
+                let _ = cluster
+                    .client()
+                    .execute(
+                        "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots
+                         WHERE slot_name = $1 AND NOT active",
+                        &[&capture::SLOT_NAME],
+                    )
+                    .await;
+            }
+            capture::forget_node_slot(cluster, node, node_id).await?;
+        }
+        cluster
+            .client()
+            .execute("DELETE FROM shoal.change_buffer", &[])
+            .await?;
+    }
+    Ok(())
+}
+
+pub async fn list_streams(client: &impl GenericClient) -> Result<Vec<StreamInfo>, StreamError> {
+    let ids: Vec<i32> = client
+        .query(
+            "SELECT stream_id FROM shoal.stream_table ORDER BY stream_id",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let mut out = Vec::new();
+    for id in ids {
+        out.push(stream_info(client, id).await?);
+    }
+    Ok(out)
+}
+
+async fn stream_info(
+    client: &impl GenericClient,
+    stream_id: i32,
+) -> Result<StreamInfo, StreamError> {
+    let row = client
+        .query_one(
+            "SELECT relid::regclass::text, query, requested_mode, refresh_mode, mode_reason, schedule_ms,
+                    needs_reinit, to_char(last_refresh_at, 'YYYY-MM-DD HH24:MI:SS.MS'), last_refresh_ms,
+                    last_refresh_mode, last_rows_changed, last_error
+             FROM shoal.stream_table WHERE stream_id = $1",
+            &[&stream_id],
+        )
+        .await?;
+    let name: String = row.get(0);
+    let rows = client
+        .query_one(&format!("SELECT count(*) FROM {name}"), &[])
+        .await
+        .ok()
+        .and_then(|r| r.get(0));
+    Ok(StreamInfo {
+        stream_id,
+        name,
+        query: row.get(1),
+        requested_mode: row.get(2),
+        refresh_mode: row.get(3),
+        mode_reason: row.get(4),
+        schedule_ms: row.get(5),
+        needs_reinit: row.get(6),
+        last_refresh_at: row.get(7),
+        last_refresh_ms: row.get(8),
+        last_refresh_mode: row.get(9),
+        last_rows_changed: row.get(10),
+        last_error: row.get(11),
+        rows,
+    })
+}
