@@ -37,14 +37,34 @@ pub use schema::{distribute_schema, sync_schema, SchemaReport};
 pub struct Cluster {
     params: ConnectParams,
     client: Client,
+    label: String,
 }
 
 impl Cluster {
     /// Connects to the coordinator and checks that its catalog matches this binary.
     pub async fn connect(params: ConnectParams) -> Result<Cluster, ClusterError> {
-        let client = connect(&params, "shoal").await?;
+        Cluster::connect_labelled(params, "shoal").await
+    }
+
+    /// Like [`Cluster::connect`], with `label` as the catalog connection's `application_name`;
+    /// operations started on this handle put it at the front of their own connections' labels
+    /// (a background task's moves show which job and task they belong to).
+    pub async fn connect_labelled(
+        params: ConnectParams,
+        label: &str,
+    ) -> Result<Cluster, ClusterError> {
+        let client = connect(&params, label).await?;
         check_version(&client).await?;
-        Ok(Cluster { params, client })
+        Ok(Cluster {
+            params,
+            client,
+            label: label.to_string(),
+        })
+    }
+
+    /// What this handle's connections are labelled with (`shoal` unless told otherwise).
+    pub fn label(&self) -> &str {
+        &self.label
     }
 
     pub fn params(&self) -> &ConnectParams {

@@ -10,6 +10,7 @@ use tokio_postgres::Client;
 use crate::cutover::{lock_with_retry, LockMode};
 use crate::failpoint::{self, Failpoint};
 use crate::group::{find_shard, foreign_key_target, load_group, ShardGroup};
+use crate::recover::{settle_unfinished, try_group_lock, unlock_group};
 use crate::status::{choose_mode, ChosenMode, Mode, Operation, Status};
 use crate::{CancelToken, Context, TransferError};
 use shoal_catalog::model::{self, CleanupObject, CleanupPolicy, Node, TableKind};
@@ -42,6 +43,9 @@ pub struct Tuning {
     /// How long the target may take to apply the last changes while writes are blocked.
     pub final_catch_up_timeout: Duration,
     pub poll_interval: Duration,
+    /// A reference table copy leaves out the table's foreign keys to other reference tables
+    /// (which may not be on the node yet); the caller creates them once every copy is done.
+    pub defer_reference_foreign_keys: bool,
 }
 
 impl Default for Tuning {
@@ -52,6 +56,7 @@ impl Default for Tuning {
             cutover_attempts: 600,
             final_catch_up_timeout: Duration::from_secs(30),
             poll_interval: Duration::from_millis(100),
+            defer_reference_foreign_keys: false,
         }
     }
 }
@@ -219,7 +224,8 @@ impl<'a> Transfer<'a> {
             return Err(error);
         }
         let label = format!(
-            "shoal {} op={operation_id} shard={}",
+            "{} {} op={operation_id} shard={}",
+            cluster.label(),
             request.operation.as_str(),
             request.shard_id
         );
@@ -479,41 +485,7 @@ impl<'a> Transfer<'a> {
     /// Foreign keys on the target, added `NOT VALID` (no long lock on a live table) and then
     /// validated (which does not block writes).
     async fn create_foreign_keys(&self, target: &Client) -> Result<(), TransferError> {
-        let references: Vec<QualifiedName> = model::list_tables(self.cluster.client())
-            .await?
-            .into_iter()
-            .filter(|t| t.kind == TableKind::Reference)
-            .map(|t| t.name)
-            .collect();
-        for member in &self.group.members {
-            for (constraint, fk) in member.def.foreign_keys() {
-                let Some(referenced) = foreign_key_target(&self.group, fk, &references) else {
-                    continue;
-                };
-                let name = shard_object_name(&constraint.name, member.shard_id);
-                target
-                    .batch_execute(&format!(
-                        "{} NOT VALID;\nALTER TABLE {} VALIDATE CONSTRAINT {}",
-                        foreign_key_ddl(
-                            &member.shard_table,
-                            constraint,
-                            fk,
-                            &referenced,
-                            Some(member.shard_id)
-                        ),
-                        member.shard_table.quoted(),
-                        quote_ident(&name)
-                    ))
-                    .await
-                    .context(|| {
-                        format!(
-                            "creating foreign key {} on {}",
-                            constraint.name, member.shard_table
-                        )
-                    })?;
-            }
-        }
-        Ok(())
+        create_group_foreign_keys(self.cluster, &self.group, target).await
     }
 
     /// Measures the source tables (the total to copy).
@@ -1027,7 +999,9 @@ impl<'a> Transfer<'a> {
         .await?;
         self.measure_target(&target).await?;
         self.set_status(Status::CreatingForeignKeys, cancel).await?;
-        reference::add_reference_foreign_keys(&target, &member.def).await?;
+        if !self.tuning.defer_reference_foreign_keys {
+            reference::add_reference_foreign_keys(&target, &member.def).await?;
+        }
         self.set_status(Status::Completing, cancel).await?;
         let mut coordinator = self.cluster.coordinator(&self.label).await?;
         let tx = coordinator.transaction().await?;
@@ -1037,6 +1011,64 @@ impl<'a> Transfer<'a> {
         self.switched = true;
         Ok(())
     }
+}
+
+/// Creates the foreign keys of a shard group's tables on `target` (where the group lives now),
+/// pointing at the group's own shards or at reference tables. Keys that already exist are left
+/// alone, so a transfer settled after a crash can run this again.
+pub(crate) async fn create_group_foreign_keys(
+    cluster: &Cluster,
+    group: &ShardGroup,
+    target: &Client,
+) -> Result<(), TransferError> {
+    let references: Vec<QualifiedName> = model::list_tables(cluster.client())
+        .await?
+        .into_iter()
+        .filter(|t| t.kind == TableKind::Reference)
+        .map(|t| t.name)
+        .collect();
+    for member in &group.members {
+        for (constraint, fk) in member.def.foreign_keys() {
+            let Some(referenced) = foreign_key_target(group, fk, &references) else {
+                continue;
+            };
+            let name = shard_object_name(&constraint.name, member.shard_id);
+            // ADD and VALIDATE run in one implicit transaction, so a key that exists is valid.
+            let exists: bool = target
+                .query_one(
+                    "SELECT EXISTS (SELECT 1 FROM pg_constraint
+                                    WHERE conrelid = to_regclass($1) AND conname = $2)",
+                    &[&member.shard_table.quoted(), &name],
+                )
+                .await
+                .context(|| format!("looking for foreign key {name} on the target"))?
+                .get(0);
+            if exists {
+                continue;
+            }
+            target
+                .batch_execute(&format!(
+                    "{} NOT VALID;\nALTER TABLE {} VALIDATE CONSTRAINT {}",
+                    foreign_key_ddl(
+                        &member.shard_table,
+                        constraint,
+                        fk,
+                        &referenced,
+                        Some(member.shard_id)
+                    ),
+                    member.shard_table.quoted(),
+                    quote_ident(&name)
+                ))
+                .await
+                .context(|| {
+                    format!(
+                        "creating foreign key {} on {}",
+                        constraint.name, member.shard_table
+                    )
+                })?;
+        }
+    }
+    Ok(())
 }
 
 /// The source position the target's subscription last confirmed (for progress displays).
@@ -1054,56 +1086,20 @@ pub(crate) async fn applied_lsn(
 }
 
 /// Takes the shard group's exclusive lock and the colocation group's shared lock on the catalog
-/// session. A previous transfer of the same group whose process died is marked failed and
-/// cleaned up first.
+/// session. A previous transfer of the same group whose process died is settled first (see
+/// [`crate::recover`]).
 async fn take_group_locks(
     cluster: &Cluster,
     group: &ShardGroup,
     shard_id: i64,
 ) -> Result<(), TransferError> {
-    let client = cluster.client();
-    let key = locks::shard_group_key(group.colocation_id, group.shard_index);
-    let locked: bool = client
-        .query_one("SELECT pg_try_advisory_lock($1)", &[&key])
-        .await?
-        .get(0);
-    let unfinished = client
-        .query_opt(
-            "SELECT operation_id, status FROM shoal.transfer
-             WHERE colocation_id = $1 AND shard_index = $2 AND finished_at IS NULL",
-            &[&group.colocation_id, &group.shard_index],
-        )
-        .await?;
-    if !locked {
-        let (operation_id, status) = unfinished
-            .map(|r| (r.get::<_, i64>(0), r.get::<_, String>(1)))
-            .unwrap_or((0, "starting".to_string()));
-        return Err(TransferError::Busy {
-            shard_id,
-            operation_id,
-            status,
-        });
+    try_group_lock(cluster, group, shard_id).await?;
+    if let Err(error) = settle_unfinished(cluster, group).await {
+        unlock_group(cluster, group).await;
+        return Err(error);
     }
-    if let Some(row) = unfinished {
-        let operation_id: i64 = row.get(0);
-        tracing::warn!(
-            operation_id,
-            "an earlier transfer of this shard group was interrupted; cleaning up after it"
-        );
-        run_cleanup(cluster, Some(operation_id)).await?;
-        client
-            .execute(
-                "UPDATE shoal.transfer SET status = $2, error = $3, finished_at = now()
-                 WHERE operation_id = $1",
-                &[
-                    &operation_id,
-                    &Status::Failed.as_str(),
-                    &"interrupted: the process running it ended",
-                ],
-            )
-            .await?;
-    }
-    client
+    cluster
+        .client()
         .execute(
             "SELECT pg_advisory_lock_shared($1)",
             &[&locks::colocation_key(group.colocation_id)],

@@ -29,10 +29,12 @@ mod cutover;
 mod engine;
 pub mod failpoint;
 mod group;
+mod recover;
 mod status;
 
 pub use engine::{request_cancel, Transfer, TransferReport, TransferRequest, Tuning};
 pub use group::{Member, ShardGroup};
+pub use recover::{recover, Settled};
 pub use status::{choose_mode, ChosenMode, Mode, Operation, Status};
 
 #[derive(Debug, Error)]
