@@ -1,10 +1,10 @@
 //! `shoal stream ...`: create, change, refresh, drop and watch stream tables.
 
+use crate::args::{StreamCommand, StreamMode};
+use crate::output::{print_json, print_table};
 use shoal_cluster::Cluster;
 use shoal_stream::runtime::{self, StreamOptions};
 use shoal_stream::Mode;
-use crate::args::{StreamCommand, StreamMode};
-use crate::output::{print_json, print_table};
 
 fn mode(mode: StreamMode) -> Mode {
     match mode {
@@ -60,7 +60,7 @@ pub async fn run(cluster: &Cluster, command: StreamCommand) -> anyhow::Result<()
             println!("dropped stream table {name}");
         }
         StreamCommand::Refresh { name, full } => {
-            runtime::poll_all(cluster, 100_000, 5).await?;
+            runtime::poll_all(cluster, 100_000, 5, true).await?;
             let stream_id = stream_id(cluster, &name).await?;
             let report = runtime::refresh_stream(cluster, stream_id, full).await?;
             println!(

@@ -17,6 +17,12 @@ pub const PLUGIN: &str = "test_decoding";
 /// The coordinator's capture point in `shoal.worker_slot`.
 pub const COORDINATOR_NODE: i32 = 0;
 
+/// Flushes a server's WAL up to now, whatever its `synchronous_commit`: a commit waits for the
+/// flush only when its transaction wrote WAL (an xid alone writes none), so the transaction
+/// writes a transactional logical message. Decoders see it as a `message:` line and skip it.
+pub const FLUSH_WAL_SQL: &str = "BEGIN; SET LOCAL synchronous_commit = on; \
+     SELECT pg_logical_emit_message(true, 'shoal', 'flush'); COMMIT";
+
 /// Whether any stream table captures changes (then every node needs its slot).
 pub async fn capture_active(cluster: &Cluster) -> Result<bool, ClusterError> {
     Ok(cluster
@@ -84,7 +90,11 @@ async fn record_slot(
 }
 
 /// Drops a node's slot (if the node is reachable) and forgets it.
-pub async fn forget_node_slot(cluster: &Cluster, node: Option<&Node>, node_id: i32) -> Result<(), ClusterError> {
+pub async fn forget_node_slot(
+    cluster: &Cluster,
+    node: Option<&Node>,
+    node_id: i32,
+) -> Result<(), ClusterError> {
     if let Some(node) = node {
         if let Ok(client) = cluster.node_client(node, "shoal capture").await {
             let _ = client
@@ -98,7 +108,10 @@ pub async fn forget_node_slot(cluster: &Cluster, node: Option<&Node>, node_id: i
     }
     cluster
         .client()
-        .execute("DELETE FROM shoal.worker_slot WHERE node_id = $1", &[&node_id])
+        .execute(
+            "DELETE FROM shoal.worker_slot WHERE node_id = $1",
+            &[&node_id],
+        )
         .await?;
     Ok(())
 }

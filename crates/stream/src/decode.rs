@@ -67,6 +67,9 @@ pub fn transactions(rows: &[(String, String)]) -> Result<Vec<Transaction>, Decod
     for (lsn, data) in rows {
         if data == "BEGIN" || data.starts_with("BEGIN ") {
             current = Some(Vec::new());
+        } else if data.starts_with("message:") {
+            // Logical messages (Shoal's own WAL flushes) carry no rows.
+            continue;
         } else if data == "COMMIT" || data.starts_with("COMMIT ") {
             let changes = current
                 .take()
@@ -366,7 +369,15 @@ mod tests {
                 "table public.t: TRUNCATE: (no-flags)".to_string(),
             ),
             ("0/13".to_string(), "COMMIT".to_string()),
+            (
+                "0/14".to_string(),
+                "message: transactional: 0 prefix: shoal, sz: 5 content:flush".to_string(),
+            ),
             ("0/20".to_string(), "BEGIN 733".to_string()),
+            (
+                "0/20".to_string(),
+                "message: transactional: 1 prefix: shoal, sz: 5 content:flush".to_string(),
+            ),
             ("0/21".to_string(), "COMMIT 733".to_string()),
         ];
         let txns = transactions(&rows).unwrap();

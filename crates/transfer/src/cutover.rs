@@ -116,14 +116,11 @@ async fn set_waiting_for(transfer: &Transfer<'_>, pid: Option<i32>) {
         .await;
 }
 
-/// Flushes the source's WAL (a committed transaction with synchronous commit forces it, whatever
-/// the server's setting) and returns the flushed position: every write that reached the source
+/// Flushes the source's WAL (see `FLUSH_WAL_SQL`) and returns the flushed position: every write that reached the source
 /// before the lock is at or before it.
 async fn flush_source(source: &Client) -> Result<String, TransferError> {
     source
-        .batch_execute(
-            "BEGIN; SET LOCAL synchronous_commit = on; SELECT pg_current_xact_id(); COMMIT",
-        )
+        .batch_execute(shoal_cluster::capture::FLUSH_WAL_SQL)
         .await
         .context(|| "flushing the source's WAL".to_string())?;
     Ok(source

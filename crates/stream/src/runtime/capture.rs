@@ -9,11 +9,11 @@ use std::collections::HashMap;
 
 use tokio_postgres::Client;
 
+use crate::decode::{self, ChangeKind};
+use crate::runtime::StreamError;
 use shoal_catalog::model::{self, Node};
 use shoal_cluster::capture::{COORDINATOR_NODE, SLOT_NAME};
 use shoal_cluster::{pg_message, Cluster};
-use crate::decode::{self, ChangeKind};
-use crate::runtime::StreamError;
 
 /// Serialises writes to the change buffer, so that committed rows are always a prefix of the
 /// sequence: a refresh that reads up to the highest committed sequence number never skips a row
@@ -29,21 +29,26 @@ pub fn parse_lsn(text: &str) -> Option<u64> {
 /// `(schema, shard table)` to `(table id, shard id)`.
 type ShardsByName = HashMap<(String, String), (i32, i64)>;
 
-/// Which captured table and shard a decoded `schema.name` is, per capture point.
+/// Which captured table and shard a decoded `schema.name` is.
+///
+/// Shard tables are matched by name on any worker, not only where the catalog places them now:
+/// after a move, the source's last changes of the moved shards are still read from the source
+/// (and must be kept) while the catalog already places the shards on the target.
 #[derive(Debug, Default)]
 pub struct ShardMap {
-    by_node: HashMap<i32, ShardsByName>,
+    shards: ShardsByName,
+    /// Reference tables, written on the coordinator.
+    references: ShardsByName,
 }
 
 impl ShardMap {
     pub async fn load(client: &Client) -> Result<ShardMap, StreamError> {
         let rows = client
             .query(
-                "SELECT DISTINCT t.table_id, t.kind, s.shard_id, s.schema_name, s.shard_name, p.node_id
+                "SELECT DISTINCT t.table_id, t.kind, s.shard_id, s.schema_name, s.shard_name
                  FROM shoal.stream_source ss
                  JOIN shoal.distributed_table t USING (table_id)
-                 JOIN shoal.shard s ON s.table_id = t.table_id
-                 JOIN shoal.placement p ON p.shard_id = s.shard_id",
+                 JOIN shoal.shard s ON s.table_id = t.table_id",
                 &[],
             )
             .await?;
@@ -55,24 +60,22 @@ impl ShardMap {
             let key = (row.get::<_, String>(3), row.get::<_, String>(4));
             // Reference tables are written on the coordinator; their node copies are replicas
             // whose changes carry an origin and are never decoded.
-            let node = if kind == "reference" {
-                COORDINATOR_NODE
+            if kind == "reference" {
+                map.references.insert(key, (table_id, shard_id));
             } else {
-                row.get(5)
-            };
-            map.by_node
-                .entry(node)
-                .or_default()
-                .insert(key, (table_id, shard_id));
+                map.shards.insert(key, (table_id, shard_id));
+            }
         }
         Ok(map)
     }
 
     fn lookup(&self, node: i32, schema: &str, table: &str) -> Option<(i32, i64)> {
-        self.by_node
-            .get(&node)?
-            .get(&(schema.to_string(), table.to_string()))
-            .copied()
+        let key = (schema.to_string(), table.to_string());
+        if node == COORDINATOR_NODE {
+            self.references.get(&key).copied()
+        } else {
+            self.shards.get(&key).copied()
+        }
     }
 }
 
@@ -83,10 +86,13 @@ pub struct PollReport {
 }
 
 /// Polls every capture point once (up to `limit` changes each).
+/// With `flush`, every change committed on a node before the call is read, even under
+/// asynchronous commit.
 pub async fn poll_all(
     cluster: &Cluster,
     limit: i32,
     retry_ticks: i32,
+    flush: bool,
 ) -> Result<PollReport, StreamError> {
     let slots = cluster
         .client()
@@ -105,10 +111,10 @@ pub async fn poll_all(
     for row in slots {
         let node_id: i32 = row.get(0);
         let result = if node_id == COORDINATOR_NODE {
-            poll_node(cluster, node_id, cluster.client(), &map, limit).await
+            poll_node(cluster, node_id, cluster.client(), &map, limit, flush).await
         } else if let Some(node) = nodes.get(&node_id) {
             match cluster.node_client(node, "shoal capture").await {
-                Ok(client) => poll_node(cluster, node_id, &client, &map, limit).await,
+                Ok(client) => poll_node(cluster, node_id, &client, &map, limit, flush).await,
                 Err(error) => Err(StreamError::Cluster(error)),
             }
         } else {
@@ -169,7 +175,18 @@ pub async fn poll_node(
     node: &Client,
     map: &ShardMap,
     limit: i32,
+    flush: bool,
 ) -> Result<u64, StreamError> {
+    // Decoding reads only flushed WAL; with asynchronous commit a transaction can be visible
+    // (and acknowledged) before it is flushed. A refresh that must include every write made so
+    // far flushes first.
+    if flush {
+        node.batch_execute(shoal_cluster::capture::FLUSH_WAL_SQL)
+            .await
+            .map_err(|e| {
+                StreamError::Capture(format!("flushing node {node_id}: {}", pg_message(&e)))
+            })?;
+    }
     // Everything committed and flushed before this position is in the peek below, unless the
     // peek stops at `limit`: then the frontier can move up to here even without a transaction
     // of ours (a shard move's barrier waits on it).
@@ -275,7 +292,9 @@ pub async fn poll_node(
     )
     .await?;
     tx.commit().await?;
-    crash_point("after-capture-store");
+    if stored > 0 {
+        crash_point("after-capture-store");
+    }
     node.execute(
         "SELECT pg_replication_slot_advance($1, $2::text::pg_lsn)",
         &[&SLOT_NAME, &last_lsn],

@@ -8,16 +8,16 @@ use thiserror::Error;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{GenericClient, Transaction};
 
-use shoal_catalog::model::{self, TableKind};
-use shoal_catalog::CatalogError;
-use shoal_cluster::capture;
-use shoal_cluster::{pg_message, Cluster, ClusterError};
-use shoal_sql::QualifiedName;
 use crate::runtime::capture::poll_all;
 use crate::{
     analyze, choose_mode, differential_refresh_sql, full_refresh_sql, probe_sql, storage_ddl,
     AggFunc, AnalyzeError, ColumnType, DeltaRelations, GenerateError, Mode, QueryPlan, SourceRef,
 };
+use shoal_catalog::model::{self, TableKind};
+use shoal_catalog::CatalogError;
+use shoal_cluster::capture;
+use shoal_cluster::{pg_message, Cluster, ClusterError};
+use shoal_sql::QualifiedName;
 
 #[derive(Debug, Error)]
 pub enum StreamError {
@@ -526,7 +526,7 @@ async fn lock_sources(tx: &Transaction<'_>, stream: &Stream) -> Result<(), Strea
 /// state read and the changes applied would not agree.
 async fn drain_capture(cluster: &Cluster) -> Result<(), StreamError> {
     for _ in 0..50 {
-        let report = poll_all(cluster, 100_000, i32::MAX).await?;
+        let report = poll_all(cluster, 100_000, i32::MAX, true).await?;
         if let Some((node, error)) = report.failed_nodes.first() {
             return Err(StreamError::Capture(format!(
                 "node {node} cannot be read: {error}"

@@ -12,4 +12,4 @@ pub use manage::{
     alter_stream, create_stream, drop_stream, list_streams, refresh_stream, StreamError,
     StreamInfo, StreamOptions,
 };
-pub use scheduler::{tick, SchedulerConfig, TickReport};
+pub use scheduler::{acquire_lease, release_lease, tick, SchedulerConfig, TickReport};

@@ -6,12 +6,12 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use shoal_catalog::model;
-use shoal_cluster::capture::{self, COORDINATOR_NODE};
-use shoal_cluster::Cluster;
 use crate::runtime::capture::poll_all;
 use crate::runtime::manage::{refresh_stream, StreamError};
 use crate::topology::{diff_workers, needs_reinit, LiveWorker, WorkerSlot};
+use shoal_catalog::model;
+use shoal_cluster::capture::{self, COORDINATOR_NODE};
+use shoal_cluster::Cluster;
 
 #[derive(Debug, Clone)]
 pub struct SchedulerConfig {
@@ -53,7 +53,7 @@ pub async fn tick(cluster: &Cluster, config: &SchedulerConfig) -> Result<TickRep
         return Ok(report);
     }
     follow_topology(cluster).await?;
-    let polled = poll_all(cluster, config.poll_limit, config.retry_ticks).await?;
+    let polled = poll_all(cluster, config.poll_limit, config.retry_ticks, false).await?;
     report.changes_captured = polled.changes;
     report.failed_nodes = polled.failed_nodes.iter().map(|(n, _)| *n).collect();
 
@@ -166,7 +166,8 @@ async fn follow_topology(cluster: &Cluster) -> Result<(), StreamError> {
     Ok(())
 }
 
-async fn acquire_lease(
+/// Takes a stream table's lease for `config.holder`, if it is free, expired, or already ours.
+pub async fn acquire_lease(
     cluster: &Cluster,
     stream_id: i32,
     config: &SchedulerConfig,
@@ -207,7 +208,7 @@ async fn keep_lease(
     }
 }
 
-async fn release_lease(
+pub async fn release_lease(
     cluster: &Cluster,
     stream_id: i32,
     config: &SchedulerConfig,

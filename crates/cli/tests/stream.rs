@@ -1,0 +1,347 @@
+//! Stream tables on real clusters: exact results through random writes, shard moves, a worker
+//! restart, crashes between storing changes and advancing a slot, and two daemons.
+
+mod common;
+
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tokio_postgres::Client;
+
+use common::Shoal;
+use shoal_stream::runtime::{self, SchedulerConfig};
+
+const STREAMS: &[(&str, &str, &str)] = &[
+    ("s_filter", "SELECT id, customer_id, amount FROM orders WHERE amount > 50", "id, customer_id, amount"),
+    (
+        "s_agg",
+        "SELECT customer_id, count(*) AS n, sum(amount) AS total, min(amount) AS lo, max(amount) AS hi \
+         FROM orders GROUP BY customer_id",
+        "customer_id, n, total, lo, hi",
+    ),
+    (
+        "s_join",
+        "SELECT p.category, count(*) AS n, sum(o.amount) AS total FROM orders o \
+         JOIN products p ON p.id = o.product_id GROUP BY p.category",
+        "category, n, total",
+    ),
+];
+
+async fn setup(shoal: &Shoal) {
+    let sql = shoal.coordinator().await;
+    sql.batch_execute(
+        "CREATE TABLE products (id int PRIMARY KEY, category text);
+         CREATE TABLE orders (id bigint PRIMARY KEY, customer_id bigint, product_id int, amount int);
+         INSERT INTO products SELECT g, 'c' || (g % 4) FROM generate_series(1, 20) g;
+         INSERT INTO orders SELECT g, g % 10, 1 + g % 20, g % 100 FROM generate_series(1, 2000) g;",
+    )
+    .await
+    .unwrap();
+    shoal
+        .cli(&["table", "reference", "products"])
+        .await
+        .assert_ok();
+    shoal
+        .cli(&[
+            "table",
+            "distribute",
+            "orders",
+            "--column",
+            "id",
+            "--shards",
+            "4",
+        ])
+        .await
+        .assert_ok();
+    for (name, query, _) in STREAMS {
+        let out = shoal
+            .cli(&[
+                "stream",
+                "create",
+                name,
+                "--query",
+                query,
+                "--mode",
+                "differential",
+            ])
+            .await;
+        out.assert_ok();
+    }
+}
+
+/// Random inserts, updates (of values, of the grouping key, of the join key) and deletes through
+/// the coordinator, and changes to the reference table.
+async fn random_writes(sql: &Client, rng: &mut StdRng, count: usize) {
+    for _ in 0..count {
+        let id: i64 = rng.gen_range(1..3000);
+        let statement = match rng.gen_range(0..7) {
+            0 | 1 => format!(
+                "INSERT INTO orders VALUES ({id}, {}, {}, {}) ON CONFLICT DO NOTHING",
+                rng.gen_range(0..10),
+                rng.gen_range(1..21),
+                rng.gen_range(0..100)
+            ),
+            2 => format!(
+                "UPDATE orders SET amount = {} WHERE id = {id}",
+                rng.gen_range(0..100)
+            ),
+            3 => format!(
+                "UPDATE orders SET customer_id = {} WHERE id = {id}",
+                rng.gen_range(0..10)
+            ),
+            4 => format!(
+                "UPDATE orders SET product_id = {} WHERE id = {id}",
+                rng.gen_range(1..21)
+            ),
+            5 => format!("DELETE FROM orders WHERE id = {id}"),
+            _ => format!(
+                "UPDATE products SET category = 'c{}' WHERE id = {}",
+                rng.gen_range(0..5),
+                rng.gen_range(1..21)
+            ),
+        };
+        sql.batch_execute(&statement)
+            .await
+            .unwrap_or_else(|e| panic!("{statement}: {e:?}"));
+    }
+}
+
+async fn assert_exact(sql: &Client, when: &str) {
+    for (name, query, columns) in STREAMS {
+        for (a, b) in [
+            (query.to_string(), format!("SELECT {columns} FROM {name}")),
+            (format!("SELECT {columns} FROM {name}"), query.to_string()),
+        ] {
+            let n: i64 = sql
+                .query_one(
+                    &format!("SELECT count(*) FROM (({a}) EXCEPT ALL ({b})) x"),
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            assert_eq!(n, 0, "{name} differs from its query after {when}");
+        }
+    }
+}
+
+async fn refresh_all(shoal: &Shoal) {
+    for (name, _, _) in STREAMS {
+        shoal.cli(&["stream", "refresh", name]).await.assert_ok();
+    }
+}
+
+async fn last_modes(sql: &Client) -> Vec<String> {
+    sql.query(
+        "SELECT coalesce(last_refresh_mode, '') FROM shoal.stream_table ORDER BY stream_id",
+        &[],
+    )
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| r.get(0))
+    .collect()
+}
+
+#[tokio::test]
+async fn stream_tables_stay_exact_through_writes_moves_and_a_worker_restart() {
+    let shoal = common::start(2).await;
+    setup(&shoal).await;
+    let sql = shoal.coordinator().await;
+    let mut rng = StdRng::seed_from_u64(7);
+    assert_exact(&sql, "creation").await;
+
+    random_writes(&sql, &mut rng, 200).await;
+    refresh_all(&shoal).await;
+    assert_exact(&sql, "random writes").await;
+    assert_eq!(last_modes(&sql).await, vec!["differential"; 3]);
+
+    // Moves under writes: no reinitialisation, exact results.
+    let shards: Vec<(i64, i32)> = sql
+        .query("SELECT shard_id, node_id FROM shoal.shards WHERE table_name = 'orders'::regclass ORDER BY shard_index", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    for (shard, node) in shards.iter().take(2) {
+        let target = if *node == 1 { "2" } else { "1" };
+        let uri = shoal.pg.coordinator_uri();
+        let mover = {
+            let args: Vec<String> = ["shard", "move", &shard.to_string(), "--to", target]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+            tokio::spawn(async move {
+                tokio::process::Command::new(env!("CARGO_BIN_EXE_shoal"))
+                    .args(&args)
+                    .env("SHOAL_COORDINATOR", uri)
+                    .output()
+                    .await
+                    .unwrap()
+            })
+        };
+        random_writes(&sql, &mut rng, 100).await;
+        let output = mover.await.unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        random_writes(&sql, &mut rng, 50).await;
+        refresh_all(&shoal).await;
+        assert_exact(&sql, &format!("moving shard {shard}")).await;
+        assert_eq!(
+            last_modes(&sql).await,
+            vec!["differential"; 3],
+            "a move never forces a full refresh"
+        );
+    }
+
+    // A worker restart: capture from it fails while it is down, its changes arrive afterwards.
+    random_writes(&sql, &mut rng, 50).await;
+    shoal.pg.stop_worker(1);
+    let cluster = &shoal.cluster;
+    let config = SchedulerConfig::new("test".into());
+    for _ in 0..6 {
+        let _ = runtime::tick(cluster, &config).await;
+    }
+    let (failures, alert): (i32, bool) = {
+        let row = sql
+            .query_one(
+                "SELECT consecutive_failures, alert FROM shoal.worker_slot WHERE node_id = 2",
+                &[],
+            )
+            .await
+            .unwrap();
+        (row.get(0), row.get(1))
+    };
+    assert!(
+        failures >= 5 && alert,
+        "the unreachable worker is flagged ({failures}, {alert})"
+    );
+    shoal.pg.start_worker(1);
+    random_writes(&sql, &mut rng, 50).await;
+    refresh_all(&shoal).await;
+    assert_exact(&sql, "a worker restart").await;
+    let alert: bool = sql
+        .query_one("SELECT alert FROM shoal.worker_slot WHERE node_id = 2", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(!alert, "the flag clears once the worker is back");
+}
+
+#[tokio::test]
+async fn a_crash_between_storing_changes_and_advancing_the_slot_loses_and_doubles_nothing() {
+    let shoal = common::start(2).await;
+    setup(&shoal).await;
+    let sql = shoal.coordinator().await;
+    let mut rng = StdRng::seed_from_u64(11);
+    for round in 0..3 {
+        random_writes(&sql, &mut rng, 100).await;
+        let out = shoal
+            .cli_env(
+                &["stream", "refresh", "s_agg"],
+                &[("SHOAL_FAILPOINTS", "crash:after-capture-store")],
+            )
+            .await;
+        assert!(!out.success, "the failpoint ends the process");
+        let buffered: i64 = sql
+            .query_one("SELECT count(*) FROM shoal.change_buffer", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert!(
+            buffered > 0,
+            "round {round}: changes were stored before the crash"
+        );
+        refresh_all(&shoal).await;
+        assert_exact(&sql, &format!("a crash in round {round}")).await;
+    }
+}
+
+#[tokio::test]
+async fn two_daemons_never_refresh_one_stream_table_at_once() {
+    let shoal = common::start(1).await;
+    setup(&shoal).await;
+    let sql = shoal.coordinator().await;
+    let stream_id: i32 = sql
+        .query_one(
+            "SELECT stream_id FROM shoal.stream_table WHERE relid = 's_agg'::regclass",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let first = SchedulerConfig::new("daemon-a".into());
+    let second = SchedulerConfig::new("daemon-b".into());
+    assert!(runtime::acquire_lease(&shoal.cluster, stream_id, &first)
+        .await
+        .unwrap());
+    assert!(
+        !runtime::acquire_lease(&shoal.cluster, stream_id, &second)
+            .await
+            .unwrap(),
+        "held by the first"
+    );
+    assert!(
+        runtime::acquire_lease(&shoal.cluster, stream_id, &first)
+            .await
+            .unwrap(),
+        "re-entrant for its holder"
+    );
+    runtime::release_lease(&shoal.cluster, stream_id, &first)
+        .await
+        .unwrap();
+    assert!(runtime::acquire_lease(&shoal.cluster, stream_id, &second)
+        .await
+        .unwrap());
+    runtime::release_lease(&shoal.cluster, stream_id, &second)
+        .await
+        .unwrap();
+
+    // Two real daemons against one coordinator under writes: results stay exact.
+    let spawn = || {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_shoal"))
+            .args(["serve", "--cleanup-interval", "5"])
+            .env("SHOAL_COORDINATOR", shoal.pg.coordinator_uri())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap()
+    };
+    let (mut a, mut b) = (spawn(), spawn());
+    let mut rng = StdRng::seed_from_u64(3);
+    for _ in 0..5 {
+        random_writes(&sql, &mut rng, 40).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // Wait until both daemons' ticks have applied everything.
+    let started = std::time::Instant::now();
+    loop {
+        let pending: i64 = sql
+            .query_one(
+                "SELECT count(*) FROM shoal.stream_table s
+                 WHERE s.consumed_seq < coalesce((SELECT max(seq) FROM shoal.change_buffer), 0)
+                    OR s.last_refresh_at < now() - interval '1 second' OR s.needs_reinit",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if pending == 0 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the daemons never caught up"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let _ = a.kill().await;
+    let _ = b.kill().await;
+    refresh_all(&shoal).await;
+    assert_exact(&sql, "two daemons").await;
+}
