@@ -19,6 +19,7 @@ const MIGRATIONS: &[(&str, &str)] = &[
         include_str!("../migrations/0002_transfers.sql"),
     ),
     ("streams", include_str!("../migrations/0003_streams.sql")),
+    ("jobs", include_str!("../migrations/0004_jobs.sql")),
 ];
 
 pub const LATEST_VERSION: i32 = MIGRATIONS.len() as i32;

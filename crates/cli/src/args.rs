@@ -64,6 +64,12 @@ pub enum Command {
     Schema(SchemaCommand),
     /// Remove objects left on nodes by failed or finished operations (safe to run any time)
     Cleanup(CleanupArgs),
+    /// Plan and run the moves that balance shard groups over the nodes, as a background job
+    #[command(subcommand)]
+    Rebalance(crate::rebalance::RebalanceCommand),
+    /// Background jobs (rebalances, drains) and their tasks
+    #[command(subcommand)]
+    Job(crate::jobs::JobCommand),
     /// Start a local cluster with 2 workers, build a small shop on it and show where rows live
     Demo(DemoArgs),
     /// Run the daemon: the cleanup loop (removes what finished and failed operations left)
@@ -152,6 +158,8 @@ pub struct ServeArgs {
     /// Seconds between two cleanup passes
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub cleanup_interval: u64,
+    #[command(flatten)]
+    pub executor: crate::rebalance::ExecutorArgs,
 }
 
 #[derive(Debug, Args)]
@@ -244,6 +252,9 @@ pub enum NodeCommand {
         /// Node id or HOST:PORT
         node: String,
     },
+    /// Mark a node as one that should have no shards and move every shard group off it, with
+    /// progress (a background job; runs from here when no `shoal serve` runs)
+    Drain(crate::rebalance::DrainArgs),
     /// Change a node's settings
     Set {
         /// Node id or HOST:PORT

@@ -31,6 +31,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Cluster::connect(params.clone()).await?;
             crate::serve::run(params, &args).await
         }
+        Command::Rebalance(command) => {
+            crate::rebalance::run(&connect(&coordinator()?).await?, command).await
+        }
+        Command::Job(command) => crate::jobs::run(&connect(&coordinator()?).await?, command).await,
         Command::Node(command) => node(&connect(&coordinator()?).await?, command).await,
         Command::Table(command) => table(&connect(&coordinator()?).await?, command).await,
         Command::Shard(command) => shard(&connect(&coordinator()?).await?, command).await,
@@ -303,6 +307,7 @@ async fn node(cluster: &Cluster, command: NodeCommand) -> anyhow::Result<()> {
             let node = nodes::set_node_flags(cluster, &node, Some(true), None).await?;
             println!("node {} at {} is active", node.node_id, node.address());
         }
+        NodeCommand::Drain(args) => crate::rebalance::drain(cluster, args).await?,
         NodeCommand::Set {
             node,
             should_have_shards,

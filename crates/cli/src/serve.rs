@@ -1,6 +1,7 @@
 //! `shoal serve`: the daemon. It runs duties side by side until Ctrl-C or SIGTERM:
 //! - the stream scheduler: follows the topology, captures every node's changes and refreshes
 //!   the stream tables that are due, each under a lease;
+//! - the executor of background jobs (rebalances, drains), see `shoal-jobs`;
 //! - the cleanup loop, which removes what finished operations left for later (a source shard
 //!   still being read when its move completed) and what failed ones could not remove at once
 //!   (a node that was down).
@@ -57,6 +58,17 @@ pub async fn run(params: ConnectParams, args: &ServeArgs) -> anyhow::Result<()> 
                 Ok(())
             }
         },
+    ));
+    // Background jobs (rebalances, drains): the executor, with its own connection (shoal-jobs).
+    let executor = args.executor.config(shoal_jobs::DaemonKind::Serve);
+    eprintln!(
+        "shoal serve: background jobs run up to {} task(s) at once, {} per node",
+        executor.limits.max_parallel, executor.limits.max_parallel_per_node
+    );
+    duties.spawn(crate::rebalance::executor_duty(
+        params.clone(),
+        executor,
+        shutdown.clone(),
     ));
     eprintln!(
         "shoal serve: cleanup every {} s, stream tables refreshed on their schedules; \
