@@ -4,6 +4,7 @@
 
 mod moves;
 mod stall;
+mod streams;
 
 use clap::{Parser, Subcommand};
 
@@ -28,6 +29,12 @@ enum Command {
         #[arg(long, default_value_t = 3)]
         runs: usize,
     },
+    /// Stream tables: differential vs full refresh, idle refresh, capture throughput, freshness
+    Stream {
+        /// Rows in the source table
+        #[arg(long, default_value_t = 1_000_000)]
+        rows: i64,
+    },
     /// Latency of single-row inserts (pgbench --rate) into a shard group during its move
     Stall {
         /// Inserts per second
@@ -51,6 +58,7 @@ fn main() -> anyhow::Result<()> {
         match args.command {
             Command::Move { mb, runs } => moves::run(mb, runs).await,
             Command::Stall { rate, mb, moves } => stall::run(rate, mb, moves).await,
+            Command::Stream { rows } => streams::run(rows).await,
         }
     })
 }

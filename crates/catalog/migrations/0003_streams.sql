@@ -82,3 +82,29 @@ FROM shoal.stream_table s
 CROSS JOIN shoal.worker_slot w
 LEFT JOIN shoal.node n ON n.node_id = w.node_id
 LEFT JOIN shoal.lease l ON l.key = 'stream:' || s.stream_id;
+
+-- Reference tables are written on the coordinator: their changes are captured by a trigger in
+-- the writing transaction (decoding the coordinator's WAL would mean decoding the change buffer's
+-- own inserts too), and moved into the change buffer by the capture poll.
+CREATE TABLE shoal.reference_change (
+    table_id int NOT NULL,
+    shard_id bigint NOT NULL,
+    old_row jsonb,
+    new_row jsonb
+);
+
+CREATE FUNCTION shoal.capture_reference_change() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'TRUNCATE' THEN
+        UPDATE shoal.stream_table SET needs_reinit = true WHERE stream_id IN (
+            SELECT stream_id FROM shoal.stream_source WHERE table_id = TG_ARGV[0]::int);
+        RETURN NULL;
+    END IF;
+    INSERT INTO shoal.reference_change (table_id, shard_id, old_row, new_row)
+    VALUES (TG_ARGV[0]::int, TG_ARGV[1]::bigint,
+            CASE WHEN TG_OP IN ('UPDATE', 'DELETE') THEN to_jsonb(OLD) END,
+            CASE WHEN TG_OP IN ('UPDATE', 'INSERT') THEN to_jsonb(NEW) END);
+    RETURN NULL;
+END
+$$;

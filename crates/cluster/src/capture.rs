@@ -1,11 +1,9 @@
-//! Capture points: the logical slot on every worker (and on the coordinator, for reference
-//! tables) from which stream tables are fed, and the catalog rows that track them. Here because
+//! Capture points: the logical slot on every worker from which stream tables are fed, and the catalog rows that track them. Here because
 //! shard moves must create the target's slot before their cutover.
 
 use tokio_postgres::Client;
 
 use shoal_catalog::model::Node;
-
 use crate::error::{ClusterError, PgContext};
 use crate::Cluster;
 
@@ -14,7 +12,8 @@ use crate::Cluster;
 /// own (initial copy and catch-up), which must never be captured twice.
 pub const SLOT_NAME: &str = "shoal_capture";
 pub const PLUGIN: &str = "test_decoding";
-/// The coordinator's capture point in `shoal.worker_slot`.
+/// The coordinator as a source of changes in `shoal.change_buffer` (reference tables, captured
+/// there by a trigger).
 pub const COORDINATOR_NODE: i32 = 0;
 
 /// Flushes a server's WAL up to now, whatever its `synchronous_commit`: a commit waits for the
@@ -62,12 +61,6 @@ pub async fn ensure_node_slot(cluster: &Cluster, node: &Node) -> Result<(), Clus
     let client = cluster.node_client(node, "shoal capture").await?;
     let lsn = ensure_slot(&client).await?;
     record_slot(cluster, node.node_id, &node.host, node.port, &lsn).await
-}
-
-pub async fn ensure_coordinator_slot(cluster: &Cluster) -> Result<(), ClusterError> {
-    let lsn = ensure_slot(cluster.client()).await?;
-    let params = cluster.params();
-    record_slot(cluster, COORDINATOR_NODE, &params.host, params.port, &lsn).await
 }
 
 async fn record_slot(

@@ -20,6 +20,9 @@ use shoal_cluster::{pg_message, Cluster};
 /// that commits later with a lower one.
 const BUFFER_LOCK: i64 = 0x5348_4f41_4c00_00b0;
 
+/// First key of the per-node advisory lock that gives one process at a time a node's slot.
+const SLOT_LOCK_CLASS: i32 = 0x5343_4150;
+
 /// Parses `X/Y` (both hexadecimal) into a comparable number.
 pub fn parse_lsn(text: &str) -> Option<u64> {
     let (high, low) = text.split_once('/')?;
@@ -107,19 +110,25 @@ pub async fn poll_all(
         .into_iter()
         .map(|n| (n.node_id, n))
         .collect();
-    let mut report = PollReport::default();
-    for row in slots {
+    let mut report = PollReport {
+        changes: move_reference_changes(cluster).await?,
+        ..PollReport::default()
+    };
+    // Nodes are read side by side: each has its own connections, and the buffer lock orders
+    // their stores.
+    let polls = slots.iter().filter_map(|row| {
         let node_id: i32 = row.get(0);
-        let result = if node_id == COORDINATOR_NODE {
-            poll_node(cluster, node_id, cluster.client(), &map, limit, flush).await
-        } else if let Some(node) = nodes.get(&node_id) {
-            match cluster.node_client(node, "shoal capture").await {
-                Ok(client) => poll_node(cluster, node_id, &client, &map, limit, flush).await,
+        let node = nodes.get(&node_id)?.clone();
+        let map = &map;
+        Some(async move {
+            let result = match cluster.node_client(&node, "shoal capture").await {
+                Ok(client) => poll_node(cluster, node_id, &client, map, limit, flush).await,
                 Err(error) => Err(StreamError::Cluster(error)),
-            }
-        } else {
-            continue;
-        };
+            };
+            (node_id, result)
+        })
+    });
+    for (node_id, result) in futures_util::future::join_all(polls).await {
         match result {
             Ok(n) => report.changes += n,
             Err(error) => {
@@ -130,6 +139,26 @@ pub async fn poll_all(
         }
     }
     Ok(report)
+}
+
+/// Moves the reference tables' changes, written by their capture trigger in the writing
+/// transactions, into the change buffer. Only committed rows are seen, and a row's later change
+/// commits after its earlier one, so no change of a row is moved before the one it follows.
+async fn move_reference_changes(cluster: &Cluster) -> Result<u64, StreamError> {
+    let mut coordinator = cluster.coordinator("shoal capture").await?;
+    let tx = coordinator.transaction().await?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&BUFFER_LOCK])
+        .await?;
+    let moved = tx
+        .execute(
+            "WITH moved AS (DELETE FROM shoal.reference_change RETURNING *)
+             INSERT INTO shoal.change_buffer (table_id, shard_id, node_id, commit_lsn, old_row, new_row)
+             SELECT table_id, shard_id, $1, pg_current_wal_lsn(), old_row, new_row FROM moved",
+            &[&COORDINATOR_NODE],
+        )
+        .await?;
+    tx.commit().await?;
+    Ok(moved)
 }
 
 /// A node that cannot be read is skipped; its frontier stays where it is, and after
@@ -177,6 +206,29 @@ pub async fn poll_node(
     limit: i32,
     flush: bool,
 ) -> Result<u64, StreamError> {
+    // One reader per slot at a time (PostgreSQL refuses a second one): a daemon that finds the
+    // node taken skips it this tick; a refresh that needs every change waits its turn. The lock
+    // belongs to this connection and goes with it.
+    let mut coordinator = cluster.coordinator("shoal capture").await?;
+    if flush {
+        coordinator
+            .execute(
+                "SELECT pg_advisory_lock($1, $2)",
+                &[&SLOT_LOCK_CLASS, &node_id],
+            )
+            .await?;
+    } else {
+        let free: bool = coordinator
+            .query_one(
+                "SELECT pg_try_advisory_lock($1, $2)",
+                &[&SLOT_LOCK_CLASS, &node_id],
+            )
+            .await?
+            .get(0);
+        if !free {
+            return Ok(0);
+        }
+    }
     // Decoding reads only flushed WAL; with asynchronous commit a transaction can be visible
     // (and acknowledged) before it is flushed. A refresh that must include every write made so
     // far flushes first.
@@ -225,7 +277,6 @@ pub async fn poll_node(
         }
     };
 
-    let mut coordinator = cluster.coordinator("shoal capture").await?;
     let tx = coordinator.transaction().await?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&BUFFER_LOCK])
         .await?;

@@ -275,7 +275,6 @@ async fn prepare_capture(
     sources: &[model::DistributedTable],
 ) -> Result<(), StreamError> {
     let nodes = model::list_nodes(cluster.client()).await?;
-    let mut reference = false;
     for source in sources {
         cluster
             .client()
@@ -286,14 +285,7 @@ async fn prepare_capture(
             )
             .await?;
         if source.kind == TableKind::Reference {
-            reference = true;
-            cluster
-                .client()
-                .batch_execute(&format!(
-                    "ALTER TABLE {} REPLICA IDENTITY FULL",
-                    source.name.quoted()
-                ))
-                .await?;
+            add_reference_trigger(cluster, source).await?;
             continue;
         }
         for placement in model::placements_of_table(cluster.client(), source.table_id).await? {
@@ -315,8 +307,76 @@ async fn prepare_capture(
     for node in nodes.iter().filter(|n| n.is_active) {
         capture::ensure_node_slot(cluster, node).await?;
     }
-    if reference {
-        capture::ensure_coordinator_slot(cluster).await?;
+    Ok(())
+}
+
+const TRIGGER: &str = "shoal_capture";
+const TRUNCATE_TRIGGER: &str = "shoal_capture_truncate";
+
+/// A reference table is written on the coordinator, so its changes are captured there by a
+/// trigger, in the writing transaction.
+async fn add_reference_trigger(
+    cluster: &Cluster,
+    source: &model::DistributedTable,
+) -> Result<(), StreamError> {
+    let exists: bool = cluster
+        .client()
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = $1 AND tgname = $2)",
+            &[&source.relid, &TRIGGER],
+        )
+        .await?
+        .get(0);
+    if exists {
+        return Ok(());
+    }
+    let shard_id: i64 = cluster
+        .client()
+        .query_one(
+            "SELECT shard_id FROM shoal.shard WHERE table_id = $1 LIMIT 1",
+            &[&source.table_id],
+        )
+        .await?
+        .get(0);
+    let args = format!(
+        "{}, {}",
+        shoal_sql::quote_literal(&source.table_id.to_string()),
+        shoal_sql::quote_literal(&shard_id.to_string())
+    );
+    let table = source.name.quoted();
+    cluster
+        .client()
+        .batch_execute(&format!(
+            "CREATE TRIGGER {TRIGGER} AFTER INSERT OR UPDATE OR DELETE ON {table} FOR EACH ROW \
+             EXECUTE FUNCTION shoal.capture_reference_change({args});\n\
+             CREATE TRIGGER {TRUNCATE_TRIGGER} AFTER TRUNCATE ON {table} FOR EACH STATEMENT \
+             EXECUTE FUNCTION shoal.capture_reference_change({args})"
+        ))
+        .await?;
+    Ok(())
+}
+
+/// Removes the capture triggers of reference tables no stream table reads any more.
+async fn drop_unused_reference_triggers(cluster: &Cluster) -> Result<(), StreamError> {
+    let unused = cluster
+        .client()
+        .query(
+            "SELECT t.relid::regclass::text FROM shoal.distributed_table t
+             JOIN pg_trigger g ON g.tgrelid = t.relid AND g.tgname = $1
+             WHERE t.kind = 'reference'
+               AND NOT EXISTS (SELECT 1 FROM shoal.stream_source s WHERE s.table_id = t.table_id)",
+            &[&TRIGGER],
+        )
+        .await?;
+    for row in unused {
+        let table: String = row.get(0);
+        cluster
+            .client()
+            .batch_execute(&format!(
+                "DROP TRIGGER IF EXISTS {TRIGGER} ON {table}; \
+                 DROP TRIGGER IF EXISTS {TRUNCATE_TRIGGER} ON {table}"
+            ))
+            .await?;
     }
     Ok(())
 }
@@ -384,6 +444,37 @@ pub async fn refresh_stream(
     force_full: bool,
 ) -> Result<RefreshReport, StreamError> {
     let started = Instant::now();
+    // The common case of a frequent schedule: nothing new for this stream table. One query,
+    // no new connection, no parsing.
+    if !force_full {
+        let idle: bool = cluster
+            .client()
+            .query_one(
+                "SELECT NOT s.needs_reinit AND s.refresh_mode = 'differential'
+                        AND coalesce((SELECT max(seq) FROM shoal.change_buffer), 0) <= s.consumed_seq
+                 FROM shoal.stream_table s WHERE s.stream_id = $1",
+                &[&stream_id],
+            )
+            .await?
+            .get(0);
+        if idle {
+            let ms = started.elapsed().as_secs_f64() * 1000.0;
+            cluster
+                .client()
+                .execute(
+                    "UPDATE shoal.stream_table SET last_refresh_at = now(), last_refresh_ms = $2,
+                            last_refresh_mode = 'differential', last_rows_changed = 0, last_error = NULL
+                     WHERE stream_id = $1",
+                    &[&stream_id, &ms],
+                )
+                .await?;
+            return Ok(RefreshReport {
+                mode: "differential".into(),
+                rows_changed: 0,
+                ms,
+            });
+        }
+    }
     let stream = load_stream(cluster.client(), stream_id).await?;
     let plan = analyze(&stream.query)?;
     let full = force_full || stream.needs_reinit || stream.refresh_mode == "full";
@@ -595,6 +686,7 @@ pub async fn drop_stream(cluster: &Cluster, name: &str) -> Result<(), StreamErro
     tx.batch_execute(&format!("DROP TABLE {}", stream.table.quoted()))
         .await?;
     tx.commit().await?;
+    drop_unused_reference_triggers(cluster).await?;
     let remaining: i64 = cluster
         .client()
         .query_one("SELECT count(*) FROM shoal.stream_table", &[])
@@ -611,16 +703,6 @@ pub async fn drop_stream(cluster: &Cluster, name: &str) -> Result<(), StreamErro
             .collect();
         for node_id in slots {
             let node = nodes.iter().find(|n| n.node_id == node_id);
-            if node_id == capture::COORDINATOR_NODE {
-                let _ = cluster
-                    .client()
-                    .execute(
-                        "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots
-                         WHERE slot_name = $1 AND NOT active",
-                        &[&capture::SLOT_NAME],
-                    )
-                    .await;
-            }
             capture::forget_node_slot(cluster, node, node_id).await?;
         }
         cluster
