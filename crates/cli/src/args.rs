@@ -158,6 +158,13 @@ pub struct ServeArgs {
     /// Seconds between two cleanup passes
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub cleanup_interval: u64,
+    /// Consecutive failed polls of a node's capture slot before it is flagged (status, metric,
+    /// warning)
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(i32).range(1..=10000))]
+    pub worker_retry_ticks: i32,
+    /// Address of the HTTP endpoint (/metrics for Prometheus, /status as JSON); `off` disables it
+    #[arg(long, default_value = "127.0.0.1:9187")]
+    pub listen: String,
     #[command(flatten)]
     pub executor: crate::rebalance::ExecutorArgs,
 }

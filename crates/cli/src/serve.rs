@@ -2,6 +2,7 @@
 //! - the stream scheduler: follows the topology, captures every node's changes and refreshes
 //!   the stream tables that are due, each under a lease;
 //! - the executor of background jobs (rebalances, drains), see `shoal-jobs`;
+//! - the HTTP endpoint: `/metrics` (Prometheus) and `/status` (JSON);
 //! - the cleanup loop, which removes what finished operations left for later (a source shard
 //!   still being read when its move completed) and what failed ones could not remove at once
 //!   (a node that was down).
@@ -16,9 +17,9 @@ use std::time::Duration;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 
+use crate::args::ServeArgs;
 use shoal_catalog::ConnectParams;
 use shoal_cluster::{cleanup, Cluster};
-use crate::args::ServeArgs;
 
 /// Tells a duty to stop: `changed()` resolves when the daemon shuts down.
 pub type Shutdown = watch::Receiver<bool>;
@@ -42,7 +43,9 @@ pub async fn run(params: ConnectParams, args: &ServeArgs) -> anyhow::Result<()> 
             .map(|d| d.as_millis())
             .unwrap_or(0)
     );
-    let config = std::sync::Arc::new(shoal_stream::runtime::SchedulerConfig::new(holder));
+    let mut scheduler = shoal_stream::runtime::SchedulerConfig::new(holder);
+    scheduler.retry_ticks = args.worker_retry_ticks;
+    let config = std::sync::Arc::new(scheduler);
     duties.spawn(every(
         "stream scheduler",
         params.clone(),
@@ -75,6 +78,23 @@ pub async fn run(params: ConnectParams, args: &ServeArgs) -> anyhow::Result<()> 
          Ctrl-C or SIGTERM stops it",
         args.cleanup_interval
     );
+    if args.listen != "off" {
+        let address: std::net::SocketAddr = args.listen.parse().map_err(|_| {
+            anyhow::anyhow!(
+                "invalid --listen {}; use HOST:PORT (e.g. 127.0.0.1:9187) or off",
+                args.listen
+            )
+        })?;
+        let (params, shutdown) = (params.clone(), shutdown.clone());
+        duties.spawn(async move {
+            if let Err(error) = crate::http::serve(address, params, shutdown).await {
+                tracing::warn!(%error, "the HTTP endpoint stopped");
+            }
+        });
+        eprintln!(
+            "shoal serve: metrics at http://{address}/metrics, status at http://{address}/status"
+        );
+    }
     let mut terminate = signal(SignalKind::terminate())?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}

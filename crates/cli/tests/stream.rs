@@ -345,3 +345,59 @@ async fn two_daemons_never_refresh_one_stream_table_at_once() {
     refresh_all(&shoal).await;
     assert_exact(&sql, "two daemons").await;
 }
+
+#[tokio::test]
+async fn the_daemon_serves_metrics_and_status() {
+    let shoal = common::start(1).await;
+    setup(&shoal).await;
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let address = format!("127.0.0.1:{port}");
+    let mut daemon = tokio::process::Command::new(env!("CARGO_BIN_EXE_shoal"))
+        .args(["serve", "--listen", &address])
+        .env("SHOAL_COORDINATOR", shoal.pg.coordinator_uri())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let get = |path: &'static str| {
+        let address = address.clone();
+        async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut stream = tokio::net::TcpStream::connect(&address).await.ok()?;
+            stream
+                .write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+                .await
+                .ok()?;
+            let mut body = String::new();
+            stream.read_to_string(&mut body).await.ok()?;
+            Some(body)
+        }
+    };
+    let started = std::time::Instant::now();
+    let metrics = loop {
+        if let Some(body) = get("/metrics").await {
+            break body;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the endpoint never answered"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
+    for name in [
+        "shoal_capture_alert{node_id=\"1\"",
+        "shoal_stream_last_refresh_ms{stream=\"s_agg\"}",
+        "shoal_cleanup_records 0",
+    ] {
+        assert!(metrics.contains(name), "missing {name} in {metrics}");
+    }
+    let status = get("/status").await.unwrap();
+    let json = status.split("\r\n\r\n").nth(1).unwrap();
+    let value: serde_json::Value = serde_json::from_str(json).unwrap();
+    assert_eq!(value["nodes"].as_array().unwrap().len(), 1);
+    assert_eq!(value["streams"].as_array().unwrap().len(), 3);
+    let _ = daemon.kill().await;
+}
