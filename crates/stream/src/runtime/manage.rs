@@ -549,7 +549,9 @@ fn delta_relations(stream: &Stream, source: &SourceRef, table_id: i32, hi: i64) 
         .unwrap_or_default();
     let side = |column: &str| {
         format!(
-            "(SELECT (jsonb_populate_record(NULL::{table}, b.{column})).* FROM shoal.change_buffer b \
+            // LATERAL: `(f(x)).*` would call the function once per column.
+            "(SELECT r.* FROM shoal.change_buffer b \
+             CROSS JOIN LATERAL jsonb_populate_record(NULL::{table}, b.{column}) r \
              WHERE b.table_id = {table_id} AND b.seq > {} AND b.seq <= {hi} AND b.{column} IS NOT NULL)",
             stream.consumed_seq
         )
