@@ -167,21 +167,7 @@ async fn stream_tables_stay_exact_through_writes_moves_and_a_worker_restart() {
         .collect();
     for (shard, node) in shards.iter().take(2) {
         let target = if *node == 1 { "2" } else { "1" };
-        let uri = shoal.pg.coordinator_uri();
-        let mover = {
-            let args: Vec<String> = ["shard", "move", &shard.to_string(), "--to", target]
-                .iter()
-                .map(|s| s.to_string())
-                .collect();
-            tokio::spawn(async move {
-                tokio::process::Command::new(env!("CARGO_BIN_EXE_shoal"))
-                    .args(&args)
-                    .env("SHOAL_COORDINATOR", uri)
-                    .output()
-                    .await
-                    .unwrap()
-            })
-        };
+        let mover = shoal.spawn_cli(&["shard", "move", &shard.to_string(), "--to", target], &[]);
         random_writes(&sql, &mut rng, 100).await;
         let output = mover.await.unwrap();
         assert!(

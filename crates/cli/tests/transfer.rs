@@ -371,20 +371,10 @@ async fn a_second_move_of_the_same_shard_is_refused_at_once() {
     let (shard, node) = shard_of(&shoal, "t", 0).await;
     let (colocated, _) = shard_of(&shoal, "u", 0).await;
     let target = if node == 1 { "2" } else { "1" };
-    let first = {
-        let args = ["shard", "move", &shard.to_string(), "--to", target];
-        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-        let uri = shoal.pg.coordinator_uri();
-        tokio::spawn(async move {
-            tokio::process::Command::new(env!("CARGO_BIN_EXE_shoal"))
-                .args(&args)
-                .env("SHOAL_COORDINATOR", uri)
-                .env("SHOAL_FAILPOINTS", "pause:Copying Data:3000")
-                .output()
-                .await
-                .unwrap()
-        })
-    };
+    let first = shoal.spawn_cli(
+        &["shard", "move", &shard.to_string(), "--to", target],
+        &[("SHOAL_FAILPOINTS", "pause:Copying Data:3000")],
+    );
     let operation = shoal.wait_for_status(shard, "Copying Data").await;
     // The colocated shard is in the same group: refused too, naming the running operation.
     for id in [shard, colocated] {
@@ -477,22 +467,10 @@ async fn the_target_stopping_mid_copy_fails_the_move_and_cleanup_leaves_nothing(
     let (shard, node) = shard_of(&shoal, "t", 0).await;
     let target_index = 2;
     let target = "3".to_string();
-    let mover = {
-        let uri = shoal.pg.coordinator_uri();
-        let args: Vec<String> = ["shard", "move", &shard.to_string(), "--to", &target]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        tokio::spawn(async move {
-            tokio::process::Command::new(env!("CARGO_BIN_EXE_shoal"))
-                .args(&args)
-                .env("SHOAL_COORDINATOR", uri)
-                .env("SHOAL_FAILPOINTS", "pause:Copying Data:1500")
-                .output()
-                .await
-                .unwrap()
-        })
-    };
+    let mover = shoal.spawn_cli(
+        &["shard", "move", &shard.to_string(), "--to", &target],
+        &[("SHOAL_FAILPOINTS", "pause:Copying Data:1500")],
+    );
     shoal.wait_for_status(shard, "Copying Data").await;
     shoal.pg.stop_worker(target_index);
     let output = mover.await.unwrap();
@@ -531,22 +509,10 @@ async fn a_cancel_at_any_status_leaves_the_source_in_charge_and_nothing_behind()
     ] {
         let before = rows_by_id(&sql, "SELECT id, v FROM t").await;
         let failpoint = format!("pause:{status}");
-        let mover = {
-            let uri = shoal.pg.coordinator_uri();
-            let args: Vec<String> = ["shard", "move", &shard.to_string(), "--to", target]
-                .iter()
-                .map(|s| s.to_string())
-                .collect();
-            tokio::spawn(async move {
-                tokio::process::Command::new(env!("CARGO_BIN_EXE_shoal"))
-                    .args(&args)
-                    .env("SHOAL_COORDINATOR", uri)
-                    .env("SHOAL_FAILPOINTS", failpoint)
-                    .output()
-                    .await
-                    .unwrap()
-            })
-        };
+        let mover = shoal.spawn_cli(
+            &["shard", "move", &shard.to_string(), "--to", target],
+            &[("SHOAL_FAILPOINTS", failpoint.as_str())],
+        );
         let operation = shoal.wait_for_status(shard, status).await;
         let out = shoal
             .cli(&["shard", "cancel", &operation.to_string()])
@@ -579,21 +545,7 @@ async fn the_cutover_waits_for_a_long_transaction_and_says_which() {
         .await
         .unwrap()
         .get(0);
-    let mover = {
-        let uri = shoal.pg.coordinator_uri();
-        let args: Vec<String> = ["shard", "move", &shard.to_string(), "--to", target]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        tokio::spawn(async move {
-            tokio::process::Command::new(env!("CARGO_BIN_EXE_shoal"))
-                .args(&args)
-                .env("SHOAL_COORDINATOR", uri)
-                .output()
-                .await
-                .unwrap()
-        })
-    };
+    let mover = shoal.spawn_cli(&["shard", "move", &shard.to_string(), "--to", target], &[]);
     shoal.wait_for_status(shard, "Final Catchup").await;
     let sql = shoal.coordinator().await;
     let started = std::time::Instant::now();

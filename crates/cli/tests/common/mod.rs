@@ -441,6 +441,25 @@ impl Shoal {
         }
     }
 
+    /// Starts the `shoal` binary in the background (with extra environment variables, such as
+    /// failpoints); the handle gives its output once it ends.
+    pub fn spawn_cli(
+        &self,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> tokio::task::JoinHandle<Output> {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_shoal"));
+        command
+            .args(args)
+            .env("SHOAL_COORDINATOR", self.pg.coordinator_uri())
+            .env_remove("SHOAL_CONFIG")
+            .env_remove("SHOAL_LOG");
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        tokio::spawn(async move { command.output().await.expect("the shoal binary runs") })
+    }
+
     /// Runs the `shoal` binary with extra environment variables (failpoints).
     pub async fn cli_env(&self, args: &[&str], env: &[(&str, &str)]) -> CliOutput {
         let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_shoal"));
