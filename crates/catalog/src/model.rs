@@ -698,18 +698,34 @@ pub async fn list_cleanup_records(client: &impl GenericClient) -> Result<Vec<Cle
             &[],
         )
         .await?;
-    Ok(rows
-        .iter()
-        .map(|r| CleanupRecord {
-            record_id: r.get(0),
-            operation_id: r.get(1),
-            object_type: CleanupObject::parse(r.get(2)),
-            schema_name: r.get(3),
-            object_name: r.get(4),
-            node_id: r.get(5),
-            policy: CleanupPolicy::parse(r.get(6)),
-        })
-        .collect())
+    Ok(rows.iter().map(cleanup_record_from_row).collect())
+}
+
+/// The records of one operation, as they are now.
+pub async fn cleanup_records_of(
+    client: &impl GenericClient,
+    operation_id: i64,
+) -> Result<Vec<CleanupRecord>> {
+    let rows = client
+        .query(
+            "SELECT record_id, operation_id, object_type, schema_name, object_name, node_id, policy
+             FROM shoal.cleanup_record WHERE operation_id = $1 ORDER BY record_id",
+            &[&operation_id],
+        )
+        .await?;
+    Ok(rows.iter().map(cleanup_record_from_row).collect())
+}
+
+fn cleanup_record_from_row(r: &Row) -> CleanupRecord {
+    CleanupRecord {
+        record_id: r.get(0),
+        operation_id: r.get(1),
+        object_type: CleanupObject::parse(r.get(2)),
+        schema_name: r.get(3),
+        object_name: r.get(4),
+        node_id: r.get(5),
+        policy: CleanupPolicy::parse(r.get(6)),
+    }
 }
 
 pub async fn delete_cleanup_record(client: &impl GenericClient, record_id: i64) -> Result<()> {

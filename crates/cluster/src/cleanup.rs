@@ -29,6 +29,30 @@ pub async fn begin_operation(cluster: &Cluster) -> Result<i64, ClusterError> {
     Ok(operation_id)
 }
 
+/// Takes the lock of an operation whose process has ended, waiting up to `timeout` for a
+/// cleanup that works on its records elsewhere. False if it is still held then.
+pub async fn lock_ended_operation(
+    cluster: &Cluster,
+    operation_id: i64,
+    timeout: std::time::Duration,
+) -> Result<bool, ClusterError> {
+    let started = std::time::Instant::now();
+    loop {
+        let locked: bool = cluster
+            .client()
+            .query_one(
+                "SELECT pg_try_advisory_lock($1, $2)",
+                &[&OPERATION_LOCK_CLASS, &(operation_id as i32)],
+            )
+            .await?
+            .get(0);
+        if locked || started.elapsed() >= timeout {
+            return Ok(locked);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
 pub async fn end_operation(cluster: &Cluster, operation_id: i64) {
     let _ = cluster
         .client()
@@ -63,15 +87,27 @@ pub async fn run_cleanup(
     let mut report = CleanupReport::default();
     let records = model::list_cleanup_records(cluster.client()).await?;
     let mut operations: Vec<i64> = records.iter().map(|r| r.operation_id).collect();
+    operations.sort_unstable();
     operations.dedup();
     for operation_id in operations {
         if only_operation.is_some_and(|op| op != operation_id) {
             continue;
         }
-        let ours: Vec<&CleanupRecord> = records
+        let listed = records
             .iter()
             .filter(|r| r.operation_id == operation_id)
-            .collect();
+            .count();
+        let own: bool = cluster
+            .client()
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted
+                                  AND pid = pg_backend_pid() AND objsubid = 2
+                                  AND classid = $1::int::bigint::oid
+                                  AND objid = ($2::int::bigint & 4294967295)::oid)",
+                &[&OPERATION_LOCK_CLASS, &(operation_id as i32)],
+            )
+            .await?
+            .get(0);
         // Re-entrant within one session, so an operation can clean up after itself.
         let locked: bool = cluster
             .client()
@@ -82,13 +118,29 @@ pub async fn run_cleanup(
             .await?
             .get(0);
         if !locked {
-            report.skipped_running += ours.len();
+            report.skipped_running += listed;
             continue;
         }
-        let mut ours = ours;
+        // Read again under the lock: the list above may predate another process removing these
+        // objects and a new operation creating objects of the same names (a transfer retried
+        // after a crash), which a stale record would then remove.
+        let mut ours = model::cleanup_records_of(cluster.client(), operation_id).await?;
+        if !own && !ours.is_empty() {
+            // The operation's process is gone, but a statement it started may still run.
+            let mut nodes: Vec<i32> = ours.iter().map(|r| r.node_id).collect();
+            nodes.sort_unstable();
+            nodes.dedup();
+            if let Err(error) = end_orphaned_statements(cluster, operation_id, &nodes).await {
+                report
+                    .failed
+                    .push(format!("operation {operation_id}: {error}"));
+                end_operation(cluster, operation_id).await;
+                continue;
+            }
+        }
         // Subscriptions first (they hold slots), then slots, publications, and tables last.
         ours.sort_by_key(|r| (removal_order(r.object_type), r.record_id));
-        for record in ours {
+        for record in &ours {
             let what = describe(record);
             match remove_object(cluster, record).await {
                 Ok(()) => {
@@ -105,6 +157,48 @@ pub async fn run_cleanup(
         end_operation(cluster, operation_id).await;
     }
     Ok(report)
+}
+
+/// Ends what is left of an ended operation's sessions on the coordinator and on `nodes`. A
+/// statement still running when its client died (a `CREATE SUBSCRIPTION`, say) would otherwise
+/// finish after cleanup has looked for what it creates, leaving an object no record names. The
+/// sessions are known by their label, which names the operation (`... op=<id> ...`).
+pub async fn end_orphaned_statements(
+    cluster: &Cluster,
+    operation_id: i64,
+    nodes: &[i32],
+) -> Result<(), ClusterError> {
+    let pattern = format!("% op={operation_id} %");
+    let terminate = "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+                     WHERE application_name LIKE $1 AND pid <> pg_backend_pid()";
+    let remaining = "SELECT count(*) FROM pg_stat_activity
+                     WHERE application_name LIKE $1 AND pid <> pg_backend_pid()";
+    let mut clients = Vec::new();
+    for node_id in nodes {
+        let Some(node) = model::get_node(cluster.client(), *node_id).await? else {
+            continue;
+        };
+        // An unreachable node runs nothing that could race with cleanup there now.
+        if let Ok(client) = cluster
+            .node_client(&node, &format!("shoal cleanup op {operation_id}"))
+            .await
+        {
+            clients.push(client);
+        }
+    }
+    let mut all: Vec<&Client> = clients.iter().collect();
+    all.push(cluster.client());
+    for client in all {
+        client.query_one(terminate, &[&pattern]).await?;
+        for _ in 0..100 {
+            let left: i64 = client.query_one(remaining, &[&pattern]).await?.get(0);
+            if left == 0 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+    Ok(())
 }
 
 fn removal_order(object: CleanupObject) -> u8 {

@@ -70,6 +70,7 @@ impl TestServer {
         let data_dir = run_dir.join(&name);
         let log_file = run_dir.join(format!("{name}.log"));
         copy_template(&data_dir);
+        distinct_oids(&data_dir);
         let port = start_on_free_port(&data_dir, &log_file)
             .unwrap_or_else(|e| panic!("shoal-testkit: {e}"));
         TestServer {
@@ -247,6 +248,28 @@ fn copy_template(data_dir: &Path) {
     if !out.status.success() {
         panic!(
             "shoal-testkit: could not copy the template to {}: {}",
+            data_dir.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+}
+
+/// Starts the copy's OID counter at a random place. Copies of one template would otherwise
+/// hand out the same OIDs in step (and they share a system identifier): two targets'
+/// subscriptions would get one oid, and their table-sync slots on a common source one name,
+/// which separate servers never do.
+fn distinct_oids(data_dir: &Path) {
+    let next_oid = 1_000_000 + rand::random::<u32>() % 2_000_000_000;
+    let out = template::run_as()
+        .command(binaries().program("pg_resetwal"))
+        .arg("-o")
+        .arg(next_oid.to_string())
+        .arg(data_dir)
+        .output()
+        .unwrap_or_else(|e| panic!("shoal-testkit: could not run pg_resetwal: {e}"));
+    if !out.status.success() {
+        panic!(
+            "shoal-testkit: pg_resetwal -o on {} failed: {}",
             data_dir.display(),
             String::from_utf8_lossy(&out.stderr).trim()
         );

@@ -653,28 +653,37 @@ impl<'a> Transfer<'a> {
             .libpq_string();
         target
             .batch_execute(&format!(
-                "CREATE SUBSCRIPTION {0} CONNECTION {1} PUBLICATION {0} WITH (copy_data = true)",
+                "CREATE SUBSCRIPTION {0} CONNECTION {1} PUBLICATION {0}
+                 WITH (copy_data = true, enabled = false)",
                 quote_ident(&name),
                 quote_literal(&conninfo)
             ))
             .await
             .context(|| format!("creating the subscription on {}", self.target.address()))?;
-        // The table-sync slots are named after the subscription's oid, known only now.
-        let suboid: u32 = target
+        // The table-sync slots are named after the subscription's oid, known only now, and the
+        // subscriber's system identifier: several targets' subscriptions may share an oid, and
+        // their sync slots on one source must not be taken for each other's. Recorded before
+        // the subscription starts creating them.
+        let row = target
             .query_one(
-                "SELECT oid FROM pg_subscription WHERE subname = $1",
+                "SELECT s.oid, c.system_identifier::text
+                 FROM pg_subscription s, pg_control_system() c WHERE s.subname = $1",
                 &[&name],
             )
-            .await?
-            .get(0);
+            .await?;
+        let (suboid, system): (u32, String) = (row.get(0), row.get(1));
         self.record(
             CleanupObject::ReplicationSlot,
             None,
-            &format!("pg\\_{suboid}\\_sync\\_%"),
+            &format!("pg\\_{suboid}\\_sync\\_%\\_{system}"),
             &self.source,
             CleanupPolicy::Always,
         )
         .await?;
+        target
+            .batch_execute(&format!("ALTER SUBSCRIPTION {} ENABLE", quote_ident(&name)))
+            .await
+            .context(|| format!("starting the subscription on {}", self.target.address()))?;
 
         self.set_status(Status::CopyingData, cancel).await?;
         self.wait_for_initial_copy(&target, &name, cancel).await?;

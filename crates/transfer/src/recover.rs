@@ -7,6 +7,8 @@
 //! authoritative, so everything built is removed; after it the target is, so the steps that
 //! follow the switch (foreign keys, removal of the old placement) are finished instead.
 
+use std::time::Duration;
+
 use serde::Serialize;
 
 use crate::engine::create_group_foreign_keys;
@@ -14,7 +16,9 @@ use crate::group::{find_shard, load_group, ShardGroup};
 use crate::status::Status;
 use crate::{Context, TransferError};
 use shoal_catalog::model::{self, TableKind};
-use shoal_cluster::cleanup::run_cleanup;
+use shoal_cluster::cleanup::{
+    end_operation, end_orphaned_statements, lock_ended_operation, run_cleanup,
+};
 use shoal_cluster::{locks, reference, Cluster};
 
 /// What [`recover`] found and did.
@@ -96,7 +100,7 @@ pub(crate) async fn settle_unfinished(
     let client = cluster.client();
     let Some(row) = client
         .query_opt(
-            "SELECT t.operation_id, t.operation, t.target_node,
+            "SELECT t.operation_id, t.operation, t.target_node, t.source_node,
                     t.cutover_at IS NOT NULL
                     OR (t.operation = 'copy' AND EXISTS (
                         SELECT 1 FROM shoal.placement p
@@ -112,14 +116,28 @@ pub(crate) async fn settle_unfinished(
     let operation_id: i64 = row.get(0);
     let operation: String = row.get(1);
     let target_node: i32 = row.get(2);
-    let switched: bool = row.get(3);
+    let source_node: i32 = row.get(3);
+    let switched: bool = row.get(4);
     tracing::warn!(
         operation_id,
         switched,
         "an earlier transfer of this shard group was interrupted; settling it"
     );
-    let report = run_cleanup(cluster, Some(operation_id)).await?;
-    if !report.is_clean() {
+    end_orphaned_statements(cluster, operation_id, &[source_node, target_node]).await?;
+    // Held across the cleanup: nobody else (the cleanup loop) works on these records meanwhile,
+    // so once they are gone they are gone for good.
+    if !lock_ended_operation(cluster, operation_id, Duration::from_secs(30)).await? {
+        return Err(TransferError::Busy {
+            shard_id: group.members.first().map(|m| m.shard_id).unwrap_or(0),
+            operation_id,
+            status: "being cleaned up by another process".to_string(),
+        });
+    }
+    let report = run_cleanup(cluster, Some(operation_id)).await;
+    let left = model::cleanup_records_of(client, operation_id).await;
+    end_operation(cluster, operation_id).await;
+    let report = report?;
+    if !report.is_clean() || !left?.is_empty() {
         return Err(TransferError::Refused(format!(
             "operation {operation_id} was interrupted and what it left cannot be removed yet ({}); \
              run `shoal cleanup` once the node is back",
