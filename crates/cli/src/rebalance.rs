@@ -391,10 +391,11 @@ fn seconds(value: f64) -> String {
 
 pub fn print_status(status: &JobStatus) {
     let job = &status.job;
-    let elapsed = job
-        .elapsed_seconds
-        .map(|s| format!(", {} since it started", seconds(s)))
-        .unwrap_or_default();
+    let elapsed = match (job.elapsed_seconds, job.state.is_final()) {
+        (Some(s), true) => format!(" after {}", seconds(s)),
+        (Some(s), false) => format!(" for {}", seconds(s)),
+        (None, _) => String::new(),
+    };
     println!(
         "job {} ({}): {}{elapsed}",
         job.job_id, job.description, job.state

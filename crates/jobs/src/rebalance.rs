@@ -361,25 +361,22 @@ async fn refuse_if_busy(client: &impl GenericClient) -> Result<()> {
 pub async fn start_rebalance(cluster: &Cluster, options: &JobOptions) -> Result<Started> {
     refuse_if_busy(cluster.client()).await?;
     let kind = if options.drain_only {
-        "drain nodes that should not have shards"
+        "drain the nodes that should not have shards"
     } else {
         "rebalance"
     };
-    let description = format!(
-        "{kind} ({}{}{})",
-        options.strategy.as_deref().unwrap_or("default strategy"),
-        if options.parallel_colocated {
-            ", parallel colocated"
-        } else {
-            ""
-        },
-        if options.parallel_reference {
-            ", parallel reference"
-        } else {
-            ""
-        },
-    );
-    start(cluster, JobKind::Rebalance, &description, options).await
+    let flags = [
+        (options.parallel_colocated, ", parallel colocated"),
+        (options.parallel_reference, ", parallel reference"),
+    ]
+    .iter()
+    .filter(|(on, _)| *on)
+    .map(|(_, text)| *text)
+    .collect::<String>();
+    start(cluster, JobKind::Rebalance, options, |planned| {
+        format!("{kind} by {}{flags}", planned.strategy)
+    })
+    .await
 }
 
 /// Marks a node as one that should have no shards and starts a job that moves every shard group
@@ -394,16 +391,17 @@ pub async fn drain_node(cluster: &Cluster, node: &str, options: &JobOptions) -> 
         ..options.clone()
     };
     let description = format!("drain node {} ({})", target.node_id, target.address());
-    start(cluster, JobKind::Drain, &description, &options).await
+    start(cluster, JobKind::Drain, &options, |_| description).await
 }
 
 async fn start(
     cluster: &Cluster,
     kind: JobKind,
-    description: &str,
     options: &JobOptions,
+    describe: impl FnOnce(&PlannedRebalance) -> String,
 ) -> Result<Started> {
     let planned = plan_rebalance(cluster, options).await?;
+    let description = describe(&planned);
     if planned.tasks.is_empty() {
         return Ok(Started {
             job_id: None,
@@ -426,7 +424,7 @@ async fn start(
     let mut client = cluster
         .coordinator(&format!("shoal {}", kind.as_str()))
         .await?;
-    let job_id = create_job(&mut client, kind, description, options, &plan, &tasks).await?;
+    let job_id = create_job(&mut client, kind, &description, options, &plan, &tasks).await?;
     Ok(Started {
         job_id: Some(job_id),
         planned,
