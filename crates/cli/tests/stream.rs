@@ -387,3 +387,66 @@ async fn the_daemon_serves_metrics_and_status() {
     assert_eq!(value["streams"].as_array().unwrap().len(), 3);
     let _ = daemon.kill().await;
 }
+
+#[tokio::test]
+async fn stream_tables_stay_exact_through_a_parallel_rebalance_and_a_worker_restart() {
+    let mut shoal = common::start(2).await;
+    setup(&shoal).await;
+    let sql = shoal.coordinator().await;
+    let mut rng = StdRng::seed_from_u64(23);
+    random_writes(&sql, &mut rng, 100).await;
+
+    // A third worker, and a parallel rebalance onto it while writes go on.
+    let address = shoal.pg.add_worker().await.host_port();
+    shoal.cli(&["node", "add", &address]).await.assert_ok();
+    let start = shoal
+        .cli(&[
+            "rebalance",
+            "start",
+            "--parallel-colocated",
+            "--parallel-reference",
+        ])
+        .await;
+    start.assert_ok();
+    let waiter = shoal.spawn_cli(&["rebalance", "wait"], &[]);
+    let writer = {
+        let uri = shoal.pg.coordinator_uri();
+        tokio::spawn(async move {
+            let (client, connection) = tokio_postgres::connect(&uri, tokio_postgres::NoTls)
+                .await
+                .unwrap();
+            tokio::spawn(connection);
+            let mut rng = StdRng::seed_from_u64(29);
+            for _ in 0..6 {
+                random_writes(&client, &mut rng, 40).await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+    let waited = waiter.await.unwrap();
+    writer.await.unwrap();
+    assert!(
+        waited.status.success(),
+        "{}",
+        String::from_utf8_lossy(&waited.stderr)
+    );
+    let on_new: i64 = sql
+        .query_one(
+            "SELECT count(*) FROM shoal.shards WHERE node_id = 3 AND kind = 'hash'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(on_new > 0, "the rebalance moved shards to the new worker");
+    refresh_all(&shoal).await;
+    assert_exact(&sql, "a parallel rebalance").await;
+
+    // One worker restarted while writes continue.
+    shoal.pg.stop_worker(0);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    shoal.pg.start_worker(0);
+    random_writes(&sql, &mut rng, 100).await;
+    refresh_all(&shoal).await;
+    assert_exact(&sql, "a worker restart after the rebalance").await;
+}
