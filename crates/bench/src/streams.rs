@@ -3,12 +3,12 @@
 
 use std::time::{Duration, Instant};
 
+use crate::median;
+use crate::moves::shoal_on;
 use shoal_cluster::Cluster;
 use shoal_stream::runtime::{self, SchedulerConfig, StreamOptions};
 use shoal_stream::Mode;
 use shoal_testkit::TestCluster;
-use crate::median;
-use crate::moves::shoal_on;
 
 const QUERIES: &[(&str, &str)] = &[
     // Keeps half the rows: the full refresh rewrites them all.

@@ -3,9 +3,9 @@
 
 use tokio_postgres::Client;
 
-use shoal_catalog::model::Node;
 use crate::error::{ClusterError, PgContext};
 use crate::Cluster;
+use shoal_catalog::model::Node;
 
 /// One slot per server, shared by every stream table. `test_decoding` ships with PostgreSQL and
 /// can drop changes that carry a replication origin (`only-local`): those are the shard mover's
