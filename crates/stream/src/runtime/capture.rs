@@ -391,7 +391,7 @@ mod tests {
     fn lsns_compare_as_numbers() {
         assert_eq!(parse_lsn("0/0"), Some(0));
         assert!(parse_lsn("1/0").unwrap() > parse_lsn("0/FFFFFFFF").unwrap());
-        assert!(parse_lsn("0/1A2B").unwrap() > parse_lsn("0/9FFF").unwrap());
+        assert!(parse_lsn("0/1A2B0").unwrap() > parse_lsn("0/9FFF").unwrap());
         assert_eq!(parse_lsn("nonsense"), None);
     }
 }
