@@ -4,6 +4,9 @@
 //! only acts on records of operations whose lock it can take, so it never removes what a running
 //! operation is still building, and it is safe to run at any time, any number of times.
 
+use std::collections::hash_map::Entry;
+use std::collections::HashMap;
+
 use serde::Serialize;
 use tokio_postgres::Client;
 
@@ -140,9 +143,11 @@ pub async fn run_cleanup(
         }
         // Subscriptions first (they hold slots), then slots, publications, and tables last.
         ours.sort_by_key(|r| (removal_order(r.object_type), r.record_id));
+        // One connection per node for all of the operation's records (a move has a dozen).
+        let mut clients: HashMap<i32, Result<Option<Client>, String>> = HashMap::new();
         for record in &ours {
             let what = describe(record);
-            match remove_object(cluster, record).await {
+            match remove_object(cluster, record, &mut clients).await {
                 Ok(()) => {
                     model::delete_cleanup_record(cluster.client(), record.record_id).await?;
                     tracing::info!(object = %what, "removed");
@@ -222,20 +227,34 @@ fn describe(record: &CleanupRecord) -> String {
     )
 }
 
-async fn remove_object(cluster: &Cluster, record: &CleanupRecord) -> Result<(), String> {
-    let Some(node) = model::get_node(cluster.client(), record.node_id)
-        .await
-        .map_err(|e| e.to_string())?
-    else {
-        return Ok(()); // the node itself is gone, and its objects with it
+async fn remove_object(
+    cluster: &Cluster,
+    record: &CleanupRecord,
+    clients: &mut HashMap<i32, Result<Option<Client>, String>>,
+) -> Result<(), String> {
+    let client = match clients.entry(record.node_id) {
+        Entry::Occupied(entry) => entry.into_mut(),
+        Entry::Vacant(entry) => {
+            let client = match model::get_node(cluster.client(), record.node_id).await {
+                Err(error) => Err(error.to_string()),
+                // The node itself is gone, and its objects with it.
+                Ok(None) => Ok(None),
+                Ok(Some(node)) => cluster
+                    .node_client(&node, &format!("shoal cleanup op {}", record.operation_id))
+                    .await
+                    .map(Some)
+                    .map_err(|e| e.to_string()),
+            };
+            entry.insert(client)
+        }
     };
-    let client = cluster
-        .node_client(&node, &format!("shoal cleanup op {}", record.operation_id))
-        .await
-        .map_err(|e| e.to_string())?;
-    drop_object(&client, record)
-        .await
-        .map_err(|e| pg_message(&e))
+    match client {
+        Err(error) => Err(error.clone()),
+        Ok(None) => Ok(()),
+        Ok(Some(client)) => drop_object(client, record)
+            .await
+            .map_err(|e| pg_message(&e)),
+    }
 }
 
 async fn drop_object(client: &Client, record: &CleanupRecord) -> Result<(), tokio_postgres::Error> {
