@@ -325,10 +325,24 @@ async fn rebalance_under_writes(parallel: bool) {
     let mut shoal = common::start(2).await;
     shop(&shoal, 6).await;
     let node = add_worker(&mut shoal).await;
+    // The new node lacks the reference table (as if it had been added while p was being
+    // made one): the job copies it there before any shard of w, which refers to it, lands.
+    let sql = shoal.coordinator().await;
+    sql.execute(
+        "DELETE FROM shoal.placement WHERE node_id = $1
+           AND shard_id = (SELECT shard_id FROM shoal.shards WHERE table_name = 'p'::regclass
+                           LIMIT 1)",
+        &[&node],
+    )
+    .await
+    .unwrap();
+    let new_worker = shoal.pg.workers.last().unwrap().connect().await;
+    new_worker.batch_execute("DROP TABLE p").await.unwrap();
     let before = contents(&shoal).await;
 
     let plan = shoal.cli(&["rebalance", "plan", "--json"]).await;
     let plan: serde_json::Value = serde_json::from_str(plan.assert_ok()).unwrap();
+    assert_eq!(plan["reference_copies"].as_array().unwrap().len(), 1);
     let moves = plan["plan"]["moves"].as_array().unwrap();
     assert_eq!(
         moves.len(),
@@ -375,15 +389,23 @@ async fn rebalance_under_writes(parallel: bool) {
     assert_eq!(status["job_id"], job);
     assert_eq!(status["state"], "finished");
     assert_eq!(status["progress"]["bytes_left"], 0);
-    assert_eq!(status["tasks"].as_array().unwrap().len(), 2);
+
     let dependencies: Vec<usize> = status["tasks"]
         .as_array()
         .unwrap()
         .iter()
         .map(|t| t["depends_on"].as_array().unwrap().len())
         .collect();
-    let expected = if parallel { vec![0, 0] } else { vec![0, 1] };
+    // Sequential: copy, then the moves one after the other. Parallel: copy, foreign keys, then
+    // both moves at once.
+    let expected = if parallel {
+        vec![0, 1, 1, 1]
+    } else {
+        vec![0, 1, 1]
+    };
     assert_eq!(dependencies, expected, "the task graph of the flags");
+    let (count, _) = common::fingerprint(&new_worker, "p").await;
+    assert_eq!(count, 50, "the reference table is on the new node");
     // The progress view names the job and task of each transfer.
     let rows: i64 = shoal
         .coordinator()
@@ -396,7 +418,7 @@ async fn rebalance_under_writes(parallel: bool) {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(rows, 2);
+    assert_eq!(rows, 3, "two moves and a reference table copy");
     // Balanced now: nothing more to do.
     let again = shoal.cli(&["rebalance", "start"]).await;
     assert!(
