@@ -3,6 +3,7 @@
 //! next to the anchor they compare with, for BENCHMARKS.md.
 
 mod moves;
+mod rebalance;
 mod stall;
 mod streams;
 
@@ -28,6 +29,21 @@ enum Command {
         /// Runs of each measurement; the median is reported
         #[arg(long, default_value_t = 3)]
         runs: usize,
+    },
+    /// Rebalance of the reference data set from 2 workers to 3: sequential vs both parallel flags
+    Rebalance {
+        /// Runs (each: sequential, then parallel, alternating); medians are reported
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Size of the data set: 1.0 is the reference data set (2,000,000 orders)
+        #[arg(long, default_value_t = 1.0)]
+        scale: f64,
+        /// Tasks running at once, in all
+        #[arg(long, default_value_t = 4)]
+        max_parallel: usize,
+        /// Tasks running at once that involve one node
+        #[arg(long, default_value_t = 4)]
+        max_parallel_per_node: usize,
     },
     /// Stream tables: differential vs full refresh, idle refresh, capture throughput, freshness
     Stream {
@@ -57,6 +73,18 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(async {
         match args.command {
             Command::Move { mb, runs } => moves::run(mb, runs).await,
+            Command::Rebalance {
+                runs,
+                scale,
+                max_parallel,
+                max_parallel_per_node,
+            } => {
+                let limits = shoal_jobs::Limits {
+                    max_parallel: max_parallel.max(1),
+                    max_parallel_per_node: max_parallel_per_node.max(1),
+                };
+                rebalance::run(runs, scale, limits).await
+            }
             Command::Stall { rate, mb, moves } => stall::run(rate, mb, moves).await,
             Command::Stream { rows } => streams::run(rows).await,
         }
