@@ -263,10 +263,22 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
     refresh_stream_table(&cluster).await?;
     check_stream(&sql, stream_query).await?;
 
+    step("A third worker, filled by a parallel rebalance that the daemon runs in the background");
+    let mut daemon = add_worker_and_rebalance(&cluster, args, &report.coordinator_uri).await?;
+    refresh_stream_table(&cluster).await?;
+    check_stream(&sql, stream_query).await?;
+
     if args.stop {
         step("Stopping the demo cluster");
+        daemon.stop();
         LocalCluster::open(&args.dir)?.down()?;
     } else {
+        println!(
+            "\nshoal serve keeps running in the background (pid {}, log {}); `kill {}` stops it",
+            daemon.child.id(),
+            daemon.log.display(),
+            daemon.child.id()
+        );
         step("Explore it yourself");
         println!("  psql {}", report.coordinator_uri);
         println!(
@@ -457,4 +469,124 @@ async fn check_stream(sql: &Client, query: &str) -> anyhow::Result<()> {
     }
     println!("revenue_by_category equals its query recomputed (EXCEPT ALL both ways is empty)");
     Ok(())
+}
+
+/// `shoal serve`, started by the demo.
+struct DemoDaemon {
+    child: std::process::Child,
+    log: std::path::PathBuf,
+}
+
+impl DemoDaemon {
+    /// SIGTERM, then wait: the daemon stops its duties cleanly.
+    fn stop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        if nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).is_ok() {
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Adds a third worker, starts `shoal serve`, and has it rebalance the shop in parallel while
+/// this process shows progress; then shows where the shard groups are.
+async fn add_worker_and_rebalance(
+    cluster: &Cluster,
+    args: &DemoArgs,
+    uri: &str,
+) -> anyhow::Result<DemoDaemon> {
+    let mut local = LocalCluster::open(&args.dir)?;
+    let server = local.add_worker().await?;
+    println!(
+        "$ shoal local add-worker --dir {}   (127.0.0.1:{})",
+        args.dir.display(),
+        server.port
+    );
+    register_local_workers(uri, &[("127.0.0.1".to_string(), server.port)]).await?;
+
+    let log = args.dir.join("serve.log");
+    let file =
+        std::fs::File::create(&log).with_context(|| format!("cannot create {}", log.display()))?;
+    let child = std::process::Command::new(std::env::current_exe()?)
+        .args(["serve", "--listen", "off"])
+        .env("SHOAL_COORDINATOR", uri)
+        .env_remove("SHOAL_FAILPOINTS")
+        .stdin(std::process::Stdio::null())
+        .stdout(file.try_clone()?)
+        .stderr(file)
+        .spawn()
+        .context("cannot start shoal serve")?;
+    let mut daemon = DemoDaemon { child, log };
+    let started = std::time::Instant::now();
+    loop {
+        let live = shoal_jobs::store::live_daemons(cluster.client(), shoal_jobs::DEFAULT_LEASE)
+            .await?
+            .iter()
+            .any(|d| d.pid == daemon.child.id() as i32);
+        if live {
+            break;
+        }
+        if started.elapsed() > std::time::Duration::from_secs(20) {
+            daemon.stop();
+            bail!(
+                "shoal serve did not start within 20 s; see {}",
+                daemon.log.display()
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    println!(
+        "$ shoal serve &   (pid {}, log {})",
+        daemon.child.id(),
+        daemon.log.display()
+    );
+
+    let options = shoal_jobs::JobOptions {
+        parallel_colocated: true,
+        parallel_reference: true,
+        ..shoal_jobs::JobOptions::default()
+    };
+    let started = shoal_jobs::rebalance::start_rebalance(cluster, &options).await?;
+    let Some(job_id) = started.job_id else {
+        println!("the cluster is already balanced");
+        return Ok(daemon);
+    };
+    let bytes: i64 = started.planned.tasks.iter().map(|t| t.bytes_total).sum();
+    println!(
+        "$ shoal rebalance start --parallel-colocated --parallel-reference   (job {job_id}: {} move(s), {})",
+        started.planned.plan.moves.len(),
+        human_bytes(Some(bytes))
+    );
+    for task in &started.planned.tasks {
+        println!("    {}", task.description);
+    }
+    println!("$ shoal rebalance wait");
+    crate::rebalance::wait_for_job(cluster, job_id, false).await?;
+
+    let shards = inspect::shard_rows(cluster, None).await?;
+    let mut per_node: BTreeMap<String, (usize, i64)> = BTreeMap::new();
+    for shard in shards.iter().filter(|s| s.table.name == "orders") {
+        per_node
+            .entry(format!("{} ({})", shard.node_id, shard.node_address))
+            .or_default()
+            .0 += 1;
+    }
+    for shard in &shards {
+        if let Some(entry) =
+            per_node.get_mut(&format!("{} ({})", shard.node_id, shard.node_address))
+        {
+            entry.1 += shard.size_bytes.unwrap_or(0);
+        }
+    }
+    println!();
+    let rows: Vec<Vec<String>> = per_node
+        .iter()
+        .map(|(node, (groups, size))| {
+            vec![node.clone(), groups.to_string(), human_bytes(Some(*size))]
+        })
+        .collect();
+    print_table(
+        &["node", "shard groups of orders", "size on the node"],
+        &rows,
+    );
+    Ok(daemon)
 }

@@ -657,8 +657,9 @@ impl Display {
         let mut last = self.last.lock().expect("not poisoned");
         let mut changes = Vec::new();
         for task in &status.tasks {
-            if last.get(&task.task_id) != Some(&task.state) {
-                last.insert(task.task_id, task.state);
+            let previous = last.insert(task.task_id, task.state);
+            // Tasks still waiting when following starts are not news.
+            if previous != Some(task.state) && (previous.is_some() || !task.state.is_pending()) {
                 changes.push(task);
             }
         }
