@@ -212,11 +212,15 @@ impl Task {
         TaskProgress {
             state: self.state,
             bytes_total: self.bytes_total,
+            // A finished transfer of a task not yet recorded done counts as all or nothing.
             transfer: self
                 .transfer
                 .as_ref()
-                .filter(|t| !t.finished)
-                .map(|t| (t.bytes_done.unwrap_or(0), t.bytes_total.unwrap_or(0))),
+                .map(|t| match (t.finished, t.status.as_str()) {
+                    (true, "Completed") => (1, 1),
+                    (true, _) => (0, 1),
+                    (false, _) => (t.bytes_done.unwrap_or(0), t.bytes_total.unwrap_or(0)),
+                }),
         }
     }
 }
