@@ -490,6 +490,28 @@ async fn a_drained_node_ends_empty_under_writes() {
         .await
         .assert_error(&["no node 99"]);
     assert_eq!(shoal.state().await, state);
+    // With node 3 closed to shards too, node 2's groups have nowhere to go: refused, and node 2
+    // keeps taking shards.
+    shoal
+        .cli(&["node", "set", "3", "--should-have-shards", "false"])
+        .await
+        .assert_ok();
+    shoal
+        .cli(&["node", "drain", "2"])
+        .await
+        .assert_error(&["no active node that should have shards allows it"]);
+    let flags: Vec<bool> = sql
+        .query(
+            "SELECT should_have_shards FROM shoal.node ORDER BY node_id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(flags, vec![false, true, false]);
+    assert_eq!(shoal.state().await, state);
     check_settled(&shoal).await;
     shoal.assert_nothing_left_behind().await;
 }

@@ -391,7 +391,12 @@ pub async fn drain_node(cluster: &Cluster, node: &str, options: &JobOptions) -> 
         ..options.clone()
     };
     let description = format!("drain node {} ({})", target.node_id, target.address());
-    start(cluster, JobKind::Drain, &options, |_| description).await
+    let started = start(cluster, JobKind::Drain, &options, |_| description).await;
+    if started.is_err() && target.should_have_shards {
+        // Refused (no node can take its shards, say): the node is as it was.
+        nodes::set_node_flags(cluster, &target.node_id.to_string(), None, Some(true)).await?;
+    }
+    started
 }
 
 async fn start(

@@ -812,6 +812,18 @@ impl DaemonKind {
 
 /// Registers a daemon and takes its life lock on `client`'s session.
 pub async fn register_daemon(client: &Client, kind: DaemonKind) -> Result<i32> {
+    // Forget daemons gone for a day: the table would otherwise grow with every foreground run.
+    client
+        .execute(
+            &format!(
+                "DELETE FROM shoal.daemon d
+                 WHERE coalesce(d.stopped_at, d.heartbeat_at) < now() - interval '1 day'
+                   AND NOT {}",
+                daemon_alive_sql("d.daemon_id")
+            ),
+            &[],
+        )
+        .await?;
     let host = std::fs::read_to_string("/etc/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_else(|_| "localhost".to_string());
