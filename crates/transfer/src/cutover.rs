@@ -142,6 +142,7 @@ impl<'a> Transfer<'a> {
         let partitions = self.partition_names();
         let (write_block_ms, lsn) = match held {
             Some((tx, blocked_at)) => {
+                self.prepare_switch(&tx).await?;
                 lock_with_retry(self, &tx, &partitions, LockMode::AccessExclusive, cancel).await?;
                 let lsn = flush_source(source).await?;
                 self.switch(&tx, &lsn, None).await?;
@@ -154,10 +155,12 @@ impl<'a> Transfer<'a> {
                 let (target, subscription) = logical.expect("a logical cutover has a subscription");
                 let mut coordinator = self.cluster().coordinator(self.label()).await?;
                 let tx = coordinator.transaction().await?;
+                self.prepare_switch(&tx).await?;
                 let blocked_at =
                     lock_with_retry(self, &tx, &partitions, LockMode::AccessExclusive, cancel)
                         .await?;
                 let (marker, lsn) = self.mark_source(source).await?;
+                let marked = blocked_at.elapsed();
                 let deadline = Instant::now() + self.tuning().final_catch_up_timeout;
                 while !self.marker_reached(target, marker).await? {
                     if Instant::now() > deadline {
@@ -169,11 +172,19 @@ impl<'a> Transfer<'a> {
                     }
                     tokio::time::sleep(Duration::from_millis(1)).await;
                 }
+                let caught_up = blocked_at.elapsed();
                 let target_lsn = applied_lsn(target, subscription).await?;
                 self.switch(&tx, &lsn, target_lsn.as_deref()).await?;
+                let switched = blocked_at.elapsed();
                 tx.commit()
                     .await
                     .context(|| "committing the cutover".to_string())?;
+                tracing::debug!(
+                    marked_ms = marked.as_secs_f64() * 1000.0,
+                    caught_up_ms = caught_up.as_secs_f64() * 1000.0,
+                    switched_ms = switched.as_secs_f64() * 1000.0,
+                    "cutover timings"
+                );
                 (blocked_at.elapsed().as_secs_f64() * 1000.0, lsn)
             }
         };
@@ -193,27 +204,15 @@ impl<'a> Transfer<'a> {
         Ok(())
     }
 
-    /// Repoints the coordinator's foreign tables at the target and moves the placements, in the
-    /// caller's transaction. The source's shard tables get deferred cleanup records; the
-    /// target's on-failure records go (the target is authoritative once this commits).
-    async fn switch(
-        &self,
-        tx: &Transaction<'_>,
-        final_lsn: &str,
-        target_lsn: Option<&str>,
-    ) -> Result<(), TransferError> {
+    /// The catalog half of the switch, written in the cutover's transaction before its locks are
+    /// taken (so it costs the blocked writers nothing): the placements move to the target, the
+    /// source's shard tables get deferred cleanup records, and the target's on-failure records
+    /// go. None of it is visible until the transaction commits with the repointed tables.
+    async fn prepare_switch(&self, tx: &Transaction<'_>) -> Result<(), TransferError> {
         let target = self.target_ref().clone();
         let source = self.source_ref().clone();
         let operation_id = self.operation_id_internal();
         for member in &self.group_ref().members {
-            tx.batch_execute(&format!(
-                "ALTER TABLE {partition} DETACH PARTITION {leaf};\nDROP FOREIGN TABLE {leaf};\n{create}",
-                partition = member.partition.quoted(),
-                leaf = member.shard_table.quoted(),
-                create = layout::placement_ddl(&member.partition, &member.shard_table, &target.fdw_server)
-            ))
-            .await
-            .context(|| format!("repointing {} at {}", member.shard_table, target.address()))?;
             model::insert_cleanup_record(
                 tx,
                 operation_id,
@@ -233,12 +232,44 @@ impl<'a> Transfer<'a> {
         )
         .await?;
         model::delete_cleanup_records(tx, operation_id, CleanupPolicy::OnFailure).await?;
+        Ok(())
+    }
+
+    /// Repoints the coordinator's foreign tables at the target, all in one round trip (writes
+    /// wait while this runs): dropping a partition detaches it, and the new foreign table is
+    /// created as the shard's only partition.
+    async fn switch(
+        &self,
+        tx: &Transaction<'_>,
+        final_lsn: &str,
+        target_lsn: Option<&str>,
+    ) -> Result<(), TransferError> {
+        let target = self.target_ref().clone();
+        let ddl: Vec<String> = self
+            .group_ref()
+            .members
+            .iter()
+            .map(|member| {
+                format!(
+                    "DROP FOREIGN TABLE {leaf};\n{create}",
+                    leaf = member.shard_table.quoted(),
+                    create = layout::placement_ddl(
+                        &member.partition,
+                        &member.shard_table,
+                        &target.fdw_server
+                    )
+                )
+            })
+            .collect();
+        tx.batch_execute(&ddl.join(";\n"))
+            .await
+            .context(|| format!("repointing the shard group at {}", target.address()))?;
         tx.execute(
             "UPDATE shoal.transfer SET final_source_lsn = $2::text::pg_lsn,
                     target_lsn = coalesce($3::text::pg_lsn, target_lsn), cutover_at = now(),
                     updated_at = now()
              WHERE operation_id = $1",
-            &[&operation_id, &final_lsn, &target_lsn],
+            &[&self.operation_id_internal(), &final_lsn, &target_lsn],
         )
         .await?;
         Ok(())
