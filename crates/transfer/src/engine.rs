@@ -30,6 +30,13 @@ pub struct TransferRequest {
     pub operation: Operation,
 }
 
+/// Which end of a transfer a measurement is of.
+#[derive(Debug, Clone, Copy)]
+enum Side {
+    Source,
+    Target,
+}
+
 /// Timeouts and intervals; the defaults suit production, tests may shorten them.
 #[derive(Debug, Clone)]
 pub struct Tuning {
@@ -488,11 +495,19 @@ impl<'a> Transfer<'a> {
         create_group_foreign_keys(self.cluster, &self.group, target).await
     }
 
-    /// Measures the source tables (the total to copy).
-    async fn measure_source(&mut self, source: &Client) -> Result<(), TransferError> {
+    /// Measures the group's tables on one side and records each size; returns the total.
+    async fn measure(&self, side: Side, client: &Client) -> Result<i64, TransferError> {
+        let record = match side {
+            Side::Source => {
+                "UPDATE shoal.transfer_shard SET source_size = $3 WHERE operation_id = $1 AND shard_id = $2"
+            }
+            Side::Target => {
+                "UPDATE shoal.transfer_shard SET target_size = $3 WHERE operation_id = $1 AND shard_id = $2"
+            }
+        };
         let mut total = 0;
         for member in &self.group.members {
-            let size: i64 = source
+            let size: i64 = client
                 .query_one(
                     "SELECT pg_table_size(to_regclass($1))",
                     &[&member.shard_table.quoted()],
@@ -503,13 +518,15 @@ impl<'a> Transfer<'a> {
             total += size;
             self.cluster
                 .client()
-                .execute(
-                    "UPDATE shoal.transfer_shard SET source_size = $3
-                     WHERE operation_id = $1 AND shard_id = $2",
-                    &[&self.operation_id, &member.shard_id, &size],
-                )
+                .execute(record, &[&self.operation_id, &member.shard_id, &size])
                 .await?;
         }
+        Ok(total)
+    }
+
+    /// Measures the source tables (the total to copy).
+    async fn measure_source(&mut self, source: &Client) -> Result<(), TransferError> {
+        let total = self.measure(Side::Source, source).await?;
         self.cluster
             .client()
             .execute(
@@ -523,24 +540,7 @@ impl<'a> Transfer<'a> {
 
     /// Records how much of each table the target holds now.
     async fn measure_target(&self, target: &Client) -> Result<(), TransferError> {
-        for member in &self.group.members {
-            let size: i64 = target
-                .query_one(
-                    "SELECT pg_table_size(to_regclass($1))",
-                    &[&member.shard_table.quoted()],
-                )
-                .await?
-                .get::<_, Option<i64>>(0)
-                .unwrap_or(0);
-            self.cluster
-                .client()
-                .execute(
-                    "UPDATE shoal.transfer_shard SET target_size = $3
-                     WHERE operation_id = $1 AND shard_id = $2",
-                    &[&self.operation_id, &member.shard_id, &size],
-                )
-                .await?;
-        }
+        self.measure(Side::Target, target).await?;
         self.cluster
             .client()
             .execute(
