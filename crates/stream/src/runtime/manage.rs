@@ -509,14 +509,16 @@ pub async fn refresh_stream(
                 .await?
                 .get(0);
             if changed {
+                let shape = source_shape(&tx, *table_id).await?;
                 deltas.insert(
                     source.clone(),
-                    delta_relations(&stream, source, *table_id, hi),
+                    delta_relations(&stream, source, *table_id, hi, &shape),
                 );
             }
         }
         let mut rows = 0;
         for statement in differential_refresh_sql(&plan, &stream.table, &deltas)? {
+            tracing::debug!(%statement, "differential refresh");
             rows += tx.execute(statement.as_str(), &[]).await?;
         }
         rows
@@ -538,9 +540,45 @@ pub async fn refresh_stream(
     })
 }
 
+/// How a source's buffered rows are read back: worker changes hold each column's text (the type's
+/// output), so each is cast back from its text alone, which is much cheaper than building the
+/// whole record; reference tables' rows come from `to_jsonb` (arrays as JSON arrays, for one), so
+/// `jsonb_populate_record` reads them.
+pub(crate) enum SourceShape {
+    Text(Vec<(String, String)>),
+    Json,
+}
+
+async fn source_shape(tx: &Transaction<'_>, table_id: i32) -> Result<SourceShape, StreamError> {
+    let rows = tx
+        .query(
+            "SELECT t.kind, a.attname::text, format_type(a.atttypid, a.atttypmod)
+             FROM shoal.distributed_table t
+             JOIN pg_attribute a ON a.attrelid = t.relid AND a.attnum > 0 AND NOT a.attisdropped
+             WHERE t.table_id = $1 ORDER BY a.attnum",
+            &[&table_id],
+        )
+        .await?;
+    if rows
+        .first()
+        .is_some_and(|r| r.get::<_, &str>(0) == "reference")
+    {
+        return Ok(SourceShape::Json);
+    }
+    Ok(SourceShape::Text(
+        rows.iter().map(|r| (r.get(1), r.get(2))).collect(),
+    ))
+}
+
 /// The buffer rows the delta SQL reads for one source, inside `(consumed, hi]`; the bounds are
-/// numbers of ours, the table name is quoted.
-fn delta_relations(stream: &Stream, source: &SourceRef, table_id: i32, hi: i64) -> DeltaRelations {
+/// numbers of ours, names are quoted, types are PostgreSQL's own `format_type`.
+fn delta_relations(
+    stream: &Stream,
+    source: &SourceRef,
+    table_id: i32,
+    hi: i64,
+    shape: &SourceShape,
+) -> DeltaRelations {
     let table = stream
         .sources
         .iter()
@@ -548,13 +586,33 @@ fn delta_relations(stream: &Stream, source: &SourceRef, table_id: i32, hi: i64) 
         .map(|(_, q, _)| q.quoted())
         .unwrap_or_default();
     let side = |column: &str| {
-        format!(
-            // LATERAL: `(f(x)).*` would call the function once per column.
-            "(SELECT r.* FROM shoal.change_buffer b \
-             CROSS JOIN LATERAL jsonb_populate_record(NULL::{table}, b.{column}) r \
-             WHERE b.table_id = {table_id} AND b.seq > {} AND b.seq <= {hi} AND b.{column} IS NOT NULL)",
+        let filter = format!(
+            "WHERE b.table_id = {table_id} AND b.seq > {} AND b.seq <= {hi} AND b.{column} IS NOT NULL",
             stream.consumed_seq
-        )
+        );
+        match shape {
+            SourceShape::Text(columns) => {
+                let list: Vec<String> = columns
+                    .iter()
+                    .map(|(name, sql_type)| {
+                        format!(
+                            "(b.{column} ->> {})::{sql_type} AS {}",
+                            shoal_sql::quote_literal(name),
+                            shoal_sql::quote_ident(name)
+                        )
+                    })
+                    .collect();
+                format!(
+                    "(SELECT {} FROM shoal.change_buffer b {filter})",
+                    list.join(", ")
+                )
+            }
+            // LATERAL: `(f(x)).*` would call the function once per column.
+            SourceShape::Json => format!(
+                "(SELECT r.* FROM shoal.change_buffer b \
+                 CROSS JOIN LATERAL jsonb_populate_record(NULL::{table}, b.{column}) r {filter})"
+            ),
+        }
     };
     DeltaRelations {
         deleted_sql: side("old_row"),
