@@ -101,13 +101,7 @@ async fn check_exact(shoal: &Shoal, before: Contents, writers: (Workload, Worklo
     assert!(log_t.operations > 20, "the writers ran");
     let sql = shoal.coordinator().await;
     for (table, before, log) in [("t", before.t, log_t), ("u", before.u, log_u)] {
-        let mut expected = before;
-        for (key, value) in &log.state {
-            match value {
-                Some(v) => expected.insert(*key, *v),
-                None => expected.remove(key),
-            };
-        }
+        let expected = log.applied_to(before);
         assert_eq!(
             rows_by_id(&sql, &format!("SELECT id, v FROM {table}")).await,
             expected,

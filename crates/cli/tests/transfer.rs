@@ -105,13 +105,7 @@ async fn move_under_writes(mode: &str) {
     );
 
     for (table, before, log) in [("t", before_t, log_t), ("u", before_u, log_u)] {
-        let mut expected = before;
-        for (key, value) in &log.state {
-            match value {
-                Some(v) => expected.insert(*key, *v),
-                None => expected.remove(key),
-            };
-        }
+        let expected = log.applied_to(before);
         assert_eq!(
             rows_by_id(&sql, &format!("SELECT id, v FROM {table}")).await,
             expected,
@@ -190,13 +184,7 @@ async fn a_distributed_schema_moves_with_its_tables() {
         .assert_ok();
     let log = writers.finish().await;
     assert!(log.errors.is_empty(), "{:?}", log.errors);
-    let mut expected = before;
-    for (key, value) in &log.state {
-        match value {
-            Some(v) => expected.insert(*key, *v),
-            None => expected.remove(key),
-        };
-    }
+    let expected = log.applied_to(before);
     assert_eq!(
         rows_by_id(&sql, "SELECT id, v FROM tenant.accounts").await,
         expected

@@ -306,11 +306,18 @@ impl Workload {
 }
 
 impl WriterLog {
-    pub fn expected(&self) -> std::collections::BTreeMap<i64, i64> {
-        self.state
-            .iter()
-            .filter_map(|(k, v)| v.map(|v| (*k, v)))
-            .collect()
+    /// The content the acknowledged changes imply for a table that held `before`.
+    pub fn applied_to(
+        &self,
+        mut before: std::collections::BTreeMap<i64, i64>,
+    ) -> std::collections::BTreeMap<i64, i64> {
+        for (key, value) in &self.state {
+            match value {
+                Some(v) => before.insert(*key, *v),
+                None => before.remove(key),
+            };
+        }
+        before
     }
 }
 
