@@ -199,23 +199,14 @@ pub async fn distribute_table(
         Ok::<_, ClusterError>((rows_moved, group.colocation_id))
     }
     .await;
-    let outcome = match result {
-        Ok(value) => tx
-            .commit()
-            .await
-            .context(|| format!("distributing {}", def.name))
-            .map(|_| value),
-        Err(error) => {
-            let _ = tx.rollback().await;
-            Err(error)
-        }
-    };
-    let outcome = match outcome {
-        Ok(value) => Ok(value),
-        Err(error) => Err(with_cleanup(cluster, operation_id, error).await),
-    };
-    end_operation(cluster, operation_id).await;
-    let (rows_moved, colocation_id) = outcome?;
+    let (rows_moved, colocation_id) = settle(
+        cluster,
+        operation_id,
+        tx,
+        result,
+        &format!("distributing {}", def.name),
+    )
+    .await?;
     Ok(DistributeReport {
         table: def.name.clone(),
         distribution_column: column.to_string(),
@@ -224,6 +215,35 @@ pub async fn distribute_table(
         rows_moved,
         shards: shards.iter().map(|s| (s.shard_id, s.node_id)).collect(),
     })
+}
+
+/// Ends an operation whose coordinator switch ran in `tx`: commits it if the switch succeeded,
+/// else rolls it back and removes what the operation built on the nodes; then releases the
+/// operation's lock.
+pub(crate) async fn settle<T>(
+    cluster: &Cluster,
+    operation_id: i64,
+    tx: Transaction<'_>,
+    result: Result<T, ClusterError>,
+    what: &str,
+) -> Result<T, ClusterError> {
+    let committed = match result {
+        Ok(value) => tx
+            .commit()
+            .await
+            .context(|| what.to_string())
+            .map(|_| value),
+        Err(error) => {
+            let _ = tx.rollback().await;
+            Err(error)
+        }
+    };
+    let outcome = match committed {
+        Ok(value) => Ok(value),
+        Err(error) => Err(with_cleanup(cluster, operation_id, error).await),
+    };
+    end_operation(cluster, operation_id).await;
+    outcome
 }
 
 /// Runs cleanup for a failed operation and says in the error what could not be removed.

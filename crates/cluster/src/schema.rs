@@ -7,10 +7,10 @@ use std::collections::{BTreeMap, HashMap};
 use serde::Serialize;
 use tokio_postgres::Transaction;
 
-use crate::cleanup::{begin_operation, end_operation};
+use crate::cleanup::begin_operation;
 use crate::ddl::{foreign_key_ddl, introspect, shard_table_ddl, ConstraintKind, TableDef};
 use crate::distribute::{
-    check_hashable, check_supported_columns, copy_rows, move_owned_sequences, with_cleanup,
+    check_hashable, check_supported_columns, copy_rows, move_owned_sequences, settle,
 };
 use crate::error::{ClusterError, PgContext};
 use crate::layout;
@@ -234,23 +234,8 @@ async fn place_schema_tables(
         Ok::<_, ClusterError>((rows, group.colocation_id))
     }
     .await;
-    let outcome = match result {
-        Ok(value) => tx
-            .commit()
-            .await
-            .context(|| format!("distributing schema {schema}"))
-            .map(|_| value),
-        Err(error) => {
-            let _ = tx.rollback().await;
-            Err(error)
-        }
-    };
-    let outcome = match outcome {
-        Ok(value) => Ok(value),
-        Err(error) => Err(with_cleanup(cluster, operation_id, error).await),
-    };
-    end_operation(cluster, operation_id).await;
-    let (rows_moved, colocation_id) = outcome?;
+    let what = format!("distributing schema {schema}");
+    let (rows_moved, colocation_id) = settle(cluster, operation_id, tx, result, &what).await?;
     Ok(SchemaReport {
         schema,
         colocation_id,
