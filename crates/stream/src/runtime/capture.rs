@@ -37,48 +37,38 @@ type ShardsByName = HashMap<(String, String), (i32, i64)>;
 /// Shard tables are matched by name on any worker, not only where the catalog places them now:
 /// after a move, the source's last changes of the moved shards are still read from the source
 /// (and must be kept) while the catalog already places the shards on the target.
+///
+/// Only hash and schema tables are decoded from the workers' slots: reference tables are written
+/// on the coordinator and captured there by a trigger (their node copies are replicas whose
+/// changes carry an origin and are never decoded).
 #[derive(Debug, Default)]
 pub struct ShardMap {
     shards: ShardsByName,
-    /// Reference tables, written on the coordinator.
-    references: ShardsByName,
 }
 
 impl ShardMap {
     pub async fn load(client: &Client) -> Result<ShardMap, StreamError> {
         let rows = client
             .query(
-                "SELECT DISTINCT t.table_id, t.kind, s.shard_id, s.schema_name, s.shard_name
+                "SELECT DISTINCT t.table_id, s.shard_id, s.schema_name, s.shard_name
                  FROM shoal.stream_source ss
                  JOIN shoal.distributed_table t USING (table_id)
-                 JOIN shoal.shard s ON s.table_id = t.table_id",
+                 JOIN shoal.shard s ON s.table_id = t.table_id
+                 WHERE t.kind <> 'reference'",
                 &[],
             )
             .await?;
-        let mut map = ShardMap::default();
-        for row in rows {
-            let table_id: i32 = row.get(0);
-            let kind: String = row.get(1);
-            let shard_id: i64 = row.get(2);
-            let key = (row.get::<_, String>(3), row.get::<_, String>(4));
-            // Reference tables are written on the coordinator; their node copies are replicas
-            // whose changes carry an origin and are never decoded.
-            if kind == "reference" {
-                map.references.insert(key, (table_id, shard_id));
-            } else {
-                map.shards.insert(key, (table_id, shard_id));
-            }
-        }
-        Ok(map)
+        let shards = rows
+            .iter()
+            .map(|row| ((row.get(2), row.get(3)), (row.get(0), row.get(1))))
+            .collect();
+        Ok(ShardMap { shards })
     }
 
-    fn lookup(&self, node: i32, schema: &str, table: &str) -> Option<(i32, i64)> {
-        let key = (schema.to_string(), table.to_string());
-        if node == COORDINATOR_NODE {
-            self.references.get(&key).copied()
-        } else {
-            self.shards.get(&key).copied()
-        }
+    fn lookup(&self, schema: &str, table: &str) -> Option<(i32, i64)> {
+        self.shards
+            .get(&(schema.to_string(), table.to_string()))
+            .copied()
     }
 }
 
@@ -296,8 +286,7 @@ pub async fn poll_node(
             continue; // stored before a crash; the slot was not advanced yet
         }
         for change in &txn.changes {
-            let Some((table_id, shard_id)) = map.lookup(node_id, &change.schema, &change.table)
-            else {
+            let Some((table_id, shard_id)) = map.lookup(&change.schema, &change.table) else {
                 continue;
             };
             if change.kind == ChangeKind::Truncate {
