@@ -134,7 +134,7 @@ pub async fn poll_all(
 /// Moves the reference tables' changes, written by their capture trigger in the writing
 /// transactions, into the change buffer. Only committed rows are seen, and a row's later change
 /// commits after its earlier one, so no change of a row is moved before the one it follows.
-async fn move_reference_changes(cluster: &Cluster) -> Result<u64, StreamError> {
+pub(crate) async fn move_reference_changes(cluster: &Cluster) -> Result<u64, StreamError> {
     let mut coordinator = cluster.coordinator("shoal capture").await?;
     let tx = coordinator.transaction().await?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&BUFFER_LOCK])

@@ -8,7 +8,7 @@ use thiserror::Error;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{GenericClient, Transaction};
 
-use crate::runtime::capture::poll_all;
+use crate::runtime::capture::{move_reference_changes, poll_all};
 use crate::{
     analyze, choose_mode, differential_refresh_sql, full_refresh_sql, probe_sql, storage_ddl,
     AggFunc, AnalyzeError, ColumnType, DeltaRelations, GenerateError, Mode, QueryPlan, SourceRef,
@@ -414,19 +414,67 @@ async fn probe_types(
         .collect())
 }
 
-/// Differential refresh reads the sources' current state when the query joins tables or keeps a
-/// MIN or MAX (to rescan a group whose extreme was deleted): then the sources' writes wait while
-/// every change up to now is captured and applied, so that the state read and the changes
-/// applied agree.
-fn reads_source_state(plan: &QueryPlan) -> bool {
-    plan.differential().is_some_and(|d| {
-        d.sources.len() > 1
-            || d.grouping.as_ref().is_some_and(|g| {
-                g.aggregates
-                    .iter()
-                    .any(|a| matches!(a.func, AggFunc::Min | AggFunc::Max))
-            })
-    })
+/// What a refresh must hold still so that the sources' state it reads agrees with the changes it
+/// applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Barrier {
+    /// Nothing: the refresh reads only the change buffer.
+    None,
+    /// The reference sources' writes wait: a join whose only changed source is the one distributed
+    /// table in it reads the reference tables' current state, which (once their pending changes
+    /// are in the buffer) is their state at the horizon. Checked after the horizon is known; when
+    /// it does not hold, the refresh starts again with [`Barrier::AllSources`].
+    ReferenceSources,
+    /// Every source's writes wait while every change up to now is captured: a full refresh, a
+    /// MIN or MAX whose deleted extreme is rescanned from the source, or a join where a
+    /// distributed table's current state is read.
+    AllSources,
+}
+
+/// The barrier a differential refresh of `plan` starts with.
+fn initial_barrier(plan: &QueryPlan, has_reference_source: bool) -> Barrier {
+    let Some(d) = plan.differential() else {
+        return Barrier::AllSources;
+    };
+    let rescans_extremes = d.grouping.as_ref().is_some_and(|g| {
+        g.aggregates
+            .iter()
+            .any(|a| matches!(a.func, AggFunc::Min | AggFunc::Max))
+    });
+    if rescans_extremes {
+        Barrier::AllSources
+    } else if d.sources.len() > 1 {
+        if has_reference_source {
+            Barrier::ReferenceSources
+        } else {
+            Barrier::AllSources
+        }
+    } else {
+        Barrier::None
+    }
+}
+
+/// Whether a join's delta over the sources `changed` in the window reads only states that hold
+/// still under [`Barrier::ReferenceSources`]: each inclusion-exclusion term reads every source
+/// outside its subset at its current state, so with two changed sources every source is read,
+/// and with one every other source is (with none, nothing is read). `is_reference[i]` tells whether source `i` is a reference
+/// table; `reference_changes_after` whether a reference source has buffered changes past the
+/// horizon (a held-back horizon), which would make its current state newer than the horizon.
+fn references_suffice(
+    changed: &[bool],
+    is_reference: &[bool],
+    reference_changes_after: bool,
+) -> bool {
+    let changed_count = changed.iter().filter(|c| **c).count();
+    if changed_count == 0 {
+        return true; // nothing to apply, nothing read
+    }
+    !reference_changes_after
+        && changed_count == 1
+        && changed
+            .iter()
+            .zip(is_reference)
+            .all(|(changed, reference)| *changed || *reference)
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -478,51 +526,134 @@ pub async fn refresh_stream(
     let stream = load_stream(cluster.client(), stream_id).await?;
     let plan = analyze(&stream.query)?;
     let full = force_full || stream.needs_reinit || stream.refresh_mode == "full";
-    let mut coordinator = cluster.coordinator("shoal stream refresh").await?;
-    let tx = coordinator.transaction().await?;
-    tx.execute(
-        "SELECT set_config('search_path', $1, true)",
-        &[&stream.search_path],
-    )
-    .await?;
-    let consistent = full || reads_source_state(&plan);
-    if consistent {
-        lock_sources(&tx, &stream).await?;
-        drain_capture(cluster).await?;
-    }
-    let hi = buffer_horizon(&tx, stream.consumed_seq).await?;
-    let rows_changed = if full {
-        let mut rows = 0;
-        for statement in full_refresh_sql(&plan, &stream.table) {
-            rows += tx.execute(statement.as_str(), &[]).await?;
-        }
-        rows
+    let is_reference = reference_flags(cluster.client(), &stream).await?;
+    let mut barrier = if full {
+        Barrier::AllSources
     } else {
-        let mut deltas = HashMap::new();
-        for (source, _, table_id) in &stream.sources {
-            let changed: bool = tx
-                .query_one(
+        initial_barrier(&plan, is_reference.iter().any(|r| *r))
+    };
+    loop {
+        let mut coordinator = cluster.coordinator("shoal stream refresh").await?;
+        let tx = coordinator.transaction().await?;
+        tx.execute(
+            "SELECT set_config('search_path', $1, true)",
+            &[&stream.search_path],
+        )
+        .await?;
+        let reference_ids: Vec<i32> = stream
+            .sources
+            .iter()
+            .zip(&is_reference)
+            .filter(|(_, reference)| **reference)
+            .map(|((_, _, table_id), _)| *table_id)
+            .collect();
+        match barrier {
+            Barrier::None => {}
+            Barrier::ReferenceSources => {
+                lock_sources(&tx, &stream, &is_reference, true).await?;
+                // Writes to them are blocked now; the ones committed before are moved into the
+                // buffer, so their current state is their state at the horizon.
+                let pending: bool = tx
+                    .query_one(
+                        "SELECT EXISTS (SELECT 1 FROM shoal.reference_change WHERE table_id = ANY ($1))",
+                        &[&reference_ids],
+                    )
+                    .await?
+                    .get(0);
+                if pending {
+                    move_reference_changes(cluster).await?;
+                }
+            }
+            Barrier::AllSources => {
+                lock_sources(&tx, &stream, &is_reference, false).await?;
+                drain_capture(cluster).await?;
+            }
+        }
+        let hi = buffer_horizon(&tx, stream.consumed_seq).await?;
+        let mut changed = Vec::with_capacity(stream.sources.len());
+        for (_, _, table_id) in &stream.sources {
+            changed.push(
+                tx.query_one(
                     "SELECT EXISTS (SELECT 1 FROM shoal.change_buffer
                                     WHERE table_id = $1 AND seq > $2 AND seq <= $3)",
                     &[table_id, &stream.consumed_seq, &hi],
                 )
                 .await?
+                .get::<_, bool>(0),
+            );
+        }
+        if barrier == Barrier::ReferenceSources {
+            let reference_changes_after: bool = tx
+                .query_one(
+                    "SELECT EXISTS (SELECT 1 FROM shoal.change_buffer
+                                    WHERE table_id = ANY ($1) AND seq > $2)",
+                    &[&reference_ids, &hi],
+                )
+                .await?
                 .get(0);
-            if changed {
-                let shape = source_shape(&tx, *table_id).await?;
-                deltas.insert(
-                    source.clone(),
-                    delta_relations(&stream, source, *table_id, hi, &shape),
-                );
+            if !references_suffice(&changed, &is_reference, reference_changes_after) {
+                // Taking the other sources' locks now could deadlock with a writer that holds
+                // one of them and waits for a reference table: start again, all locks in order.
+                tx.rollback().await?;
+                barrier = Barrier::AllSources;
+                continue;
             }
         }
-        let mut rows = 0;
-        for statement in differential_refresh_sql(&plan, &stream.table, &deltas)? {
-            tracing::debug!(%statement, "differential refresh");
-            rows += tx.execute(statement.as_str(), &[]).await?;
-        }
-        rows
-    };
+        let rows_changed = if full {
+            let mut rows = 0;
+            for statement in full_refresh_sql(&plan, &stream.table) {
+                rows += tx.execute(statement.as_str(), &[]).await?;
+            }
+            rows
+        } else {
+            let mut deltas = HashMap::new();
+            for ((source, _, table_id), changed) in stream.sources.iter().zip(&changed) {
+                if *changed {
+                    let shape = source_shape(&tx, *table_id).await?;
+                    deltas.insert(
+                        source.clone(),
+                        delta_relations(&stream, source, *table_id, hi, &shape),
+                    );
+                }
+            }
+            let mut rows = 0;
+            for statement in differential_refresh_sql(&plan, &stream.table, &deltas)? {
+                tracing::debug!(%statement, "differential refresh");
+                rows += tx.execute(statement.as_str(), &[]).await?;
+            }
+            rows
+        };
+        return finish_refresh(tx, stream_id, started, full, hi, rows_changed).await;
+    }
+}
+
+/// For each of the stream's sources (in order), whether it is a reference table.
+async fn reference_flags(
+    client: &impl GenericClient,
+    stream: &Stream,
+) -> Result<Vec<bool>, StreamError> {
+    let ids: Vec<i32> = stream.sources.iter().map(|(_, _, id)| *id).collect();
+    let references: Vec<i32> = client
+        .query(
+            "SELECT table_id FROM shoal.distributed_table WHERE table_id = ANY ($1) AND kind = 'reference'",
+            &[&ids],
+        )
+        .await?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    Ok(ids.iter().map(|id| references.contains(id)).collect())
+}
+
+/// Records the refresh and commits it.
+async fn finish_refresh(
+    tx: Transaction<'_>,
+    stream_id: i32,
+    started: Instant,
+    full: bool,
+    hi: i64,
+    rows_changed: u64,
+) -> Result<RefreshReport, StreamError> {
     let ms = started.elapsed().as_secs_f64() * 1000.0;
     let mode = if full { "full" } else { "differential" };
     tx.execute(
@@ -644,12 +775,27 @@ async fn buffer_horizon(tx: &Transaction<'_>, consumed: i64) -> Result<i64, Stre
     })
 }
 
-/// Blocks writes to the sources (reads go on) for the rest of the refresh transaction, with a
-/// short lock timeout retried, never queueing writers for long.
-async fn lock_sources(tx: &Transaction<'_>, stream: &Stream) -> Result<(), StreamError> {
-    let mut names: Vec<String> = stream.sources.iter().map(|(_, q, _)| q.quoted()).collect();
+/// Blocks writes to the sources (reads go on), or to the reference sources alone, for the rest of
+/// the refresh transaction, with a short lock timeout retried, never queueing writers for long.
+/// Names are locked in one order, so two refreshes never wait on each other in a cycle.
+async fn lock_sources(
+    tx: &Transaction<'_>,
+    stream: &Stream,
+    is_reference: &[bool],
+    only_references: bool,
+) -> Result<(), StreamError> {
+    let mut names: Vec<String> = stream
+        .sources
+        .iter()
+        .zip(is_reference)
+        .filter(|(_, reference)| **reference || !only_references)
+        .map(|((_, q, _), _)| q.quoted())
+        .collect();
     names.sort();
     names.dedup();
+    if names.is_empty() {
+        return Ok(());
+    }
     let lock = format!("LOCK TABLE ONLY {} IN SHARE MODE", names.join(", "));
     for attempt in 0..200 {
         tx.batch_execute("SAVEPOINT shoal_lock; SET LOCAL lock_timeout = '50ms'")
@@ -825,4 +971,74 @@ async fn stream_info(
         last_error: row.get(11),
         rows,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn barrier(sql: &str, has_reference_source: bool) -> Barrier {
+        initial_barrier(&analyze(sql).expect("a query"), has_reference_source)
+    }
+
+    #[test]
+    fn a_single_source_without_extremes_needs_no_barrier() {
+        assert_eq!(
+            barrier("SELECT id, v FROM t WHERE v > 1", false),
+            Barrier::None
+        );
+        assert_eq!(
+            barrier("SELECT g, count(*), sum(v) FROM t GROUP BY g", false),
+            Barrier::None
+        );
+    }
+
+    #[test]
+    fn extremes_and_joins_of_distributed_tables_hold_every_source() {
+        assert_eq!(
+            barrier("SELECT g, max(v) FROM t GROUP BY g", false),
+            Barrier::AllSources
+        );
+        assert_eq!(
+            barrier(
+                "SELECT d.l, min(t.v) FROM t JOIN d ON d.g = t.g GROUP BY d.l",
+                true
+            ),
+            Barrier::AllSources
+        );
+        assert_eq!(
+            barrier("SELECT a.v, b.w FROM a JOIN b ON a.k = b.k", false),
+            Barrier::AllSources
+        );
+    }
+
+    #[test]
+    fn a_join_with_a_reference_table_starts_with_the_references_held() {
+        assert_eq!(
+            barrier(
+                "SELECT d.l, count(*) FROM t JOIN d ON d.g = t.g GROUP BY d.l",
+                true
+            ),
+            Barrier::ReferenceSources
+        );
+    }
+
+    #[test]
+    fn holding_the_references_suffices_only_when_the_distributed_side_alone_changed() {
+        // Sources: a distributed table, then a reference table.
+        let kinds = [false, true];
+        assert!(references_suffice(&[false, false], &kinds, false));
+        assert!(references_suffice(&[true, false], &kinds, false));
+        // The reference table changed: the term for its delta reads the distributed table.
+        assert!(!references_suffice(&[false, true], &kinds, false));
+        assert!(!references_suffice(&[true, true], &kinds, false));
+        // A reference change past a held-back horizon: its current state is too new.
+        assert!(!references_suffice(&[true, false], &kinds, true));
+        // Two distributed tables and a reference table: one changed still reads the other.
+        assert!(!references_suffice(
+            &[true, false, false],
+            &[false, false, true],
+            false
+        ));
+    }
 }
