@@ -20,6 +20,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
     ),
     ("streams", include_str!("../migrations/0003_streams.sql")),
     ("jobs", include_str!("../migrations/0004_jobs.sql")),
+    (
+        "change values",
+        include_str!("../migrations/0005_change_values.sql"),
+    ),
 ];
 
 pub const LATEST_VERSION: i32 = MIGRATIONS.len() as i32;

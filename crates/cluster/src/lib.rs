@@ -7,6 +7,9 @@
 //! cleanup records. Either that transaction commits, or the records are still there and the
 //! objects they name are removed.
 
+use std::ops::{Deref, DerefMut};
+use std::sync::Mutex;
+
 use tokio_postgres::Client;
 
 use shoal_catalog::{check_version, connect, ConnectParams};
@@ -38,7 +41,13 @@ pub struct Cluster {
     params: ConnectParams,
     client: Client,
     label: String,
+    /// Idle coordinator connections kept for reuse, with their labels (see
+    /// [`Cluster::pooled_coordinator`]).
+    idle: Mutex<Vec<(String, Client)>>,
 }
+
+/// At most this many idle coordinator connections are kept per handle.
+const MAX_IDLE: usize = 4;
 
 impl Cluster {
     /// Connects to the coordinator and checks that its catalog matches this binary.
@@ -59,6 +68,7 @@ impl Cluster {
             params,
             client,
             label: label.to_string(),
+            idle: Mutex::new(Vec::new()),
         })
     }
 
@@ -81,6 +91,28 @@ impl Cluster {
         Ok(connect(&self.params, label).await?)
     }
 
+    /// A coordinator connection for a short transaction that runs often (a stream table's
+    /// refresh): an idle one of this handle's with the same label, or a new one. It goes back to
+    /// the pool when dropped, unless it was closed; a transaction left open is rolled back first
+    /// (tokio-postgres queues the `ROLLBACK` ahead of any later use).
+    pub async fn pooled_coordinator(&self, label: &str) -> Result<PooledClient<'_>, ClusterError> {
+        let reused = {
+            let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+            idle.iter()
+                .position(|(l, c)| l == label && !c.is_closed())
+                .map(|i| idle.swap_remove(i).1)
+        };
+        let client = match reused {
+            Some(client) => client,
+            None => self.coordinator(label).await?,
+        };
+        Ok(PooledClient {
+            cluster: self,
+            label: label.to_string(),
+            client: Some(client),
+        })
+    }
+
     /// A new connection to a node, labelled for `pg_stat_activity`.
     pub async fn node_client(
         &self,
@@ -97,5 +129,41 @@ impl Cluster {
                     other => other.to_string(),
                 },
             })
+    }
+}
+
+/// A coordinator connection borrowed from a [`Cluster`]'s pool.
+pub struct PooledClient<'a> {
+    cluster: &'a Cluster,
+    label: String,
+    client: Option<Client>,
+}
+
+impl Deref for PooledClient<'_> {
+    type Target = Client;
+
+    fn deref(&self) -> &Client {
+        self.client.as_ref().expect("present until dropped")
+    }
+}
+
+impl DerefMut for PooledClient<'_> {
+    fn deref_mut(&mut self) -> &mut Client {
+        self.client.as_mut().expect("present until dropped")
+    }
+}
+
+impl Drop for PooledClient<'_> {
+    fn drop(&mut self) {
+        let Some(client) = self.client.take() else {
+            return;
+        };
+        if client.is_closed() {
+            return;
+        }
+        let mut idle = self.cluster.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() < MAX_IDLE {
+            idle.push((std::mem::take(&mut self.label), client));
+        }
     }
 }

@@ -8,6 +8,8 @@
 //! `unchanged-toast-datum`, a bare number or boolean, `B'..'` for bit strings, or a quoted
 //! literal with `'` doubled. An old row leaves out its NULL columns.
 
+use std::collections::HashMap;
+
 use thiserror::Error;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -275,18 +277,23 @@ pub fn complete_new_row(old: Option<&Row>, new: &Row) -> Row {
         .collect()
 }
 
-/// A row as a JSON object of text values (NULLs and missing columns become SQL NULL when read
-/// back with `jsonb_populate_record`, which also parses each text with the column's type).
-pub fn row_json(row: &Row) -> serde_json::Value {
-    let mut map = serde_json::Map::new();
+/// A row as the array the change buffer stores: element `attnum` (1-based) holds the text of the
+/// coordinator table's column with that attribute number, as `positions` maps names to them.
+/// Columns the table does not have (any more) are left out; dropped or missing ones are NULL.
+pub fn row_values(
+    row: &Row,
+    positions: &HashMap<String, usize>,
+    len: usize,
+) -> Vec<Option<String>> {
+    let mut values = vec![None; len];
     for (name, value) in row {
-        let json = match value {
-            Value::Text(text) => serde_json::Value::String(text.clone()),
-            Value::Null | Value::UnchangedToast => serde_json::Value::Null,
-        };
-        map.insert(name.clone(), json);
+        if let (Some(&attnum), Value::Text(text)) = (positions.get(name), value) {
+            if let Some(slot) = attnum.checked_sub(1).and_then(|i| values.get_mut(i)) {
+                *slot = Some(text.clone());
+            }
+        }
     }
-    serde_json::Value::Object(map)
+    values
 }
 
 #[cfg(test)]
@@ -401,8 +408,23 @@ mod tests {
     }
 
     #[test]
-    fn rows_become_json_objects() {
-        let row = vec![("a".into(), text("1")), ("b".into(), Value::Null)];
-        assert_eq!(row_json(&row), serde_json::json!({"a": "1", "b": null}));
+    fn rows_become_arrays_by_attribute_number() {
+        // Attribute 2 was dropped; `gone` is no longer a column of the coordinator's table.
+        let positions: HashMap<String, usize> = [
+            ("a".to_string(), 1),
+            ("c".to_string(), 3),
+            ("d".to_string(), 4),
+        ]
+        .into();
+        let row = vec![
+            ("a".into(), text("1")),
+            ("c".into(), text("it's")),
+            ("gone".into(), text("x")),
+            ("d".into(), Value::Null),
+        ];
+        assert_eq!(
+            row_values(&row, &positions, 4),
+            vec![Some("1".to_string()), None, Some("it's".to_string()), None]
+        );
     }
 }

@@ -71,7 +71,6 @@ pub struct StreamInfo {
 pub(crate) struct Stream {
     pub table: QualifiedName,
     pub query: String,
-    pub search_path: String,
     pub refresh_mode: String,
     pub needs_reinit: bool,
     pub consumed_seq: i64,
@@ -107,7 +106,6 @@ pub(crate) async fn load_stream(
     Ok(Stream {
         table: QualifiedName::new(row.get::<_, String>(0), row.get::<_, String>(1)),
         query: row.get(2),
-        search_path,
         refresh_mode: row.get(4),
         needs_reinit: row.get(5),
         consumed_seq: row.get(6),
@@ -523,23 +521,21 @@ pub async fn refresh_stream(
             });
         }
     }
-    let stream = load_stream(cluster.client(), stream_id).await?;
-    let plan = analyze(&stream.query)?;
-    let full = force_full || stream.needs_reinit || stream.refresh_mode == "full";
-    let is_reference = reference_flags(cluster.client(), &stream).await?;
-    let mut barrier = if full {
-        Barrier::AllSources
-    } else {
-        initial_barrier(&plan, is_reference.iter().any(|r| *r))
-    };
+    let mut fell_back = false;
     loop {
-        let mut coordinator = cluster.coordinator("shoal stream refresh").await?;
+        let mut coordinator = cluster.pooled_coordinator("shoal stream refresh").await?;
         let tx = coordinator.transaction().await?;
-        tx.execute(
-            "SELECT set_config('search_path', $1, true)",
-            &[&stream.search_path],
-        )
-        .await?;
+        let (stream, plan, shapes) = load_for_refresh(&tx, stream_id).await?;
+        let full = force_full || stream.needs_reinit || stream.refresh_mode == "full";
+        let is_reference: Vec<bool> = shapes
+            .iter()
+            .map(|shape| matches!(shape, SourceShape::Json))
+            .collect();
+        let barrier = if full || fell_back {
+            Barrier::AllSources
+        } else {
+            initial_barrier(&plan, is_reference.iter().any(|r| *r))
+        };
         let reference_ids: Vec<i32> = stream
             .sources
             .iter()
@@ -570,36 +566,30 @@ pub async fn refresh_stream(
             }
         }
         let hi = buffer_horizon(&tx, stream.consumed_seq).await?;
-        let mut changed = Vec::with_capacity(stream.sources.len());
-        for (_, _, table_id) in &stream.sources {
-            changed.push(
-                tx.query_one(
-                    "SELECT EXISTS (SELECT 1 FROM shoal.change_buffer
-                                    WHERE table_id = $1 AND seq > $2 AND seq <= $3)",
-                    &[table_id, &stream.consumed_seq, &hi],
-                )
-                .await?
-                .get::<_, bool>(0),
-            );
-        }
-        if barrier == Barrier::ReferenceSources {
-            let reference_changes_after: bool = tx
-                .query_one(
-                    "SELECT EXISTS (SELECT 1 FROM shoal.change_buffer
-                                    WHERE table_id = ANY ($1) AND seq > $2)",
-                    &[&reference_ids, &hi],
-                )
-                .await?
-                .get(0);
-            if !references_suffice(&changed, &is_reference, reference_changes_after) {
-                // Taking the other sources' locks now could deadlock with a writer that holds
-                // one of them and waits for a reference table: start again, all locks in order.
-                tx.rollback().await?;
-                barrier = Barrier::AllSources;
-                continue;
-            }
+        let table_ids: Vec<i32> = stream.sources.iter().map(|(_, _, id)| *id).collect();
+        let row = tx
+            .query_one(
+                "SELECT array(SELECT EXISTS (SELECT 1 FROM shoal.change_buffer
+                                             WHERE table_id = u.id AND seq > $2 AND seq <= $3)
+                              FROM unnest($1::int[]) WITH ORDINALITY u(id, i) ORDER BY u.i),
+                        EXISTS (SELECT 1 FROM shoal.change_buffer WHERE table_id = ANY ($4) AND seq > $3)",
+                &[&table_ids, &stream.consumed_seq, &hi, &reference_ids],
+            )
+            .await?;
+        let changed: Vec<bool> = row.get(0);
+        let reference_changes_after: bool = row.get(1);
+        if barrier == Barrier::ReferenceSources
+            && !references_suffice(&changed, &is_reference, reference_changes_after)
+        {
+            // Taking the other sources' locks now could deadlock with a writer that holds one
+            // of them and waits for a reference table: start again, all locks in order.
+            tx.rollback().await?;
+            fell_back = true;
+            continue;
         }
         let rows_changed = if full {
+            // A full refresh's scans can be large enough for JIT compilation to pay.
+            tx.batch_execute("SET LOCAL jit TO DEFAULT").await?;
             let mut rows = 0;
             for statement in full_refresh_sql(&plan, &stream.table) {
                 rows += tx.execute(statement.as_str(), &[]).await?;
@@ -607,12 +597,13 @@ pub async fn refresh_stream(
             rows
         } else {
             let mut deltas = HashMap::new();
-            for ((source, _, table_id), changed) in stream.sources.iter().zip(&changed) {
+            for (((source, _, table_id), changed), shape) in
+                stream.sources.iter().zip(&changed).zip(&shapes)
+            {
                 if *changed {
-                    let shape = source_shape(&tx, *table_id).await?;
                     deltas.insert(
                         source.clone(),
-                        delta_relations(&stream, source, *table_id, hi, &shape),
+                        delta_relations(&stream, source, *table_id, hi, shape),
                     );
                 }
             }
@@ -627,22 +618,95 @@ pub async fn refresh_stream(
     }
 }
 
-/// For each of the stream's sources (in order), whether it is a reference table.
-async fn reference_flags(
-    client: &impl GenericClient,
-    stream: &Stream,
-) -> Result<Vec<bool>, StreamError> {
-    let ids: Vec<i32> = stream.sources.iter().map(|(_, _, id)| *id).collect();
-    let references: Vec<i32> = client
-        .query(
-            "SELECT table_id FROM shoal.distributed_table WHERE table_id = ANY ($1) AND kind = 'reference'",
-            &[&ids],
+/// Reads a stream table's definition inside its refresh transaction, in two round trips: the
+/// catalog row (setting the transaction's search path to the stream's, so its query's names
+/// resolve as they did when it was defined, and turning JIT compilation off: the catalog and
+/// delta queries are small, but estimates on a buffer that grows and shrinks can make them look
+/// costly enough to compile, which takes longer than running them), then every source with its
+/// kind and columns.
+async fn load_for_refresh(
+    tx: &Transaction<'_>,
+    stream_id: i32,
+) -> Result<(Stream, QueryPlan, Vec<SourceShape>), StreamError> {
+    let row = tx
+        .query_one(
+            "SELECT n.nspname::text, c.relname::text, s.query, s.search_path, s.refresh_mode,
+                    s.needs_reinit, s.consumed_seq, set_config('search_path', s.search_path, true),
+                    set_config('jit', 'off', true)
+             FROM shoal.stream_table s JOIN pg_class c ON c.oid = s.relid
+             JOIN pg_namespace n ON n.oid = c.relnamespace WHERE s.stream_id = $1",
+            &[&stream_id],
         )
-        .await?
+        .await?;
+    let plan = analyze(row.get::<_, &str>(2))?;
+    let names: Vec<String> = plan
+        .relations
         .iter()
-        .map(|row| row.get(0))
+        .map(|relation| match &relation.schema {
+            Some(schema) => QualifiedName::new(schema, &relation.name).quoted(),
+            None => shoal_sql::quote_ident(&relation.name),
+        })
         .collect();
-    Ok(ids.iter().map(|id| references.contains(id)).collect())
+    let resolved = tx
+        .query(
+            "SELECT c.oid IS NOT NULL, coalesce(ns.nspname::text, ''), coalesce(c.relname::text, ''),
+                    t.table_id, t.kind::text,
+                    array(SELECT a.attname::text FROM pg_attribute a
+                          WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum),
+                    array(SELECT format_type(a.atttypid, a.atttypmod) FROM pg_attribute a
+                          WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum),
+                    array(SELECT a.attnum::int FROM pg_attribute a
+                          WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum)
+             FROM unnest($1::text[]) WITH ORDINALITY u(name, i)
+             LEFT JOIN pg_class c ON c.oid = to_regclass(u.name)
+             LEFT JOIN pg_namespace ns ON ns.oid = c.relnamespace
+             LEFT JOIN shoal.distributed_table t ON t.relid = c.oid
+             ORDER BY u.i",
+            &[&names],
+        )
+        .await?;
+    let mut sources = Vec::new();
+    let mut shapes = Vec::new();
+    for ((relation, text), r) in plan.relations.iter().zip(&names).zip(&resolved) {
+        if !r.get::<_, bool>(0) {
+            return Err(StreamError::Refused(format!(
+                "the query's table {text} does not exist"
+            )));
+        }
+        let name = QualifiedName::new(r.get::<_, String>(1), r.get::<_, String>(2));
+        let Some(table_id) = r.get::<_, Option<i32>>(3) else {
+            return Err(StreamError::Refused(format!(
+                "source {name} is no longer distributed"
+            )));
+        };
+        shapes.push(
+            if r.get::<_, Option<String>>(4).as_deref() == Some("reference") {
+                SourceShape::Json
+            } else {
+                let columns: Vec<String> = r.get(5);
+                let types: Vec<String> = r.get(6);
+                let attnums: Vec<i32> = r.get(7);
+                SourceShape::Values(
+                    columns
+                        .into_iter()
+                        .zip(types)
+                        .zip(attnums)
+                        .map(|((name, sql_type), attnum)| (name, sql_type, attnum))
+                        .collect(),
+                )
+            },
+        );
+        sources.push((relation.clone(), name, table_id));
+    }
+    let stream = Stream {
+        table: QualifiedName::new(row.get::<_, String>(0), row.get::<_, String>(1)),
+        query: row.get(2),
+        refresh_mode: row.get(4),
+        needs_reinit: row.get(5),
+        consumed_seq: row.get(6),
+        sources,
+    };
+    Ok((stream, plan, shapes))
 }
 
 /// Records the refresh and commits it.
@@ -671,34 +735,14 @@ async fn finish_refresh(
     })
 }
 
-/// How a source's buffered rows are read back: worker changes hold each column's text (the type's
-/// output), so each is cast back from its text alone, which is much cheaper than building the
-/// whole record; reference tables' rows come from `to_jsonb` (arrays as JSON arrays, for one), so
-/// `jsonb_populate_record` reads them.
+/// How a source's buffered rows are read back: worker changes hold each column's text (the
+/// type's output) at its attribute number, so each is cast back from its text alone, which is
+/// much cheaper than building the whole record; reference tables' rows come from `to_jsonb`
+/// (arrays as JSON arrays, for one), so `jsonb_populate_record` reads them.
 pub(crate) enum SourceShape {
-    Text(Vec<(String, String)>),
+    /// Name, type (`format_type`) and attribute number of each column.
+    Values(Vec<(String, String, i32)>),
     Json,
-}
-
-async fn source_shape(tx: &Transaction<'_>, table_id: i32) -> Result<SourceShape, StreamError> {
-    let rows = tx
-        .query(
-            "SELECT t.kind, a.attname::text, format_type(a.atttypid, a.atttypmod)
-             FROM shoal.distributed_table t
-             JOIN pg_attribute a ON a.attrelid = t.relid AND a.attnum > 0 AND NOT a.attisdropped
-             WHERE t.table_id = $1 ORDER BY a.attnum",
-            &[&table_id],
-        )
-        .await?;
-    if rows
-        .first()
-        .is_some_and(|r| r.get::<_, &str>(0) == "reference")
-    {
-        return Ok(SourceShape::Json);
-    }
-    Ok(SourceShape::Text(
-        rows.iter().map(|r| (r.get(1), r.get(2))).collect(),
-    ))
 }
 
 /// The buffer rows the delta SQL reads for one source, inside `(consumed, hi]`; the bounds are
@@ -718,36 +762,35 @@ fn delta_relations(
         .unwrap_or_default();
     let side = |column: &str| {
         let filter = format!(
-            "WHERE b.table_id = {table_id} AND b.seq > {} AND b.seq <= {hi} AND b.{column} IS NOT NULL",
+            "WHERE b.table_id = {table_id} AND b.seq > {} AND b.seq <= {hi} AND b.{column}",
             stream.consumed_seq
         );
         match shape {
-            SourceShape::Text(columns) => {
+            SourceShape::Values(columns) => {
                 let list: Vec<String> = columns
                     .iter()
-                    .map(|(name, sql_type)| {
+                    .map(|(name, sql_type, attnum)| {
                         format!(
-                            "(b.{column} ->> {})::{sql_type} AS {}",
-                            shoal_sql::quote_literal(name),
+                            "(b.{column}_values[{attnum}])::{sql_type} AS {}",
                             shoal_sql::quote_ident(name)
                         )
                     })
                     .collect();
                 format!(
-                    "(SELECT {} FROM shoal.change_buffer b {filter})",
+                    "(SELECT {} FROM shoal.change_buffer b {filter}_values IS NOT NULL)",
                     list.join(", ")
                 )
             }
             // LATERAL: `(f(x)).*` would call the function once per column.
             SourceShape::Json => format!(
                 "(SELECT r.* FROM shoal.change_buffer b \
-                 CROSS JOIN LATERAL jsonb_populate_record(NULL::{table}, b.{column}) r {filter})"
+                 CROSS JOIN LATERAL jsonb_populate_record(NULL::{table}, b.{column}_row) r {filter}_row IS NOT NULL)"
             ),
         }
     };
     DeltaRelations {
-        deleted_sql: side("old_row"),
-        inserted_sql: side("new_row"),
+        deleted_sql: side("old"),
+        inserted_sql: side("new"),
     }
 }
 
@@ -757,13 +800,18 @@ fn delta_relations(
 async fn buffer_horizon(tx: &Transaction<'_>, consumed: i64) -> Result<i64, StreamError> {
     let row = tx
         .query_one(
-            "SELECT coalesce((SELECT max(seq) FROM shoal.change_buffer), $1),
-                    (SELECT min(b.seq) FROM shoal.change_buffer b
-                     JOIN shoal.transfer t ON t.target_node = b.node_id AND t.final_source_lsn IS NOT NULL
-                     JOIN shoal.transfer_shard ts ON ts.operation_id = t.operation_id
-                                                 AND ts.shard_id = b.shard_id
-                     JOIN shoal.worker_slot w ON w.node_id = t.source_node
-                     WHERE b.seq > $1 AND w.frontier < t.final_source_lsn)",
+            // The held shards are few and usually none: find them first, then each one's first
+            // buffered change, rather than join every unapplied change with the transfers.
+            "WITH held AS MATERIALIZED (
+                 SELECT t.target_node, ts.shard_id FROM shoal.transfer t
+                 JOIN shoal.transfer_shard ts ON ts.operation_id = t.operation_id
+                 JOIN shoal.worker_slot w ON w.node_id = t.source_node
+                 WHERE t.final_source_lsn IS NOT NULL AND w.frontier < t.final_source_lsn)
+             SELECT coalesce((SELECT max(seq) FROM shoal.change_buffer), $1),
+                    (SELECT min(first.seq) FROM held CROSS JOIN LATERAL (
+                         SELECT min(b.seq) AS seq FROM shoal.change_buffer b
+                         WHERE b.seq > $1 AND b.node_id = held.target_node
+                           AND b.shard_id = held.shard_id) first)",
             &[&consumed],
         )
         .await?;
