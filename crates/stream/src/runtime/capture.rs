@@ -6,7 +6,6 @@
 //! below the frontier, which are skipped.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{PgLsn, Type};
@@ -163,38 +162,16 @@ pub async fn poll_all(
         }
     }
     if report.changes >= ANALYZE_AFTER {
-        refresh_buffer_statistics(cluster);
+        // Refreshes read the newest slice of the buffer; with statistics from before it was
+        // stored, the planner expects a handful of rows and joins them by nested loops (twice
+        // as slow at 20,000 rows), and autovacuum would notice only a minute later. Only the
+        // columns refreshes filter on are analyzed: the value arrays would make it 3-4x dearer.
+        cluster
+            .client()
+            .batch_execute("ANALYZE shoal.change_buffer (table_id, seq, node_id, shard_id)")
+            .await?;
     }
     Ok(report)
-}
-
-/// Refreshes the change buffer's planner statistics in the background, one run at a time.
-///
-/// Refreshes read the newest slice of the buffer; with statistics from before it was stored, the
-/// planner expects a handful of rows and joins them by nested loops (twice as slow at 20,000
-/// rows). Autovacuum would notice only a minute later. Only the columns refreshes filter on are
-/// analyzed (the value arrays are the costly part), on a connection of its own, so that neither
-/// the poll nor the refresh after it waits.
-fn refresh_buffer_statistics(cluster: &Cluster) {
-    static RUNNING: AtomicBool = AtomicBool::new(false);
-    if RUNNING.swap(true, Ordering::SeqCst) {
-        return;
-    }
-    let params = cluster.params().clone();
-    tokio::spawn(async move {
-        match shoal_catalog::connect(&params, "shoal capture statistics").await {
-            Ok(client) => {
-                if let Err(error) = client
-                    .batch_execute("ANALYZE shoal.change_buffer (table_id, seq, node_id, shard_id)")
-                    .await
-                {
-                    tracing::debug!(error = %pg_message(&error), "analyzing the change buffer");
-                }
-            }
-            Err(error) => tracing::debug!(%error, "analyzing the change buffer"),
-        }
-        RUNNING.store(false, Ordering::SeqCst);
-    });
 }
 
 /// Moves the reference tables' changes, written by their capture trigger in the writing
