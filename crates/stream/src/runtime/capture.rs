@@ -112,8 +112,8 @@ pub struct PollReport {
 }
 
 /// Polls every capture point once (up to `limit` changes each).
-/// With `flush`, every change committed on a node before the call is read, even under
-/// asynchronous commit.
+/// With `flush`, a node whose slot another process is reading is waited for rather than skipped,
+/// so that every change committed on a node before the call is read.
 pub async fn poll_all(
     cluster: &Cluster,
     limit: i32,
@@ -262,10 +262,20 @@ pub async fn poll_node(
             return Ok(0);
         }
     }
-    // Decoding reads only flushed WAL; with asynchronous commit a transaction can be visible
-    // (and acknowledged) before it is flushed. A refresh that must include every write made so
-    // far flushes first.
-    if flush {
+    // Decoding reads only flushed WAL, and waits for the rest: under asynchronous commit a
+    // transaction is visible (and acknowledged) before the walwriter flushes it, up to
+    // `wal_writer_delay` (200 ms by default) later, and a peek would sit that long (most of a
+    // tick's time under steady writes). One small synchronous commit is far cheaper, and it
+    // also puts every change committed before the call within reach of the peek.
+    let unflushed: bool = node
+        .query_one(
+            "SELECT pg_current_wal_insert_lsn() > pg_current_wal_flush_lsn()",
+            &[],
+        )
+        .await
+        .map_err(|e| StreamError::Capture(format!("reading node {node_id}: {}", pg_message(&e))))?
+        .get(0);
+    if flush || unflushed {
         node.batch_execute(shoal_cluster::capture::FLUSH_WAL_SQL)
             .await
             .map_err(|e| {

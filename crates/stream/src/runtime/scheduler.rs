@@ -66,16 +66,7 @@ pub async fn tick(cluster: &Cluster, config: &SchedulerConfig) -> Result<TickRep
         .iter()
         .map(|r| r.get(0))
         .collect();
-    // When a refresh follows, the workers flush their WAL first: under asynchronous commit a
-    // committed change can wait up to `wal_writer_delay` before decoding sees it, and would miss
-    // this refresh for the next one.
-    let polled = poll_all(
-        cluster,
-        config.poll_limit,
-        config.retry_ticks,
-        !due.is_empty(),
-    )
-    .await?;
+    let polled = poll_all(cluster, config.poll_limit, config.retry_ticks, false).await?;
     report.changes_captured = polled.changes;
     report.failed_nodes = polled.failed_nodes.iter().map(|(n, _)| *n).collect();
     for stream_id in due {
