@@ -4,7 +4,7 @@ use std::collections::HashSet;
 use std::fmt;
 use std::str::FromStr;
 
-use pg_query::protobuf::{a_const, JoinType, SelectStmt, SetOperation};
+use pg_query::protobuf::{a_const, JoinType, KeywordKind, SelectStmt, SetOperation, Token};
 use pg_query::{Node, NodeEnum, NodeRef};
 use serde::{Deserialize, Serialize};
 
@@ -139,6 +139,12 @@ pub struct QueryPlan {
     /// Every function the query calls, as written (`lower`, `myschema.f`), so the caller can
     /// check their volatility in `pg_proc`: only a few built-in volatile ones are known here.
     pub functions: Vec<String>,
+    /// Every name the query's text could use for a column, or None when that cannot be told
+    /// (Unicode-escaped identifiers). A differential query has no `*`, whole-row reference,
+    /// `USING` or `NATURAL` join, so every source column it reads is named here (with function
+    /// names, keywords and aliases as harmless extras): reading a source's changes back, the
+    /// other columns can be left out.
+    pub referenced_columns: Option<Vec<String>>,
     pub maintenance: Maintenance,
 }
 
@@ -258,6 +264,7 @@ pub fn analyze(sql: &str) -> Result<QueryPlan, AnalyzeError> {
     let cte_names: HashSet<&str> = parsed.cte_names.iter().map(String::as_str).collect();
     let mut relations = Vec::new();
     let mut functions = Vec::new();
+    let referenced_columns = names_in_text(sql)?;
     for (node, _, _, _) in parsed.protobuf.nodes() {
         match node {
             NodeRef::RangeVar(rv) => {
@@ -304,8 +311,47 @@ pub fn analyze(sql: &str) -> Result<QueryPlan, AnalyzeError> {
         columns,
         relations,
         functions,
+        referenced_columns,
         maintenance,
     })
+}
+
+/// Every identifier in `sql` (quoted ones unquoted, bare ones folded to lower case as PostgreSQL
+/// folds them) and every keyword (a column may be named like an unreserved one), each once. Made
+/// by PostgreSQL's own lexer rather than from the parse tree, so that no expression form can hide
+/// a column. None when an identifier is Unicode-escaped (`U&"..."`).
+fn names_in_text(sql: &str) -> Result<Option<Vec<String>>, AnalyzeError> {
+    let scanned = pg_query::scan(sql).map_err(|e| AnalyzeError::Parse(e.to_string()))?;
+    let mut names: Vec<String> = Vec::new();
+    for token in &scanned.tokens {
+        let (Ok(start), Ok(end)) = (usize::try_from(token.start), usize::try_from(token.end))
+        else {
+            continue;
+        };
+        let Some(text) = sql.get(start..end) else {
+            continue;
+        };
+        if text.starts_with("U&") || text.starts_with("u&") {
+            return Ok(None);
+        }
+        let is_ident = token.token == Token::Ident as i32;
+        let is_keyword = token.keyword_kind != KeywordKind::NoKeyword as i32;
+        if !is_ident && !is_keyword {
+            continue;
+        }
+        let name = if let Some(quoted) = text.strip_prefix('"') {
+            quoted
+                .strip_suffix('"')
+                .unwrap_or(quoted)
+                .replace("\"\"", "\"")
+        } else {
+            text.to_ascii_lowercase()
+        };
+        if !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    Ok(Some(names))
 }
 
 /// The SELECT whose target list names a set operation's columns: the leftmost one.

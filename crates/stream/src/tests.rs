@@ -664,3 +664,28 @@ fn error_type_is_clonable_and_comparable() {
     let e = analyze("SELECT").unwrap_err();
     assert!(matches!(e, AnalyzeError::Invalid(_)), "{e}");
 }
+
+#[test]
+fn every_name_a_column_could_go_by_is_collected() {
+    let p = plan(
+        r#"SELECT "Note", tags[1] AS first, upper(Label) FROM "my schema"."Order ""Items""" o
+           JOIN dim d ON d.grp = o."Item ID" WHERE o.at > now() - interval '1 day'"#,
+    );
+    let names = p.referenced_columns.expect("no Unicode escapes");
+    for expected in [
+        "Note",
+        "tags",
+        "label",
+        "Item ID",
+        "grp",
+        "at",
+        "Order \"Items\"",
+    ] {
+        assert!(
+            names.iter().any(|n| n == expected),
+            "{expected} missing from {names:?}"
+        );
+    }
+    // String literals are not names.
+    assert!(!names.iter().any(|n| n.contains("day")));
+}

@@ -686,14 +686,13 @@ async fn load_for_refresh(
                 let columns: Vec<String> = r.get(5);
                 let types: Vec<String> = r.get(6);
                 let attnums: Vec<i32> = r.get(7);
-                SourceShape::Values(
-                    columns
-                        .into_iter()
-                        .zip(types)
-                        .zip(attnums)
-                        .map(|((name, sql_type), attnum)| (name, sql_type, attnum))
-                        .collect(),
-                )
+                let all: Vec<(String, String, i32)> = columns
+                    .into_iter()
+                    .zip(types)
+                    .zip(attnums)
+                    .map(|((name, sql_type), attnum)| (name, sql_type, attnum))
+                    .collect();
+                SourceShape::Values(used_columns(all, plan.referenced_columns.as_deref()))
             },
         );
         sources.push((relation.clone(), name, table_id));
@@ -733,6 +732,28 @@ async fn finish_refresh(
         rows_changed,
         ms,
     })
+}
+
+/// The columns of a source a differential refresh reads back from the buffer: those the query
+/// names (casting the others would be wasted work: a wide text column costs as much as the rest),
+/// or the first one if it names none, so that the relation keeps a column.
+fn used_columns(
+    all: Vec<(String, String, i32)>,
+    referenced: Option<&[String]>,
+) -> Vec<(String, String, i32)> {
+    let Some(referenced) = referenced else {
+        return all;
+    };
+    let used: Vec<(String, String, i32)> = all
+        .iter()
+        .filter(|(name, _, _)| referenced.contains(name))
+        .cloned()
+        .collect();
+    if used.is_empty() {
+        all.into_iter().take(1).collect()
+    } else {
+        used
+    }
 }
 
 /// How a source's buffered rows are read back: worker changes hold each column's text (the
@@ -1068,6 +1089,29 @@ mod tests {
                 true
             ),
             Barrier::ReferenceSources
+        );
+    }
+
+    #[test]
+    fn only_the_columns_the_query_names_are_read_back() {
+        let column = |name: &str, attnum: i32| (name.to_string(), "integer".to_string(), attnum);
+        let all = vec![column("id", 1), column("grp", 2), column("pad", 4)];
+        let plan = analyze("SELECT g.grp, count(*) FROM t AS g WHERE g.id > 0 GROUP BY g.grp")
+            .expect("a query");
+        assert_eq!(
+            used_columns(all.clone(), plan.referenced_columns.as_deref()),
+            vec![column("id", 1), column("grp", 2)]
+        );
+        let plan = analyze("SELECT count(*) FROM t").expect("a query");
+        assert_eq!(
+            used_columns(all.clone(), plan.referenced_columns.as_deref()),
+            vec![column("id", 1)]
+        );
+        // Unicode escapes in identifiers: every column.
+        let plan = analyze(r#"SELECT U&"gr\0070", count(*) FROM t GROUP BY 1"#).expect("a query");
+        assert_eq!(
+            used_columns(all.clone(), plan.referenced_columns.as_deref()),
+            all
         );
     }
 
