@@ -1,6 +1,7 @@
 //! Creating, changing, refreshing and dropping stream tables.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -565,19 +566,12 @@ pub async fn refresh_stream(
                 drain_capture(cluster).await?;
             }
         }
-        let hi = buffer_horizon(&tx, stream.consumed_seq).await?;
         let table_ids: Vec<i32> = stream.sources.iter().map(|(_, _, id)| *id).collect();
-        let row = tx
-            .query_one(
-                "SELECT array(SELECT EXISTS (SELECT 1 FROM shoal.change_buffer
-                                             WHERE table_id = u.id AND seq > $2 AND seq <= $3)
-                              FROM unnest($1::int[]) WITH ORDINALITY u(id, i) ORDER BY u.i),
-                        EXISTS (SELECT 1 FROM shoal.change_buffer WHERE table_id = ANY ($4) AND seq > $3)",
-                &[&table_ids, &stream.consumed_seq, &hi, &reference_ids],
-            )
-            .await?;
-        let changed: Vec<bool> = row.get(0);
-        let reference_changes_after: bool = row.get(1);
+        let Window {
+            hi,
+            changed,
+            reference_changes_after,
+        } = buffer_window(&tx, stream.consumed_seq, &table_ids, &reference_ids).await?;
         if barrier == Barrier::ReferenceSources
             && !references_suffice(&changed, &is_reference, reference_changes_after)
         {
@@ -618,6 +612,24 @@ pub async fn refresh_stream(
     }
 }
 
+/// [`analyze`], remembered by query text: a refresh would otherwise parse and deparse its query
+/// every time (about a millisecond), while the analysis is pure and a stream's query never
+/// changes.
+fn analyze_cached(query: &str) -> Result<QueryPlan, StreamError> {
+    static PLANS: OnceLock<Mutex<HashMap<String, QueryPlan>>> = OnceLock::new();
+    let plans = PLANS.get_or_init(Default::default);
+    if let Some(plan) = plans.lock().unwrap_or_else(|e| e.into_inner()).get(query) {
+        return Ok(plan.clone());
+    }
+    let plan = analyze(query)?;
+    let mut plans = plans.lock().unwrap_or_else(|e| e.into_inner());
+    if plans.len() >= 1024 {
+        plans.clear(); // stream tables dropped and created again and again
+    }
+    plans.insert(query.to_string(), plan.clone());
+    Ok(plan)
+}
+
 /// Reads a stream table's definition inside its refresh transaction, in two round trips: the
 /// catalog row (setting the transaction's search path to the stream's, so its query's names
 /// resolve as they did when it was defined, and turning JIT compilation off: the catalog and
@@ -638,7 +650,7 @@ async fn load_for_refresh(
             &[&stream_id],
         )
         .await?;
-    let plan = analyze(row.get::<_, &str>(2))?;
+    let plan = analyze_cached(row.get::<_, &str>(2))?;
     let names: Vec<String> = plan
         .relations
         .iter()
@@ -815,10 +827,25 @@ fn delta_relations(
     }
 }
 
-/// The highest buffered change a refresh may apply: every committed one, except that after a
-/// shard move the target's changes of the moved shards wait until the source's have been
-/// captured up to the cutover (the source's final LSN), so per-key order holds.
-async fn buffer_horizon(tx: &Transaction<'_>, consumed: i64) -> Result<i64, StreamError> {
+/// What a refresh applies: the horizon, and which sources have changes up to it.
+struct Window {
+    /// The highest buffered change to apply: every committed one, except that after a shard move
+    /// the target's changes of the moved shards wait until the source's have been captured up to
+    /// the cutover (the source's final LSN), so per-key order holds.
+    hi: i64,
+    /// Per source, in order: whether it has changes in `(consumed, hi]`.
+    changed: Vec<bool>,
+    /// Whether a reference source has changes past `hi` (a held-back horizon).
+    reference_changes_after: bool,
+}
+
+/// Reads the refresh's [`Window`] in one round trip.
+async fn buffer_window(
+    tx: &Transaction<'_>,
+    consumed: i64,
+    table_ids: &[i32],
+    reference_ids: &[i32],
+) -> Result<Window, StreamError> {
     let row = tx
         .query_one(
             // The held shards are few and usually none: find them first, then each one's first
@@ -827,20 +854,30 @@ async fn buffer_horizon(tx: &Transaction<'_>, consumed: i64) -> Result<i64, Stre
                  SELECT t.target_node, ts.shard_id FROM shoal.transfer t
                  JOIN shoal.transfer_shard ts ON ts.operation_id = t.operation_id
                  JOIN shoal.worker_slot w ON w.node_id = t.source_node
-                 WHERE t.final_source_lsn IS NOT NULL AND w.frontier < t.final_source_lsn)
-             SELECT coalesce((SELECT max(seq) FROM shoal.change_buffer), $1),
-                    (SELECT min(first.seq) FROM held CROSS JOIN LATERAL (
-                         SELECT min(b.seq) AS seq FROM shoal.change_buffer b
-                         WHERE b.seq > $1 AND b.node_id = held.target_node
-                           AND b.shard_id = held.shard_id) first)",
-            &[&consumed],
+                 WHERE t.final_source_lsn IS NOT NULL AND w.frontier < t.final_source_lsn),
+             bounds AS MATERIALIZED (
+                 SELECT coalesce((SELECT max(seq) FROM shoal.change_buffer), $1) AS top,
+                        (SELECT min(first.seq) FROM held CROSS JOIN LATERAL (
+                             SELECT min(b.seq) AS seq FROM shoal.change_buffer b
+                             WHERE b.seq > $1 AND b.node_id = held.target_node
+                               AND b.shard_id = held.shard_id) first) AS first_held),
+             horizon AS MATERIALIZED (
+                 SELECT CASE WHEN first_held IS NULL THEN top
+                             ELSE greatest(least(first_held - 1, top), $1) END AS hi
+                 FROM bounds)
+             SELECT h.hi,
+                    array(SELECT EXISTS (SELECT 1 FROM shoal.change_buffer
+                                         WHERE table_id = u.id AND seq > $1 AND seq <= h.hi)
+                          FROM unnest($2::int[]) WITH ORDINALITY u(id, i) ORDER BY u.i),
+                    EXISTS (SELECT 1 FROM shoal.change_buffer WHERE table_id = ANY ($3) AND seq > h.hi)
+             FROM horizon h",
+            &[&consumed, &table_ids, &reference_ids],
         )
         .await?;
-    let max: i64 = row.get(0);
-    let held: Option<i64> = row.get(1);
-    Ok(match held {
-        Some(first_held) => (first_held - 1).min(max).max(consumed),
-        None => max,
+    Ok(Window {
+        hi: row.get(0),
+        changed: row.get(1),
+        reference_changes_after: row.get(2),
     })
 }
 
