@@ -35,6 +35,10 @@ impl SchedulerConfig {
     }
 }
 
+/// How far ahead a tick waits for a stream table to fall due: a little more than the interval
+/// between ticks of `shoal serve` (200 ms).
+const DUE_LOOKAHEAD_MS: f64 = 250.0;
+
 #[derive(Debug, Default, Clone, Serialize)]
 pub struct TickReport {
     pub changes_captured: u64,
@@ -53,6 +57,21 @@ pub async fn tick(cluster: &Cluster, config: &SchedulerConfig) -> Result<TickRep
         return Ok(report);
     }
     follow_topology(cluster).await?;
+    // A stream table falling due before the next tick is waited for here rather than left to
+    // that tick: its refreshes then come every `schedule`, not up to a tick interval later.
+    let soonest_ms: Option<f64> = cluster
+        .client()
+        .query_one(
+            "SELECT min(extract(epoch FROM last_refresh_at + schedule_ms * interval '1 millisecond'
+                                           - clock_timestamp()) * 1000)::float8
+             FROM shoal.stream_table WHERE NOT needs_reinit AND last_refresh_at IS NOT NULL",
+            &[],
+        )
+        .await?
+        .get(0);
+    if let Some(ms) = soonest_ms.filter(|ms| *ms > 0.0 && *ms <= DUE_LOOKAHEAD_MS) {
+        tokio::time::sleep(Duration::from_secs_f64(ms / 1000.0)).await;
+    }
     let due: Vec<i32> = cluster
         .client()
         .query(
