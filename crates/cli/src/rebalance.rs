@@ -21,6 +21,7 @@ use shoal_jobs::{
     run_executor, DaemonKind, ExecutorConfig, JobOptions, JobState, JobStatus, Limits, RetryPolicy,
     TaskState, DEFAULT_LEASE, DEFAULT_LIMITS,
 };
+use shoal_rebalance::{CostKind, Strategy};
 
 #[derive(Debug, Subcommand)]
 pub enum RebalanceCommand {
@@ -38,6 +39,136 @@ pub enum RebalanceCommand {
     Stop,
     /// List the rebalance strategies (rows of shoal.rebalance_strategy)
     Strategies(JsonFlag),
+    /// Add or remove a rebalance strategy, or choose the default one
+    #[command(subcommand)]
+    Strategy(StrategyCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StrategyCommand {
+    /// Add a strategy: what a shard group costs, how balanced is balanced, node capacities and
+    /// where colocation groups may not go
+    Add(StrategyAddArgs),
+    /// Remove a strategy (not the default one)
+    Remove {
+        /// The strategy's name
+        name: String,
+    },
+    /// Make a strategy the one used when `--strategy` is not given
+    Default {
+        /// The strategy's name
+        name: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StrategyCost {
+    /// Every shard group costs 1: nodes end with equal numbers of groups
+    ShardCount,
+    /// A group costs its size on disk plus a fixed base: nodes end with equal bytes
+    DiskSize,
+}
+
+#[derive(Debug, Args)]
+pub struct StrategyAddArgs {
+    /// The strategy's name
+    pub name: String,
+    /// What a shard group costs
+    #[arg(long, value_enum)]
+    pub cost: StrategyCost,
+    /// With `--cost disk-size`: the fixed cost added to every group, in bytes (empty groups
+    /// still count) [default: 104857600, as by_disk_size]
+    #[arg(long, value_name = "BYTES")]
+    pub base_cost_bytes: Option<i64>,
+    /// How far from the average a node may be and still count as balanced (0.1 = 10%)
+    /// [default: as the built-in strategy of the same cost]
+    #[arg(long)]
+    pub threshold: Option<f64>,
+    /// The lowest threshold `--threshold` may set when planning [default: as the built-in]
+    #[arg(long)]
+    pub minimum_threshold: Option<f64>,
+    /// A move that overshoots must improve the balance by this share of what it moves
+    /// [default: as the built-in]
+    #[arg(long)]
+    pub improvement_threshold: Option<f64>,
+    /// A node's capacity relative to the others (default 1): NODE_ID=CAPACITY; repeatable
+    #[arg(long, value_name = "NODE_ID=CAPACITY", value_parser = parse_capacity)]
+    pub capacity: Vec<(i32, f64)>,
+    /// A colocation group's shards may not be placed on a node: COLOCATION_ID:NODE_ID; repeatable
+    #[arg(long, value_name = "COLOCATION_ID:NODE_ID", value_parser = parse_disallowed)]
+    pub disallow: Vec<(i32, i32)>,
+    /// Make it the default strategy
+    #[arg(long)]
+    pub default: bool,
+}
+
+fn parse_capacity(text: &str) -> Result<(i32, f64), String> {
+    let (node, capacity) = text
+        .split_once('=')
+        .ok_or_else(|| format!("`{text}` is not NODE_ID=CAPACITY, as in 3=2.5"))?;
+    let node = node
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{node}` is not a node id (see `shoal node list`)"))?;
+    let capacity: f64 = capacity
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{capacity}` is not a number"))?;
+    if !capacity.is_finite() || capacity <= 0.0 {
+        return Err(format!("a capacity must be above 0, not {capacity}"));
+    }
+    Ok((node, capacity))
+}
+
+fn parse_disallowed(text: &str) -> Result<(i32, i32), String> {
+    let (group, node) = text
+        .split_once(':')
+        .ok_or_else(|| format!("`{text}` is not COLOCATION_ID:NODE_ID, as in 2:3"))?;
+    let group = group
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{group}` is not a colocation group id (see `shoal table list`)"))?;
+    let node = node
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{node}` is not a node id (see `shoal node list`)"))?;
+    Ok((group, node))
+}
+
+impl StrategyAddArgs {
+    /// The catalog row, thresholds not given taken from the built-in strategy of the same cost.
+    fn row(&self) -> rebalance::StrategyRow {
+        let builtin_name = match self.cost {
+            StrategyCost::ShardCount => "by_shard_count",
+            StrategyCost::DiskSize => "by_disk_size",
+        };
+        let builtin = Strategy::builtin(builtin_name).unwrap_or(Strategy::ByShardCount);
+        let cost = match self.cost {
+            StrategyCost::ShardCount => serde_json::json!({"kind": "shard_count"}),
+            StrategyCost::DiskSize => {
+                let base = self.base_cost_bytes.unwrap_or(match builtin.cost_kind() {
+                    CostKind::DiskSize { base_cost_bytes } => base_cost_bytes,
+                    CostKind::ShardCount => 0,
+                });
+                serde_json::json!({"kind": "disk_size", "base_cost_bytes": base})
+            }
+        };
+        rebalance::StrategyRow {
+            name: self.name.clone(),
+            is_default: self.default,
+            cost,
+            capacity_overrides: serde_json::json!(self.capacity),
+            disallowed: serde_json::json!(self.disallow),
+            default_threshold: self.threshold.unwrap_or(builtin.default_threshold()),
+            minimum_threshold: self
+                .minimum_threshold
+                .unwrap_or(builtin.minimum_threshold())
+                .min(self.threshold.unwrap_or(f64::INFINITY)),
+            improvement_threshold: self
+                .improvement_threshold
+                .unwrap_or(builtin.improvement_threshold()),
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -206,6 +337,35 @@ pub async fn run(cluster: &Cluster, command: RebalanceCommand) -> anyhow::Result
         RebalanceCommand::Stop => {
             let job = current_job(cluster).await?;
             stop_job(cluster, job).await
+        }
+        RebalanceCommand::Strategy(StrategyCommand::Add(args)) => {
+            if args.base_cost_bytes.is_some() && args.cost != StrategyCost::DiskSize {
+                bail!("--base-cost-bytes applies to --cost disk-size only");
+            }
+            let row = args.row();
+            let mut client = cluster.coordinator("shoal rebalance strategy").await?;
+            rebalance::add_strategy(&mut client, &row).await?;
+            println!(
+                "added rebalance strategy {}{}",
+                row.name,
+                if row.is_default {
+                    " (the default now)"
+                } else {
+                    ""
+                }
+            );
+            Ok(())
+        }
+        RebalanceCommand::Strategy(StrategyCommand::Remove { name }) => {
+            rebalance::remove_strategy(cluster.client(), &name).await?;
+            println!("removed rebalance strategy {name}");
+            Ok(())
+        }
+        RebalanceCommand::Strategy(StrategyCommand::Default { name }) => {
+            let mut client = cluster.coordinator("shoal rebalance strategy").await?;
+            rebalance::set_default_strategy(&mut client, &name).await?;
+            println!("{name} is the default rebalance strategy now");
+            Ok(())
         }
         RebalanceCommand::Strategies(json) => {
             let rows = rebalance::list_strategies(cluster.client()).await?;

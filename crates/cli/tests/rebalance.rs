@@ -602,7 +602,7 @@ async fn a_task_that_keeps_failing_is_retried_then_fails_the_job_with_its_error(
 }
 
 #[tokio::test]
-async fn a_custom_strategy_from_the_catalog_is_followed() {
+async fn a_custom_strategy_is_added_checked_followed_and_removed() {
     let mut shoal = common::start(2).await;
     shop(&shoal, 6).await;
     let node = add_worker(&mut shoal).await;
@@ -616,18 +616,83 @@ async fn a_custom_strategy_from_the_catalog_is_followed() {
         .await
         .unwrap()
         .get(0);
+    // Bad definitions are refused and write nothing.
+    let (colocation_text, node_text) = (colocation.to_string(), node.to_string());
+    let disallow = format!("{colocation_text}:{node_text}");
+    for (args, phrases) in [
+        (
+            vec!["--cost", "shard-count", "--capacity", "99=2"],
+            vec!["node 99 does not exist"],
+        ),
+        (
+            vec!["--cost", "shard-count", "--disallow", "999:1"],
+            vec!["colocation group 999 does not exist"],
+        ),
+        (
+            vec!["--cost", "shard-count", "--threshold=-1"],
+            vec!["default_threshold is -1"],
+        ),
+        (
+            vec!["--cost", "shard-count", "--base-cost-bytes", "5"],
+            vec!["--base-cost-bytes applies to --cost disk-size only"],
+        ),
+    ] {
+        let mut all = vec!["rebalance", "strategy", "add", "mine"];
+        all.extend(args);
+        shoal.cli(&all).await.assert_error(&phrases);
+    }
+    // Arguments clap rejects itself (with its usage hint after the error).
+    let out = shoal
+        .cli(&[
+            "rebalance",
+            "strategy",
+            "add",
+            "mine",
+            "--cost",
+            "shard-count",
+            "--capacity",
+            "1=0",
+        ])
+        .await;
+    assert!(!out.success && out.stderr.contains("a capacity must be above 0"));
+    let strategies = || async {
+        let out = shoal.cli(&["rebalance", "strategies", "--json"]).await;
+        let rows: serde_json::Value = serde_json::from_str(out.assert_ok()).unwrap();
+        rows.as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["name"].as_str().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(strategies().await, vec!["by_disk_size", "by_shard_count"]);
+
     // Node 1 counts double; t's colocation group may not go to the new node.
     shoal
-        .coordinator()
+        .cli(&[
+            "rebalance",
+            "strategy",
+            "add",
+            "mine",
+            "--cost",
+            "shard-count",
+            "--capacity",
+            "1=2",
+            "--disallow",
+            &disallow,
+        ])
         .await
-        .execute(
-            "INSERT INTO shoal.rebalance_strategy
-                 (name, cost, capacity_overrides, disallowed, default_threshold)
-             VALUES ('mine', '{\"kind\": \"shard_count\"}', '[[1, 2.0]]', $1, 0)",
-            &[&serde_json::json!([[colocation, node]])],
-        )
+        .assert_ok();
+    shoal
+        .cli(&[
+            "rebalance",
+            "strategy",
+            "add",
+            "mine",
+            "--cost",
+            "disk-size",
+        ])
         .await
-        .unwrap();
+        .assert_error(&["a strategy of that name exists"]);
     let out = shoal
         .cli(&["rebalance", "plan", "--strategy", "mine", "--json"])
         .await;
@@ -642,6 +707,32 @@ async fn a_custom_strategy_from_the_catalog_is_followed() {
         .cli(&["rebalance", "plan", "--strategy", "nope"])
         .await
         .assert_error(&["no rebalance strategy is called nope", "by_shard_count"]);
+
+    // The default: `plan` without --strategy follows it; it cannot be removed while it is.
+    shoal
+        .cli(&["rebalance", "strategy", "default", "mine"])
+        .await
+        .assert_ok();
+    let out = shoal.cli(&["rebalance", "plan", "--json"]).await;
+    let plan: serde_json::Value = serde_json::from_str(out.assert_ok()).unwrap();
+    assert_eq!(plan["strategy"], "mine");
+    shoal
+        .cli(&["rebalance", "strategy", "remove", "mine"])
+        .await
+        .assert_error(&["it is the default strategy"]);
+    shoal
+        .cli(&["rebalance", "strategy", "default", "by_shard_count"])
+        .await
+        .assert_ok();
+    shoal
+        .cli(&["rebalance", "strategy", "remove", "mine"])
+        .await
+        .assert_ok();
+    assert_eq!(strategies().await, vec!["by_disk_size", "by_shard_count"]);
+    shoal
+        .cli(&["rebalance", "strategy", "remove", "mine"])
+        .await
+        .assert_error(&["no rebalance strategy is called mine"]);
 }
 
 /// Kills the daemon with SIGKILL while moves pause at each status, restarts it, and checks that

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
-use tokio_postgres::GenericClient;
+use tokio_postgres::{Client, GenericClient};
 
 use crate::error::JobError;
 use crate::store::{self, create_job, JobKind, JobOptions, NewTask};
@@ -101,6 +101,165 @@ pub async fn list_strategies(client: &impl GenericClient) -> Result<Vec<Strategy
         .collect())
 }
 
+/// Stores a new strategy. It is checked as the planner would read it, and every node and
+/// colocation group it names must exist, before anything is written; with `is_default` set it
+/// becomes the default in the same transaction.
+pub async fn add_strategy(client: &mut Client, row: &StrategyRow) -> Result<()> {
+    let bad = |reason: String| JobError::BadStrategy {
+        name: row.name.clone(),
+        reason,
+    };
+    if row.name.trim().is_empty() {
+        return Err(bad("the name is empty".into()));
+    }
+    let Strategy::Custom(custom) = strategy_from_row(row)? else {
+        // A row identical to a built-in's reads as that built-in; as a new name that is fine.
+        return insert_strategy(client, row).await;
+    };
+    let nodes: Vec<i32> = custom.capacity_overrides.keys().copied().collect();
+    let known: Vec<i32> = client
+        .query(
+            "SELECT node_id FROM shoal.node WHERE node_id = ANY ($1)",
+            &[&nodes],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    if let Some(missing) = nodes.iter().find(|n| !known.contains(n)) {
+        return Err(bad(format!(
+            "node {missing} does not exist (see `shoal node list`)"
+        )));
+    }
+    let groups: Vec<i32> = custom.disallowed.iter().map(|(g, _)| *g).collect();
+    let disallowed_nodes: Vec<i32> = custom.disallowed.iter().map(|(_, n)| *n).collect();
+    let row_check = client
+        .query_one(
+            "SELECT (SELECT array_agg(g) FROM unnest($1::int[]) g
+                     WHERE NOT EXISTS (SELECT 1 FROM shoal.colocation_group c WHERE c.colocation_id = g)),
+                    (SELECT array_agg(n) FROM unnest($2::int[]) n
+                     WHERE NOT EXISTS (SELECT 1 FROM shoal.node x WHERE x.node_id = n))",
+            &[&groups, &disallowed_nodes],
+        )
+        .await?;
+    if let Some(missing) = row_check
+        .get::<_, Option<Vec<i32>>>(0)
+        .and_then(|m| m.first().copied())
+    {
+        return Err(bad(format!(
+            "colocation group {missing} does not exist (see `shoal table list`)"
+        )));
+    }
+    if let Some(missing) = row_check
+        .get::<_, Option<Vec<i32>>>(1)
+        .and_then(|m| m.first().copied())
+    {
+        return Err(bad(format!(
+            "node {missing} does not exist (see `shoal node list`)"
+        )));
+    }
+    insert_strategy(client, row).await
+}
+
+async fn insert_strategy(client: &mut Client, row: &StrategyRow) -> Result<()> {
+    let tx = client.transaction().await?;
+    let exists: bool = tx
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM shoal.rebalance_strategy WHERE name = $1)",
+            &[&row.name],
+        )
+        .await?
+        .get(0);
+    if exists {
+        return Err(JobError::BadStrategy {
+            name: row.name.clone(),
+            reason: "a strategy of that name exists; remove it first \
+                     (`shoal rebalance strategy remove`) or choose another name"
+                .into(),
+        });
+    }
+    if row.is_default {
+        tx.execute(
+            "UPDATE shoal.rebalance_strategy SET is_default = false WHERE is_default",
+            &[],
+        )
+        .await?;
+    }
+    tx.execute(
+        "INSERT INTO shoal.rebalance_strategy (name, is_default, cost, capacity_overrides,
+                disallowed, default_threshold, minimum_threshold, improvement_threshold)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        &[
+            &row.name,
+            &row.is_default,
+            &row.cost,
+            &row.capacity_overrides,
+            &row.disallowed,
+            &row.default_threshold,
+            &row.minimum_threshold,
+            &row.improvement_threshold,
+        ],
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Removes a strategy; the default one stays until another is made the default.
+pub async fn remove_strategy(client: &impl GenericClient, name: &str) -> Result<()> {
+    let rows = list_strategies(client).await?;
+    let Some(row) = rows.iter().find(|r| r.name == name) else {
+        return Err(unknown_strategy(name, &rows));
+    };
+    if row.is_default {
+        return Err(JobError::BadStrategy {
+            name: name.to_string(),
+            reason: "it is the default strategy; make another one the default first \
+                     (`shoal rebalance strategy default NAME`)"
+                .into(),
+        });
+    }
+    client
+        .execute(
+            "DELETE FROM shoal.rebalance_strategy WHERE name = $1",
+            &[&name],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Makes a strategy the one `rebalance plan|start` and `node drain` use when none is named.
+pub async fn set_default_strategy(client: &mut Client, name: &str) -> Result<()> {
+    let rows = list_strategies(&*client).await?;
+    if !rows.iter().any(|r| r.name == name) {
+        return Err(unknown_strategy(name, &rows));
+    }
+    let tx = client.transaction().await?;
+    tx.execute(
+        "UPDATE shoal.rebalance_strategy SET is_default = false WHERE is_default AND name <> $1",
+        &[&name],
+    )
+    .await?;
+    tx.execute(
+        "UPDATE shoal.rebalance_strategy SET is_default = true WHERE name = $1",
+        &[&name],
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+fn unknown_strategy(name: &str, rows: &[StrategyRow]) -> JobError {
+    JobError::UnknownStrategy {
+        name: name.to_string(),
+        available: rows
+            .iter()
+            .map(|r| r.name.clone())
+            .collect::<Vec<_>>()
+            .join(", "),
+    }
+}
+
 /// The strategy of that name, or the default one.
 pub async fn load_strategy(client: &impl GenericClient, name: Option<&str>) -> Result<Strategy> {
     let rows = list_strategies(client).await?;
@@ -112,14 +271,7 @@ pub async fn load_strategy(client: &impl GenericClient, name: Option<&str>) -> R
         (Some(row), _) => strategy_from_row(row),
         // No default row (someone removed it): by_shard_count, as on a fresh catalog.
         (None, None) => Ok(Strategy::ByShardCount),
-        (None, Some(name)) => Err(JobError::UnknownStrategy {
-            name: name.to_string(),
-            available: rows
-                .iter()
-                .map(|r| r.name.clone())
-                .collect::<Vec<_>>()
-                .join(", "),
-        }),
+        (None, Some(name)) => Err(unknown_strategy(name, &rows)),
     }
 }
 
