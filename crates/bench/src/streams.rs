@@ -184,6 +184,19 @@ pub async fn run(rows: i64) -> anyhow::Result<()> {
         runtime::refresh_stream(&cluster, id, false).await?;
     }
 
+    // The earlier rounds left dead rows (updated sources, applied buffer rows) whose vacuuming
+    // would otherwise land in the middle of the freshness measurement: settle them first.
+    for server in std::iter::once(&pg.coordinator).chain(pg.workers.iter()) {
+        let client = server.connect().await;
+        client
+            .batch_execute("VACUUM ANALYZE")
+            .await
+            .map_err(|e| anyhow::anyhow!("{}", shoal_cluster::pg_message(&e)))?;
+        client
+            .batch_execute("CHECKPOINT")
+            .await
+            .map_err(|e| anyhow::anyhow!("{}", shoal_cluster::pg_message(&e)))?;
+    }
     freshness(&pg, &cluster).await
 }
 

@@ -35,6 +35,10 @@ impl SchedulerConfig {
     }
 }
 
+/// The most applied buffer rows one tick deletes (ticks come about five times a second, so this
+/// keeps up with far more changes than capture stores).
+const GC_BATCH: i64 = 20_000;
+
 /// How far ahead a tick waits for a stream table to fall due: a little more than the interval
 /// between ticks of `shoal serve` (200 ms).
 const DUE_LOOKAHEAD_MS: f64 = 250.0;
@@ -113,12 +117,16 @@ pub async fn tick(cluster: &Cluster, config: &SchedulerConfig) -> Result<TickRep
         }
         release_lease(cluster, stream_id, config).await?;
     }
-    // Buffer rows every stream table has applied are not needed any more.
+    // Buffer rows every stream table has applied are not needed any more. At most
+    // `GC_BATCH` of them go per tick: after a burst, deleting them all at once would hold up the
+    // next refreshes (a tick deleting 400,000 rows took most of a second).
     cluster
         .client()
         .execute(
-            "DELETE FROM shoal.change_buffer WHERE seq <= (SELECT min(consumed_seq) FROM shoal.stream_table)",
-            &[],
+            "DELETE FROM shoal.change_buffer
+             WHERE seq <= least((SELECT min(consumed_seq) FROM shoal.stream_table),
+                                (SELECT min(seq) FROM shoal.change_buffer) + $1)",
+            &[&GC_BATCH],
         )
         .await?;
     Ok(report)
