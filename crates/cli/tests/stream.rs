@@ -184,11 +184,7 @@ async fn stream_tables_stay_exact_through_writes_moves_and_a_worker_restart() {
         let mover = shoal.spawn_cli(&["shard", "move", &shard.to_string(), "--to", target], &[]);
         random_writes(&sql, &mut rng, 100).await;
         let output = mover.await.unwrap();
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+        common::assert_success(&output);
         random_writes(&sql, &mut rng, 50).await;
         refresh_all(&shoal).await;
         assert_exact(&sql, &format!("moving shard {shard}")).await;
@@ -492,11 +488,7 @@ async fn stream_tables_stay_exact_through_a_parallel_rebalance_and_a_worker_rest
     };
     let waited = waiter.await.unwrap();
     writer.await.unwrap();
-    assert!(
-        waited.status.success(),
-        "{}",
-        String::from_utf8_lossy(&waited.stderr)
-    );
+    common::assert_success(&waited);
     let on_new: i64 = sql
         .query_one(
             "SELECT count(*) FROM shoal.shards WHERE node_id = 3 AND kind = 'hash'",

@@ -375,11 +375,7 @@ async fn a_second_move_of_the_same_shard_is_refused_at_once() {
             ]);
     }
     let output = first.await.unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    common::assert_success(&output);
     shoal.assert_nothing_left_behind().await;
 }
 
@@ -563,11 +559,7 @@ async fn the_cutover_waits_for_a_long_transaction_and_says_which() {
         .unwrap();
     reader.batch_execute("COMMIT").await.unwrap();
     let output = mover.await.unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    common::assert_success(&output);
     shoal.assert_nothing_left_behind().await;
 }
 

@@ -486,3 +486,12 @@ impl Shoal {
         }
     }
 }
+
+/// A `shoal` process that must have succeeded; its stderr tells why it did not.
+pub fn assert_success(output: &std::process::Output) {
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
