@@ -586,3 +586,85 @@ async fn awkward_names_and_types_come_back_exact() {
     let modes: Vec<String> = last_modes(&sql).await;
     assert_eq!(modes, vec!["differential"; 2]);
 }
+
+/// `stream alter` changes the schedule and the mode (a new mode starts from a full refresh);
+/// `stream drop` removes the table and its catalog rows, and the last one the capture slots.
+#[tokio::test]
+async fn stream_tables_are_altered_and_dropped() {
+    let shoal = common::start(2).await;
+    setup(&shoal).await;
+    let sql = shoal.coordinator().await;
+    let settings = || async {
+        let row = sql
+            .query_one(
+                "SELECT refresh_mode, needs_reinit, schedule_ms FROM shoal.stream_table
+                 WHERE relid = 's_join'::regclass",
+                &[],
+            )
+            .await
+            .unwrap();
+        (
+            row.get::<_, String>(0),
+            row.get::<_, bool>(1),
+            row.get::<_, i32>(2),
+        )
+    };
+    shoal
+        .cli(&["stream", "alter", "s_join", "--mode", "full"])
+        .await
+        .assert_ok();
+    assert!(matches!(settings().await, (mode, true, _) if mode == "full"));
+    shoal
+        .cli(&[
+            "stream",
+            "alter",
+            "s_join",
+            "--mode",
+            "differential",
+            "--schedule",
+            "2s",
+        ])
+        .await
+        .assert_ok();
+    assert_eq!(settings().await, ("differential".to_string(), true, 2000));
+    random_writes(&sql, &mut StdRng::seed_from_u64(3), 100).await;
+    refresh_all(&shoal).await;
+    assert_exact(&sql, "altering s_join").await;
+
+    shoal.cli(&["stream", "drop", "s_join"]).await.assert_ok();
+    let gone: bool = sql
+        .query_one(
+            "SELECT to_regclass('s_join') IS NULL
+                    AND (SELECT count(*) FROM shoal.stream_table) = 2",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(gone, "s_join and its catalog row are gone");
+    for name in ["s_filter", "s_agg"] {
+        shoal.cli(&["stream", "drop", name]).await.assert_ok();
+    }
+    let slots: i64 = sql
+        .query_one("SELECT count(*) FROM shoal.worker_slot", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        slots, 0,
+        "the last stream table takes the capture slots with it"
+    );
+    for worker in &shoal.pg.workers {
+        let left: i64 = worker
+            .connect()
+            .await
+            .query_one(
+                "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'shoal_capture'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(left, 0, "no capture slot is left on a worker");
+    }
+}

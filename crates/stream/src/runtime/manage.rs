@@ -71,47 +71,11 @@ pub struct StreamInfo {
 /// A stream table as the catalog records it, with what a refresh needs.
 pub(crate) struct Stream {
     pub table: QualifiedName,
-    pub query: String,
     pub refresh_mode: String,
     pub needs_reinit: bool,
     pub consumed_seq: i64,
     /// The coordinator relation of each source, by the name the query uses.
     pub sources: Vec<(SourceRef, QualifiedName, i32)>,
-}
-
-pub(crate) async fn load_stream(
-    client: &impl GenericClient,
-    stream_id: i32,
-) -> Result<Stream, StreamError> {
-    let row = client
-        .query_one(
-            "SELECT n.nspname::text, c.relname::text, s.query, s.search_path, s.refresh_mode,
-                    s.needs_reinit, s.consumed_seq
-             FROM shoal.stream_table s JOIN pg_class c ON c.oid = s.relid
-             JOIN pg_namespace n ON n.oid = c.relnamespace WHERE s.stream_id = $1",
-            &[&stream_id],
-        )
-        .await?;
-    let plan = analyze(row.get::<_, &str>(2))?;
-    let search_path: String = row.get(3);
-    let mut sources = Vec::new();
-    for relation in &plan.relations {
-        let (relid, name) = resolve_source(client, relation, &search_path).await?;
-        let table = model::get_table_by_relid(client, relid)
-            .await?
-            .ok_or_else(|| {
-                StreamError::Refused(format!("source {name} is no longer distributed"))
-            })?;
-        sources.push((relation.clone(), name, table.table_id));
-    }
-    Ok(Stream {
-        table: QualifiedName::new(row.get::<_, String>(0), row.get::<_, String>(1)),
-        query: row.get(2),
-        refresh_mode: row.get(4),
-        needs_reinit: row.get(5),
-        consumed_seq: row.get(6),
-        sources,
-    })
 }
 
 /// Resolves a source as the query names it, with the stream table's search path.
@@ -526,7 +490,7 @@ pub async fn refresh_stream(
     loop {
         let mut coordinator = cluster.pooled_coordinator("shoal stream refresh").await?;
         let tx = coordinator.transaction().await?;
-        let (stream, plan, shapes) = load_for_refresh(&tx, stream_id).await?;
+        let (stream, plan, shapes) = load_stream(&tx, stream_id).await?;
         let full = force_full || stream.needs_reinit || stream.refresh_mode == "full";
         let is_reference: Vec<bool> = shapes
             .iter()
@@ -640,13 +604,13 @@ fn analyze_cached(query: &str) -> Result<QueryPlan, StreamError> {
     Ok(plan)
 }
 
-/// Reads a stream table's definition inside its refresh transaction, in two round trips: the
-/// catalog row (setting the transaction's search path to the stream's, so its query's names
+/// Reads a stream table's definition inside a transaction of the caller's (a refresh's, say), in
+/// two round trips: the catalog row (setting the transaction's search path to the stream's, so its query's names
 /// resolve as they did when it was defined, and turning JIT compilation off: the catalog and
 /// delta queries are small, but estimates on a buffer that grows and shrinks can make them look
 /// costly enough to compile, which takes longer than running them), then every source with its
 /// kind and columns.
-async fn load_for_refresh(
+async fn load_stream(
     tx: &Transaction<'_>,
     stream_id: i32,
 ) -> Result<(Stream, QueryPlan, Vec<SourceShape>), StreamError> {
@@ -672,17 +636,17 @@ async fn load_for_refresh(
     let resolved = tx
         .query(
             "SELECT c.oid IS NOT NULL, coalesce(ns.nspname::text, ''), coalesce(c.relname::text, ''),
-                    t.table_id, t.kind::text,
-                    array(SELECT a.attname::text FROM pg_attribute a
-                          WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum),
-                    array(SELECT format_type(a.atttypid, a.atttypmod) FROM pg_attribute a
-                          WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum),
-                    array(SELECT a.attnum::int FROM pg_attribute a
-                          WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum)
+                    t.table_id, t.kind::text, cols.names, cols.types, cols.attnums
              FROM unnest($1::text[]) WITH ORDINALITY u(name, i)
              LEFT JOIN pg_class c ON c.oid = to_regclass(u.name)
              LEFT JOIN pg_namespace ns ON ns.oid = c.relnamespace
              LEFT JOIN shoal.distributed_table t ON t.relid = c.oid
+             LEFT JOIN LATERAL (
+                 SELECT array_agg(a.attname::text ORDER BY a.attnum) AS names,
+                        array_agg(format_type(a.atttypid, a.atttypmod) ORDER BY a.attnum) AS types,
+                        array_agg(a.attnum::int ORDER BY a.attnum) AS attnums
+                 FROM pg_attribute a
+                 WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped) cols ON true
              ORDER BY u.i",
             &[&names],
         )
@@ -705,9 +669,9 @@ async fn load_for_refresh(
             if r.get::<_, Option<String>>(4).as_deref() == Some("reference") {
                 SourceShape::Json
             } else {
-                let columns: Vec<String> = r.get(5);
-                let types: Vec<String> = r.get(6);
-                let attnums: Vec<i32> = r.get(7);
+                let columns: Vec<String> = r.get::<_, Option<_>>(5).unwrap_or_default();
+                let types: Vec<String> = r.get::<_, Option<_>>(6).unwrap_or_default();
+                let attnums: Vec<i32> = r.get::<_, Option<_>>(7).unwrap_or_default();
                 let all: Vec<(String, String, i32)> = columns
                     .into_iter()
                     .zip(types)
@@ -721,7 +685,6 @@ async fn load_for_refresh(
     }
     let stream = Stream {
         table: QualifiedName::new(row.get::<_, String>(0), row.get::<_, String>(1)),
-        query: row.get(2),
         refresh_mode: row.get(4),
         needs_reinit: row.get(5),
         consumed_seq: row.get(6),
@@ -975,16 +938,17 @@ pub async fn alter_stream(
             .await?;
     }
     if let Some(mode) = mode {
-        let stream = load_stream(cluster.client(), stream_id).await?;
-        let chosen = choose_mode(&analyze(&stream.query), mode)?;
-        cluster
-            .client()
-            .execute(
-                "UPDATE shoal.stream_table SET requested_mode = $2, refresh_mode = $3, mode_reason = $4,
-                        needs_reinit = true WHERE stream_id = $1",
-                &[&stream_id, &mode.as_str(), &chosen.mode.as_str(), &chosen.reason],
-            )
-            .await?;
+        let mut coordinator = cluster.coordinator("shoal stream alter").await?;
+        let tx = coordinator.transaction().await?;
+        let (_, plan, _) = load_stream(&tx, stream_id).await?;
+        let chosen = choose_mode(&Ok(plan), mode)?;
+        tx.execute(
+            "UPDATE shoal.stream_table SET requested_mode = $2, refresh_mode = $3, mode_reason = $4,
+                    needs_reinit = true WHERE stream_id = $1",
+            &[&stream_id, &mode.as_str(), &chosen.mode.as_str(), &chosen.reason],
+        )
+        .await?;
+        tx.commit().await?;
     }
     stream_info(cluster.client(), stream_id).await
 }
@@ -992,9 +956,9 @@ pub async fn alter_stream(
 /// Drops the stream table and its catalog rows; the capture slots go with the last one.
 pub async fn drop_stream(cluster: &Cluster, name: &str) -> Result<(), StreamError> {
     let stream_id = find_stream(cluster.client(), name).await?;
-    let stream = load_stream(cluster.client(), stream_id).await?;
     let mut coordinator = cluster.coordinator("shoal stream drop").await?;
     let tx = coordinator.transaction().await?;
+    let (stream, _, _) = load_stream(&tx, stream_id).await?;
     tx.execute(
         "DELETE FROM shoal.stream_table WHERE stream_id = $1",
         &[&stream_id],
