@@ -153,17 +153,19 @@ impl StrategyAddArgs {
                 serde_json::json!({"kind": "disk_size", "base_cost_bytes": base})
             }
         };
+        let threshold = self.threshold.unwrap_or(builtin.default_threshold());
         rebalance::StrategyRow {
             name: self.name.clone(),
             is_default: self.default,
             cost,
             capacity_overrides: serde_json::json!(self.capacity),
             disallowed: serde_json::json!(self.disallow),
-            default_threshold: self.threshold.unwrap_or(builtin.default_threshold()),
+            default_threshold: threshold,
+            // The built-in's minimum only when it fits under the threshold given; a minimum the
+            // user gives is kept as given (and refused if above the threshold).
             minimum_threshold: self
                 .minimum_threshold
-                .unwrap_or(builtin.minimum_threshold())
-                .min(self.threshold.unwrap_or(f64::INFINITY)),
+                .unwrap_or(builtin.minimum_threshold().min(threshold)),
             improvement_threshold: self
                 .improvement_threshold
                 .unwrap_or(builtin.improvement_threshold()),

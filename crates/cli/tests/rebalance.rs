@@ -633,6 +633,17 @@ async fn a_custom_strategy_is_added_checked_followed_and_removed() {
             vec!["default_threshold is -1"],
         ),
         (
+            vec![
+                "--cost",
+                "disk-size",
+                "--threshold",
+                "0.1",
+                "--minimum-threshold",
+                "0.5",
+            ],
+            vec!["minimum_threshold 0.5 is above default_threshold 0.1"],
+        ),
+        (
             vec!["--cost", "shard-count", "--base-cost-bytes", "5"],
             vec!["--base-cost-bytes applies to --cost disk-size only"],
         ),

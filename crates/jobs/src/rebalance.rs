@@ -112,56 +112,38 @@ pub async fn add_strategy(client: &mut Client, row: &StrategyRow) -> Result<()> 
     if row.name.trim().is_empty() {
         return Err(bad("the name is empty".into()));
     }
-    let Strategy::Custom(custom) = strategy_from_row(row)? else {
-        // A row identical to a built-in's reads as that built-in; as a new name that is fine.
-        return insert_strategy(client, row).await;
+    // A built-in's definition names no node and no colocation group.
+    let (nodes, groups): (Vec<i32>, Vec<i32>) = match strategy_from_row(row)? {
+        Strategy::Custom(custom) => (
+            custom
+                .capacity_overrides
+                .keys()
+                .copied()
+                .chain(custom.disallowed.iter().map(|(_, node)| *node))
+                .collect(),
+            custom.disallowed.iter().map(|(group, _)| *group).collect(),
+        ),
+        _ => (Vec::new(), Vec::new()),
     };
-    let nodes: Vec<i32> = custom.capacity_overrides.keys().copied().collect();
-    let known: Vec<i32> = client
-        .query(
-            "SELECT node_id FROM shoal.node WHERE node_id = ANY ($1)",
-            &[&nodes],
-        )
-        .await?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    if let Some(missing) = nodes.iter().find(|n| !known.contains(n)) {
-        return Err(bad(format!(
-            "node {missing} does not exist (see `shoal node list`)"
-        )));
-    }
-    let groups: Vec<i32> = custom.disallowed.iter().map(|(g, _)| *g).collect();
-    let disallowed_nodes: Vec<i32> = custom.disallowed.iter().map(|(_, n)| *n).collect();
-    let row_check = client
+    let missing = client
         .query_one(
-            "SELECT (SELECT array_agg(g) FROM unnest($1::int[]) g
-                     WHERE NOT EXISTS (SELECT 1 FROM shoal.colocation_group c WHERE c.colocation_id = g)),
-                    (SELECT array_agg(n) FROM unnest($2::int[]) n
-                     WHERE NOT EXISTS (SELECT 1 FROM shoal.node x WHERE x.node_id = n))",
-            &[&groups, &disallowed_nodes],
+            "SELECT (SELECT min(n) FROM unnest($1::int[]) n
+                     WHERE NOT EXISTS (SELECT 1 FROM shoal.node x WHERE x.node_id = n)),
+                    (SELECT min(g) FROM unnest($2::int[]) g
+                     WHERE NOT EXISTS (SELECT 1 FROM shoal.colocation_group c WHERE c.colocation_id = g))",
+            &[&nodes, &groups],
         )
         .await?;
-    if let Some(missing) = row_check
-        .get::<_, Option<Vec<i32>>>(0)
-        .and_then(|m| m.first().copied())
-    {
+    if let Some(node) = missing.get::<_, Option<i32>>(0) {
         return Err(bad(format!(
-            "colocation group {missing} does not exist (see `shoal table list`)"
+            "node {node} does not exist (see `shoal node list`)"
         )));
     }
-    if let Some(missing) = row_check
-        .get::<_, Option<Vec<i32>>>(1)
-        .and_then(|m| m.first().copied())
-    {
+    if let Some(group) = missing.get::<_, Option<i32>>(1) {
         return Err(bad(format!(
-            "node {missing} does not exist (see `shoal node list`)"
+            "colocation group {group} does not exist (see `shoal table list`)"
         )));
     }
-    insert_strategy(client, row).await
-}
-
-async fn insert_strategy(client: &mut Client, row: &StrategyRow) -> Result<()> {
     let tx = client.transaction().await?;
     let exists: bool = tx
         .query_one(
