@@ -42,6 +42,20 @@ struct Measured {
     moves: usize,
     bytes: i64,
     busy: f64,
+    /// CPU seconds of this process: Shoal's own share (the executor and the copies it relays).
+    own_cpu: f64,
+}
+
+/// CPU seconds this process has used so far (`/proc/self/stat`, user + system).
+fn own_cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // The command name may hold spaces; the fields counted from after it are fixed.
+    let after_name = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line; the state (field 3) comes first here.
+    let field = |n: usize| -> u64 { fields.get(n - 3).and_then(|f| f.parse().ok()).unwrap_or(0) };
+    // Linux reports them in clock ticks of 1/100 s.
+    (field(14) + field(15)) as f64 / 100.0
 }
 
 /// Busy and total CPU time of the whole machine so far, in clock ticks (`/proc/stat`).
@@ -68,6 +82,7 @@ async fn run_job(
     limits: Limits,
     since: Instant,
     ticks: (u64, u64),
+    own_cpu_before: f64,
 ) -> anyhow::Result<Measured> {
     let Some(job_id) = started.job_id else {
         anyhow::bail!("the planner found nothing to move");
@@ -92,6 +107,7 @@ async fn run_job(
     let seconds = since.elapsed().as_secs_f64();
     let (busy, total) = cpu_ticks();
     let busy = (busy - ticks.0) as f64 / (total - ticks.1).max(1) as f64;
+    let own_cpu = own_cpu_seconds() - own_cpu_before;
     let _ = stop.send(true);
     executor.await?;
     anyhow::ensure!(
@@ -111,18 +127,19 @@ async fn run_job(
             .map(|m| m.size_bytes)
             .sum(),
         busy,
+        own_cpu,
     })
 }
 
 async fn rebalance(cluster: &Cluster, parallel: bool, limits: Limits) -> anyhow::Result<Measured> {
-    let (since, ticks) = (Instant::now(), cpu_ticks());
+    let (since, ticks, own) = (Instant::now(), cpu_ticks(), own_cpu_seconds());
     let options = JobOptions {
         parallel_colocated: parallel,
         parallel_reference: parallel,
         ..JobOptions::default()
     };
     let started = rebalance::start_rebalance(cluster, &options).await?;
-    run_job(cluster, started, limits, since, ticks).await
+    run_job(cluster, started, limits, since, ticks, own).await
 }
 
 /// Empties the third worker again and lets it take shards, so the next rebalance repeats the
@@ -133,7 +150,15 @@ async fn restore(cluster: &Cluster, node: i32, limits: Limits) -> anyhow::Result
         ..JobOptions::default()
     };
     let started = rebalance::drain_node(cluster, &node.to_string(), &options).await?;
-    run_job(cluster, started, limits, Instant::now(), cpu_ticks()).await?;
+    run_job(
+        cluster,
+        started,
+        limits,
+        Instant::now(),
+        cpu_ticks(),
+        own_cpu_seconds(),
+    )
+    .await?;
     nodes::set_node_flags(cluster, &node.to_string(), None, Some(true)).await?;
     Ok(())
 }
@@ -210,15 +235,17 @@ pub async fn run(runs: usize, scale: f64, limits: Limits) -> anyhow::Result<()> 
             "the two jobs planned different moves"
         );
         eprintln!(
-            "run {}: {} moves, {:.0} MiB: sequential {:.2} s (CPU {:.0}% busy), parallel {:.2} s \
-             (CPU {:.0}% busy), ratio {:.2}",
+            "run {}: {} moves, {:.0} MiB: sequential {:.2} s (CPU {:.0}% busy, Shoal {:.2} s), \
+             parallel {:.2} s (CPU {:.0}% busy, Shoal {:.2} s), ratio {:.2}",
             run + 1,
             seq.moves,
             seq.bytes as f64 / 1048576.0,
             seq.seconds,
             seq.busy * 100.0,
+            seq.own_cpu,
             par.seconds,
             par.busy * 100.0,
+            par.own_cpu,
             par.seconds / seq.seconds
         );
         busy.push((seq.busy, par.busy));

@@ -24,6 +24,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "change values",
         include_str!("../migrations/0005_change_values.sql"),
     ),
+    (
+        "replication origins",
+        include_str!("../migrations/0006_replication_origins.sql"),
+    ),
 ];
 
 pub const LATEST_VERSION: i32 = MIGRATIONS.len() as i32;

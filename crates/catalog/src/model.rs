@@ -593,6 +593,8 @@ pub enum CleanupObject {
     Publication,
     Subscription,
     ReplicationSlot,
+    /// Origins a copy's writes are tagged with (the name is a `LIKE` pattern).
+    ReplicationOrigin,
 }
 
 impl CleanupObject {
@@ -602,6 +604,7 @@ impl CleanupObject {
             CleanupObject::Publication => "publication",
             CleanupObject::Subscription => "subscription",
             CleanupObject::ReplicationSlot => "replication_slot",
+            CleanupObject::ReplicationOrigin => "replication_origin",
         }
     }
 
@@ -610,6 +613,7 @@ impl CleanupObject {
             "shard_table" => CleanupObject::ShardTable,
             "publication" => CleanupObject::Publication,
             "subscription" => CleanupObject::Subscription,
+            "replication_origin" => CleanupObject::ReplicationOrigin,
             _ => CleanupObject::ReplicationSlot,
         }
     }

@@ -179,9 +179,15 @@ async fn stream_tables_stay_exact_through_writes_moves_and_a_worker_restart() {
         .iter()
         .map(|r| (r.get(0), r.get(1)))
         .collect();
-    for (shard, node) in shards.iter().take(2) {
+    // One move of each mode: both copy rows onto a worker whose changes are captured, and
+    // neither copy may be taken for new rows.
+    for ((shard, node), mode) in shards.iter().zip(["force_logical", "block_writes"]) {
         let target = if *node == 1 { "2" } else { "1" };
-        let mover = shoal.spawn_cli(&["shard", "move", &shard.to_string(), "--to", target], &[]);
+        let shard = shard.to_string();
+        let mover = shoal.spawn_cli(
+            &["shard", "move", &shard, "--to", target, "--mode", mode],
+            &[],
+        );
         random_writes(&sql, &mut rng, 100).await;
         let output = mover.await.unwrap();
         common::assert_success(&output);

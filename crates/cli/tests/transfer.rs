@@ -58,7 +58,9 @@ async fn shard_of(shoal: &Shoal, table: &str, index: i32) -> (i64, i32) {
 }
 
 /// Moves shard group 0 of t and u to the other worker under writes and checks every key.
-async fn move_under_writes(mode: &str) {
+/// `failpoints`: a `SHOAL_FAILPOINTS` value for the move, to hold it at some status while the
+/// writers go on.
+async fn move_under_writes(mode: &str, failpoints: &str) {
     let shoal = common::start(2).await;
     two_colocated_tables(&shoal).await;
     let sql = shoal.coordinator().await;
@@ -71,16 +73,19 @@ async fn move_under_writes(mode: &str) {
     let writers_u = start_writers(shoal.pg.coordinator_uri(), "u", 1, 100_000);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let out = shoal
-        .cli(&[
-            "shard",
-            "move",
-            &shard.to_string(),
-            "--to",
-            target,
-            "--mode",
-            mode,
-            "--json",
-        ])
+        .cli_env(
+            &[
+                "shard",
+                "move",
+                &shard.to_string(),
+                "--to",
+                target,
+                "--mode",
+                mode,
+                "--json",
+            ],
+            &[("SHOAL_FAILPOINTS", failpoints)],
+        )
         .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let log_t = writers_t.finish().await;
@@ -144,12 +149,19 @@ async fn move_under_writes(mode: &str) {
 
 #[tokio::test]
 async fn a_logical_move_loses_and_duplicates_nothing_under_writes() {
-    move_under_writes("force_logical").await;
+    move_under_writes("force_logical", "").await;
+}
+
+#[tokio::test]
+async fn a_logical_move_streams_exactly_what_its_snapshot_did_not_see() {
+    // The slot and its snapshot exist when the move reaches "Copying Data"; every write made
+    // during the pause is after the snapshot, and must arrive through the subscription, once.
+    move_under_writes("force_logical", "pause:Copying Data:1500").await;
 }
 
 #[tokio::test]
 async fn a_block_writes_move_loses_and_duplicates_nothing_under_writes() {
-    move_under_writes("block_writes").await;
+    move_under_writes("block_writes", "").await;
 }
 
 #[tokio::test]

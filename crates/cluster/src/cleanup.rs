@@ -210,8 +210,9 @@ fn removal_order(object: CleanupObject) -> u8 {
     match object {
         CleanupObject::Subscription => 0,
         CleanupObject::ReplicationSlot => 1,
-        CleanupObject::Publication => 2,
-        CleanupObject::ShardTable => 3,
+        CleanupObject::ReplicationOrigin => 2,
+        CleanupObject::Publication => 3,
+        CleanupObject::ShardTable => 4,
     }
 }
 
@@ -286,7 +287,34 @@ async fn drop_object(client: &Client, record: &CleanupRecord) -> Result<(), toki
         }
         CleanupObject::Subscription => drop_subscription(client, &record.object_name).await,
         CleanupObject::ReplicationSlot => drop_slots(client, &record.object_name).await,
+        CleanupObject::ReplicationOrigin => drop_origins(client, &record.object_name).await,
     }
+}
+
+/// Drops the replication origins whose names match `pattern`. An origin is held by the
+/// session that copies under it and released when that session ends: a busy one is retried.
+async fn drop_origins(client: &Client, pattern: &str) -> Result<(), tokio_postgres::Error> {
+    for _ in 0..50 {
+        let dropped = client
+            .execute(
+                "SELECT pg_replication_origin_drop(roname) FROM pg_replication_origin
+                 WHERE roname LIKE $1",
+                &[&pattern],
+            )
+            .await;
+        if dropped.is_ok() {
+            return Ok(());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    client
+        .execute(
+            "SELECT pg_replication_origin_drop(roname) FROM pg_replication_origin
+             WHERE roname LIKE $1",
+            &[&pattern],
+        )
+        .await
+        .map(|_| ())
 }
 
 /// Drops a subscription. `DROP SUBSCRIPTION` also drops its slots on the publisher; when the
@@ -424,7 +452,10 @@ pub async fn scan(cluster: &Cluster) -> Result<Vec<String>, ClusterError> {
                  SELECT 'subscription', subname::text FROM pg_subscription WHERE subname LIKE 'shoal\\_move\\_%'
                  UNION ALL
                  SELECT 'replication_slot', slot_name::text FROM pg_replication_slots
-                 WHERE slot_name LIKE 'shoal\\_move\\_%'",
+                 WHERE slot_name LIKE 'shoal\\_move\\_%'
+                 UNION ALL
+                 SELECT 'replication_origin', roname FROM pg_replication_origin
+                 WHERE roname LIKE 'shoal\\_move\\_%'",
                 &[],
             )
             .await?;
@@ -437,6 +468,7 @@ pub async fn scan(cluster: &Cluster) -> Result<Vec<String>, ClusterError> {
             let object = match kind.as_str() {
                 "publication" => CleanupObject::Publication,
                 "subscription" => CleanupObject::Subscription,
+                "replication_origin" => CleanupObject::ReplicationOrigin,
                 _ => CleanupObject::ReplicationSlot,
             };
             orphans.push((object, None, name));
@@ -477,8 +509,10 @@ pub async fn scan(cluster: &Cluster) -> Result<Vec<String>, ClusterError> {
 /// Whether the transfer that a replication object is named after (`shoal_move_<op>`) is still
 /// running: its process holds the operation lock.
 async fn transfer_running(cluster: &Cluster, name: &str) -> Result<bool, ClusterError> {
+    // `shoal_move_<operation>`, or `shoal_move_<operation>_<table>` for a copy's origins.
     let Some(operation_id) = name
         .strip_prefix("shoal_move_")
+        .and_then(|rest| rest.split('_').next())
         .and_then(|id| id.parse::<i64>().ok())
     else {
         return Ok(false);

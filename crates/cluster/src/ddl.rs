@@ -364,17 +364,25 @@ pub fn shard_object_name(name: &str, shard_id: i64) -> String {
 /// constraint names unique per schema (the shard id), or `None` to keep the original names.
 pub fn shard_table_ddl(def: &TableDef, target: &QualifiedName, suffix: Option<i64>) -> Vec<String> {
     let phases = shard_table_phases(def, target, suffix);
-    phases.create.into_iter().chain(phases.after_copy).collect()
+    phases
+        .create
+        .into_iter()
+        .chain(phases.identity)
+        .chain(phases.after_copy)
+        .collect()
 }
 
-/// A shard table's DDL split for a copy: what must exist before rows arrive, and what is faster
-/// to build once they are there.
+/// A shard table's DDL split for a copy: the bare table the rows are copied into, then what
+/// logical replication needs before it applies changes, then everything else. Indexes are
+/// faster to build over the copied rows than to maintain row by row during the copy.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ShardTablePhases {
-    /// Schema, table, primary key and replica identity: logical replication needs them to apply
-    /// updates and deletes.
+    /// Schema and table, without constraints or indexes.
     pub create: Vec<String>,
-    /// Every other constraint and index, built once over the copied rows.
+    /// Primary key, replica identity index and replica identity: applying an update or a
+    /// delete finds the row by them.
+    pub identity: Vec<String>,
+    /// Every other constraint and index.
     pub after_copy: Vec<String>,
 }
 
@@ -392,7 +400,7 @@ pub fn shard_table_phases(
         _ => None,
     };
     let table = target.quoted();
-    let mut create = vec![
+    let create = vec![
         format!(
             "CREATE SCHEMA IF NOT EXISTS {}",
             quote_ident(&target.schema)
@@ -402,6 +410,7 @@ pub fn shard_table_phases(
             column_definitions(&def.columns, false)
         ),
     ];
+    let mut identity = Vec::new();
     let mut after_copy = Vec::new();
     for constraint in &def.constraints {
         if constraint.kind == ConstraintKind::ForeignKey {
@@ -414,7 +423,7 @@ pub fn shard_table_phases(
         );
         if constraint.kind == ConstraintKind::PrimaryKey || identity_index == Some(&constraint.name)
         {
-            create.push(statement);
+            identity.push(statement);
         } else {
             after_copy.push(statement);
         }
@@ -427,7 +436,7 @@ pub fn shard_table_phases(
             index.method_and_keys
         );
         if identity_index == Some(&index.name) {
-            create.push(statement);
+            identity.push(statement);
         } else {
             after_copy.push(statement);
         }
@@ -435,15 +444,21 @@ pub fn shard_table_phases(
     match &def.replica_identity {
         ReplicaIdentity::Default => {}
         ReplicaIdentity::Nothing => {
-            create.push(format!("ALTER TABLE {table} REPLICA IDENTITY NOTHING"))
+            identity.push(format!("ALTER TABLE {table} REPLICA IDENTITY NOTHING"))
         }
-        ReplicaIdentity::Full => create.push(format!("ALTER TABLE {table} REPLICA IDENTITY FULL")),
-        ReplicaIdentity::Index(name) => create.push(format!(
+        ReplicaIdentity::Full => {
+            identity.push(format!("ALTER TABLE {table} REPLICA IDENTITY FULL"))
+        }
+        ReplicaIdentity::Index(name) => identity.push(format!(
             "ALTER TABLE {table} REPLICA IDENTITY USING INDEX {}",
             quote_ident(&rename(name))
         )),
     }
-    ShardTablePhases { create, after_copy }
+    ShardTablePhases {
+        create,
+        identity,
+        after_copy,
+    }
 }
 
 /// Whether logical replication can apply updates and deletes of the table: it needs a primary
@@ -601,11 +616,14 @@ mod tests {
     }
 
     #[test]
-    fn primary_key_and_replica_identity_come_before_the_copy() {
+    fn the_copy_goes_into_a_bare_table_then_identity_then_the_rest() {
         let phases = shard_table_phases(&orders(), &QualifiedName::new("public", "o_1"), Some(1));
-        assert!(phases.create.iter().any(|s| s.contains("PRIMARY KEY")));
+        assert_eq!(phases.create.len(), 2, "{:?}", phases.create);
+        assert!(phases.create[0].starts_with("CREATE SCHEMA IF NOT EXISTS"));
+        assert!(phases.create[1].starts_with("CREATE TABLE"));
+        assert!(phases.identity[0].contains("PRIMARY KEY"));
         assert!(phases
-            .create
+            .identity
             .last()
             .unwrap()
             .contains("REPLICA IDENTITY FULL"));

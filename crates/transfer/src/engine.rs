@@ -11,12 +11,13 @@ use crate::cutover::{lock_with_retry, LockMode};
 use crate::failpoint::{self, Failpoint};
 use crate::group::{find_shard, foreign_key_target, load_group, ShardGroup};
 use crate::recover::{settle_unfinished, try_group_lock, unlock_group};
+use crate::slot::{create_exporting_slot, ExportedSlot};
 use crate::status::{choose_mode, ChosenMode, Mode, Operation, Status};
 use crate::{CancelToken, Context, TransferError};
 use shoal_catalog::model::{self, CleanupObject, CleanupPolicy, Node, TableKind};
 use shoal_cluster::cleanup::{begin_operation, end_operation, run_cleanup};
 use shoal_cluster::ddl::{
-    foreign_key_ddl, has_replica_identity, shard_object_name, shard_table_phases,
+    foreign_key_ddl, has_replica_identity, shard_object_name, shard_table_phases, ShardTablePhases,
 };
 use shoal_cluster::{locks, reference, resolve_node, Cluster};
 use shoal_sql::{quote_ident, quote_literal, QualifiedName};
@@ -449,7 +450,7 @@ impl<'a> Transfer<'a> {
         format!("shoal_move_{}", self.operation_id)
     }
 
-    /// Creates the target's shard tables with what must exist before rows arrive.
+    /// Creates the target's shard tables, bare: no constraint or index slows the copy.
     async fn create_target_tables(&self, target: &Client) -> Result<(), TransferError> {
         for member in &self.group.members {
             self.record(
@@ -474,18 +475,44 @@ impl<'a> Transfer<'a> {
             .context(|| format!("creating the shard tables on {}", self.target.address()))
     }
 
-    async fn create_remaining_indexes(&self, target: &Client) -> Result<(), TransferError> {
-        for member in &self.group.members {
-            for statement in
-                shard_table_phases(&member.def, &member.shard_table, Some(member.shard_id))
-                    .after_copy
-            {
-                target
-                    .batch_execute(&statement)
+    /// One target connection per table of the group, for its copy and then its indexes (every
+    /// connection costs the server a process start).
+    async fn table_writers(&self) -> Result<Vec<Client>, TransferError> {
+        let writers = self
+            .group
+            .members
+            .iter()
+            .map(|_| self.connect(&self.target));
+        futures_util::future::try_join_all(writers).await
+    }
+
+    /// Runs one phase of the group's DDL on the target (see [`shard_table_phases`]), each table
+    /// on its own connection of `writers`, so that the tables' indexes are built at once.
+    async fn build_on_target(
+        &self,
+        writers: &[Client],
+        phase: fn(ShardTablePhases) -> Vec<String>,
+    ) -> Result<(), TransferError> {
+        let builds = self
+            .group
+            .members
+            .iter()
+            .zip(writers)
+            .map(|(member, writer)| async move {
+                let statements = phase(shard_table_phases(
+                    &member.def,
+                    &member.shard_table,
+                    Some(member.shard_id),
+                ));
+                if statements.is_empty() {
+                    return Ok(());
+                }
+                writer
+                    .batch_execute(&statements.join(";\n"))
                     .await
-                    .context(|| format!("creating constraints on {}", member.shard_table))?;
-            }
-        }
+                    .context(|| format!("creating constraints on {}", member.shard_table))
+            });
+        futures_util::future::try_join_all(builds).await?;
         Ok(())
     }
 
@@ -631,18 +658,36 @@ impl<'a> Transfer<'a> {
             .await
             .context(|| format!("creating the publication on {}", self.source.address()))?;
         self.record(
-            CleanupObject::Subscription,
-            None,
-            &name,
-            &self.target,
-            CleanupPolicy::Always,
-        )
-        .await?;
-        self.record(
             CleanupObject::ReplicationSlot,
             None,
             &name,
             &self.source,
+            CleanupPolicy::Always,
+        )
+        .await?;
+        // After the publication: decoding a change looks the publication up as of that change.
+        let slot = create_exporting_slot(
+            &self.cluster.params().with_target(
+                &self.source.host,
+                self.source.port,
+                &self.source.dbname,
+            ),
+            &self.label,
+            &name,
+        )
+        .await?;
+
+        self.set_status(Status::CopyingData, cancel).await?;
+        let writers = self.table_writers().await?;
+        self.copy_rows(&target, &writers, Some(slot), cancel)
+            .await?;
+        self.build_on_target(&writers, |phases| phases.identity)
+            .await?;
+        self.record(
+            CleanupObject::Subscription,
+            None,
+            &name,
+            &self.target,
             CleanupPolicy::Always,
         )
         .await?;
@@ -651,46 +696,22 @@ impl<'a> Transfer<'a> {
             .params()
             .with_target(&self.source.host, self.source.port, &self.source.dbname)
             .libpq_string();
+        // The slot streams what the copy's snapshot did not see; nothing is copied twice.
         target
             .batch_execute(&format!(
                 "CREATE SUBSCRIPTION {0} CONNECTION {1} PUBLICATION {0}
-                 WITH (copy_data = true, enabled = false)",
+                 WITH (create_slot = false, slot_name = {2}, copy_data = false)",
                 quote_ident(&name),
-                quote_literal(&conninfo)
+                quote_literal(&conninfo),
+                quote_literal(&name)
             ))
             .await
             .context(|| format!("creating the subscription on {}", self.target.address()))?;
-        // The table-sync slots are named after the subscription's oid, known only now, and the
-        // subscriber's system identifier: several targets' subscriptions may share an oid, and
-        // their sync slots on one source must not be taken for each other's. Recorded before
-        // the subscription starts creating them.
-        let row = target
-            .query_one(
-                "SELECT s.oid, c.system_identifier::text
-                 FROM pg_subscription s, pg_control_system() c WHERE s.subname = $1",
-                &[&name],
-            )
-            .await?;
-        let (suboid, system): (u32, String) = (row.get(0), row.get(1));
-        self.record(
-            CleanupObject::ReplicationSlot,
-            None,
-            &format!("pg\\_{suboid}\\_sync\\_%\\_{system}"),
-            &self.source,
-            CleanupPolicy::Always,
-        )
-        .await?;
-        target
-            .batch_execute(&format!("ALTER SUBSCRIPTION {} ENABLE", quote_ident(&name)))
-            .await
-            .context(|| format!("starting the subscription on {}", self.target.address()))?;
-
-        self.set_status(Status::CopyingData, cancel).await?;
-        self.wait_for_initial_copy(&target, &name, cancel).await?;
         self.set_status(Status::CatchingUp, cancel).await?;
         self.catch_up(&source, &target, &name, cancel).await?;
         self.set_status(Status::CreatingConstraints, cancel).await?;
-        self.create_remaining_indexes(&target).await?;
+        self.build_on_target(&writers, |phases| phases.after_copy)
+            .await?;
         self.measure_target(&target).await?;
         self.set_status(Status::FinalCatchup, cancel).await?;
         self.catch_up(&source, &target, &name, cancel).await?;
@@ -717,9 +738,17 @@ impl<'a> Transfer<'a> {
         lock_with_retry(self, &tx, &partitions, LockMode::Exclusive, cancel).await?;
         let blocked_at = Instant::now();
         self.set_status(Status::CopyingData, cancel).await?;
-        self.copy_rows(cancel).await?;
+        let writers = self.table_writers().await?;
+        self.copy_rows(&target, &writers, None, cancel).await?;
         self.set_status(Status::CreatingConstraints, cancel).await?;
-        self.create_remaining_indexes(&target).await?;
+        self.build_on_target(&writers, |phases| {
+            phases
+                .identity
+                .into_iter()
+                .chain(phases.after_copy)
+                .collect()
+        })
+        .await?;
         self.measure_target(&target).await?;
         self.set_status(Status::FinalCatchup, cancel).await?;
         self.cutover(&source, None, Some((tx, blocked_at)), cancel)
@@ -731,44 +760,122 @@ impl<'a> Transfer<'a> {
         self.complete().await
     }
 
-    /// Streams every table of the group from source to target with binary COPY, in parallel.
-    async fn copy_rows(&self, cancel: &CancelToken) -> Result<(), TransferError> {
-        let copies = self.group.members.iter().map(|member| async move {
+    /// Streams every table of the group from source to target with binary COPY, each on
+    /// connections of its own (`writers` on the target). With a slot, every table is read in
+    /// the snapshot it exported; the slot's connection is closed once each reader holds it.
+    ///
+    /// The target's writes carry replication origins of the transfer's own, so that change
+    /// capture on the target (`only-local`) skips the copied rows as it skips what the
+    /// subscription applies: they are not new changes, only the group arriving.
+    async fn copy_rows(
+        &self,
+        target: &Client,
+        writers: &[Client],
+        slot: Option<ExportedSlot>,
+        cancel: &CancelToken,
+    ) -> Result<(), TransferError> {
+        let origin_prefix = format!("{}_", self.replication_name());
+        self.record(
+            CleanupObject::ReplicationOrigin,
+            None,
+            &format!("{}%", origin_prefix.replace('_', "\\_")),
+            &self.target,
+            CleanupPolicy::Always,
+        )
+        .await?;
+        let readers = self.group.members.iter().map(|_| async {
             let source = self.connect(&self.source).await?;
-            let target = self.connect(&self.target).await?;
-            let table = member.shard_table.quoted();
-            let reader = source
-                .copy_out(&format!("COPY {table} TO STDOUT (FORMAT binary)"))
-                .await
-                .context(|| format!("reading {} from the source", member.shard_table))?;
-            let writer = target
-                .copy_in(&format!("COPY {table} FROM STDIN (FORMAT binary)"))
-                .await
-                .context(|| format!("writing {} to the target", member.shard_table))?;
-            pin_mut!(reader, writer);
-            let mut bytes = 0u64;
-            while let Some(chunk) = reader.next().await {
-                if cancel.is_cancelled() {
-                    return Err(TransferError::Cancelled);
-                }
-                let chunk = chunk.context(|| format!("reading {}", member.shard_table))?;
-                bytes += chunk.len() as u64;
-                writer
-                    .feed(chunk)
+            if let Some(slot) = &slot {
+                source
+                    .batch_execute(&format!(
+                        "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;
+                         SET TRANSACTION SNAPSHOT {}",
+                        quote_literal(&slot.snapshot)
+                    ))
                     .await
-                    .context(|| format!("writing {}", member.shard_table))?;
+                    .context(|| "reading in the replication slot's snapshot".to_string())?;
             }
-            writer
-                .finish()
-                .await
-                .context(|| format!("finishing the copy of {}", member.shard_table))?;
-            Ok::<u64, TransferError>(bytes)
+            Ok::<Client, TransferError>(source)
         });
-        let results = futures_util::future::join_all(copies).await;
-        for result in results {
-            result?;
+        let readers = futures_util::future::try_join_all(readers).await?;
+        if let Some(slot) = slot {
+            tracing::debug!(
+                operation = self.operation_id,
+                consistent_point = %slot.consistent_point,
+                "copying in the slot's snapshot"
+            );
+            slot.release().await;
         }
-        Ok(())
+        let copies = self
+            .group
+            .members
+            .iter()
+            .zip(readers)
+            .zip(writers)
+            .enumerate()
+            .map(|(i, ((member, source), target))| {
+                let origin = format!("{origin_prefix}{i}");
+                async move {
+                    target
+                        .execute("SELECT pg_replication_origin_create($1)", &[&origin])
+                        .await
+                        .context(|| {
+                            format!("creating replication origin {origin} on the target")
+                        })?;
+                    target
+                        .execute("SELECT pg_replication_origin_session_setup($1)", &[&origin])
+                        .await
+                        .context(|| format!("using replication origin {origin} on the target"))?;
+                    let table = member.shard_table.quoted();
+                    let reader = source
+                        .copy_out(&format!("COPY {table} TO STDOUT (FORMAT binary)"))
+                        .await
+                        .context(|| format!("reading {} from the source", member.shard_table))?;
+                    let writer = target
+                        .copy_in(&format!("COPY {table} FROM STDIN (FORMAT binary)"))
+                        .await
+                        .context(|| format!("writing {} to the target", member.shard_table))?;
+                    pin_mut!(reader, writer);
+                    while let Some(chunk) = reader.next().await {
+                        if cancel.is_cancelled() {
+                            return Err(TransferError::Cancelled);
+                        }
+                        let chunk = chunk.context(|| format!("reading {}", member.shard_table))?;
+                        writer
+                            .feed(chunk)
+                            .await
+                            .context(|| format!("writing {}", member.shard_table))?;
+                    }
+                    writer
+                        .finish()
+                        .await
+                        .context(|| format!("finishing the copy of {}", member.shard_table))?;
+                    target
+                        .execute("SELECT pg_replication_origin_session_reset()", &[])
+                        .await?;
+                    Ok::<(), TransferError>(())
+                }
+            });
+        let copies = futures_util::future::try_join_all(copies);
+        pin_mut!(copies);
+        // Progress and `shoal shard cancel` while the rows stream; dropping the copies on
+        // cancel closes their connections, which aborts both COPYs.
+        let mut ticks = 0u32;
+        loop {
+            tokio::select! {
+                result = &mut copies => {
+                    result?;
+                    return self.measure_target(target).await;
+                }
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {
+                    self.check_cancel(cancel).await?;
+                    ticks += 1;
+                    if ticks.is_multiple_of(3) {
+                        self.measure_target(target).await?;
+                    }
+                }
+            }
+        }
     }
 
     pub(crate) fn partition_names(&self) -> Vec<QualifiedName> {
@@ -837,69 +944,6 @@ impl<'a> Transfer<'a> {
                 .push(format!("left for `shoal cleanup`: {failure}"));
         }
         Ok(())
-    }
-
-    async fn wait_for_initial_copy(
-        &self,
-        target: &Client,
-        subscription: &str,
-        cancel: &CancelToken,
-    ) -> Result<(), TransferError> {
-        // Every table of the group and the marker: the copy is done only when all of them
-        // are ready, since the marker reaching the target says nothing about a table whose
-        // own copy is still running.
-        let mut names: Vec<String> = self
-            .group
-            .members
-            .iter()
-            .map(|m| m.shard_table.quoted())
-            .collect();
-        names.push(self.marker_table().quoted());
-        let tables = names.len() as i64;
-        let mut last_measure = Instant::now();
-        // A `shoal shard cancel` is seen within a fifth of a second; reading the catalog at
-        // every 20 ms poll would cost the coordinator more than the wait is worth.
-        let mut last_cancel_check: Option<Instant> = None;
-        loop {
-            if cancel.is_cancelled() {
-                return Err(TransferError::Cancelled);
-            }
-            if last_cancel_check.is_none_or(|at| at.elapsed() >= Duration::from_millis(200)) {
-                self.check_cancel(cancel).await?;
-                last_cancel_check = Some(Instant::now());
-            }
-            let row = target
-                .query_one(
-                    "SELECT count(*) FILTER (WHERE sr.srsubstate = 'r'
-                                               AND sr.srrelid = ANY ($2::text[]::regclass[])),
-                            coalesce((SELECT sync_error_count + apply_error_count
-                                      FROM pg_stat_subscription_stats st
-                                      WHERE st.subid = s.oid), 0)
-                     FROM pg_subscription s
-                     LEFT JOIN pg_subscription_rel sr ON sr.srsubid = s.oid
-                     WHERE s.subname = $1 GROUP BY s.oid",
-                    &[&subscription, &names],
-                )
-                .await
-                .context(|| format!("watching the copy on {}", self.target.address()))?;
-            let ready: i64 = row.get(0);
-            let errors: i64 = row.get(1);
-            if errors > 0 {
-                return Err(TransferError::Refused(format!(
-                    "the subscription on {} reports errors while copying; see that server's log",
-                    self.target.address()
-                )));
-            }
-            if last_measure.elapsed() > Duration::from_millis(500) {
-                self.measure_target(target).await?;
-                last_measure = Instant::now();
-            }
-            if ready >= tables {
-                self.measure_target(target).await?;
-                return Ok(());
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
     }
 
     /// The table through which a transfer knows how far the target has applied the source's
@@ -974,6 +1018,9 @@ impl<'a> Transfer<'a> {
                 let target_lsn = applied_lsn(target, subscription).await?;
                 self.record_lsns(&lsn, target_lsn.as_deref()).await?;
             }
+            if !reached && checks % 20 == 1 {
+                self.check_apply_errors(target, subscription).await?;
+            }
             if reached {
                 return Ok(());
             }
@@ -989,6 +1036,32 @@ impl<'a> Transfer<'a> {
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
+    }
+
+    /// Fails when the target's subscription reports an error: it retries the failing change
+    /// forever, so waiting longer would not help.
+    async fn check_apply_errors(
+        &self,
+        target: &Client,
+        subscription: &str,
+    ) -> Result<(), TransferError> {
+        let errors: i64 = target
+            .query_one(
+                "SELECT coalesce(sum(apply_error_count + sync_error_count), 0)::bigint
+                 FROM pg_stat_subscription_stats WHERE subname = $1",
+                &[&subscription],
+            )
+            .await
+            .context(|| format!("watching the subscription on {}", self.target.address()))?
+            .get(0);
+        if errors > 0 {
+            return Err(TransferError::Refused(format!(
+                "the subscription on {} failed to apply a change from the source; \
+                 see that server's log",
+                self.target.address()
+            )));
+        }
+        Ok(())
     }
 
     /// Copies a reference table to a node that lacks it: a replica, the node's subscription to

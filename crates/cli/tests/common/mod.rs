@@ -387,7 +387,8 @@ impl Shoal {
                 .query_one(
                     "SELECT (SELECT count(*) FROM pg_publication WHERE pubname LIKE 'shoal_move%')
                           + (SELECT count(*) FROM pg_subscription WHERE subname LIKE 'shoal_move%')
-                          + (SELECT count(*) FROM pg_replication_slots WHERE slot_name NOT LIKE 'shoal_reference%')",
+                          + (SELECT count(*) FROM pg_replication_slots WHERE slot_name NOT LIKE 'shoal_reference%')
+                          + (SELECT count(*) FROM pg_replication_origin WHERE roname LIKE 'shoal_move%')",
                     &[],
                 )
                 .await
