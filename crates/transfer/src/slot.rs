@@ -289,3 +289,120 @@ fn server_error(body: &ErrorResponseBody) -> ProtocolError {
 fn out_of_order(what: &str) -> ProtocolError {
     ProtocolError::Unsupported(format!("the server sent {what} out of order"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shoal_testkit::{TestCluster, DBNAME};
+
+    fn params(port: u16, user: &str, password: Option<&str>) -> ConnectParams {
+        let mut uri = format!("postgresql://{user}");
+        if let Some(password) = password {
+            uri.push(':');
+            uri.push_str(password);
+        }
+        uri.push_str(&format!("@127.0.0.1:{port}/{DBNAME}"));
+        ConnectParams::parse(&uri).unwrap()
+    }
+
+    /// Every authentication method the slot connection speaks, against a real server: the
+    /// slot is created, its snapshot can be imported, and a bad password or a slot that
+    /// exists already is an error that says so.
+    #[tokio::test]
+    async fn creates_a_slot_and_exports_its_snapshot_with_each_authentication_method() {
+        let pg = TestCluster::start(0).await;
+        let server = &pg.coordinator;
+        let sql = server.connect().await;
+        sql.batch_execute(
+            "SET password_encryption = 'md5';
+             CREATE ROLE slot_md5 LOGIN REPLICATION PASSWORD 'md5 secret';
+             SET password_encryption = 'scram-sha-256';
+             CREATE ROLE slot_scram LOGIN REPLICATION PASSWORD 'scram secret';
+             CREATE ROLE slot_clear LOGIN REPLICATION PASSWORD 'clear secret';",
+        )
+        .await
+        .unwrap();
+        let hba = server.data_dir.join("pg_hba.conf");
+        let rules = std::fs::read_to_string(&hba).unwrap();
+        std::fs::write(
+            &hba,
+            format!(
+                "host all slot_md5 127.0.0.1/32 md5\n\
+                 host all slot_scram 127.0.0.1/32 scram-sha-256\n\
+                 host all slot_clear 127.0.0.1/32 password\n{rules}"
+            ),
+        )
+        .unwrap();
+        sql.batch_execute("SELECT pg_reload_conf()").await.unwrap();
+
+        let logins = [
+            ("postgres", None),
+            ("slot_md5", Some("md5 secret")),
+            ("slot_scram", Some("scram secret")),
+            ("slot_clear", Some("clear secret")),
+        ];
+        for (i, (user, password)) in logins.into_iter().enumerate() {
+            let slot_name = format!("test_slot_{i}");
+            let slot =
+                create_exporting_slot(&params(server.port, user, password), "test", &slot_name)
+                    .await
+                    .unwrap_or_else(|e| panic!("{user}: {e}"));
+            let importer = server.connect().await;
+            importer
+                .batch_execute(&format!(
+                    "BEGIN ISOLATION LEVEL REPEATABLE READ; SET TRANSACTION SNAPSHOT '{}'; COMMIT",
+                    slot.snapshot
+                ))
+                .await
+                .unwrap_or_else(|e| panic!("{user}: importing the snapshot: {e}"));
+            let row = sql
+                .query_one(
+                    "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
+                    &[&slot_name],
+                )
+                .await
+                .unwrap();
+            assert_eq!(row.get::<_, String>(0), slot.consistent_point, "{user}");
+            slot.release().await;
+        }
+
+        let wrong = create_exporting_slot(
+            &params(server.port, "slot_scram", Some("not it")),
+            "test",
+            "test_slot_wrong",
+        )
+        .await
+        .err()
+        .expect("a wrong password is refused");
+        assert!(
+            wrong.to_string().contains("password authentication failed"),
+            "{wrong}"
+        );
+        let missing = create_exporting_slot(&params(server.port, "slot_md5", None), "test", "x")
+            .await
+            .err()
+            .expect("no password is refused");
+        assert!(
+            missing.to_string().contains("the connection URI has none"),
+            "{missing}"
+        );
+        let taken = create_exporting_slot(
+            &params(server.port, "postgres", None),
+            "test",
+            "test_slot_0",
+        )
+        .await
+        .err()
+        .expect("an existing slot is refused");
+        assert!(taken.to_string().contains("already exists"), "{taken}");
+        let left: i64 = sql
+            .query_one("SELECT count(*) FROM pg_replication_slots", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(left, 4, "only the slots asked for");
+        sql.batch_execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots")
+            .await
+            .unwrap();
+    }
+}
