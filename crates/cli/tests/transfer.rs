@@ -153,9 +153,9 @@ async fn a_logical_move_loses_and_duplicates_nothing_under_writes() {
 }
 
 #[tokio::test]
-async fn a_logical_move_streams_exactly_what_its_snapshot_did_not_see() {
-    // The slot and its snapshot exist when the move reaches "Copying Data"; every write made
-    // during the pause is after the snapshot, and must arrive through the subscription, once.
+async fn a_logical_move_held_while_copying_loses_and_duplicates_nothing() {
+    // Writes go on for a second and a half while the move is at "Copying Data": each must
+    // reach the target once, whether the initial copy saw it or the stream brought it.
     move_under_writes("force_logical", "pause:Copying Data:1500").await;
 }
 

@@ -11,7 +11,6 @@ use crate::cutover::{lock_with_retry, LockMode};
 use crate::failpoint::{self, Failpoint};
 use crate::group::{find_shard, foreign_key_target, load_group, ShardGroup};
 use crate::recover::{settle_unfinished, try_group_lock, unlock_group};
-use crate::slot::{create_exporting_slot, ExportedSlot};
 use crate::status::{choose_mode, ChosenMode, Mode, Operation, Status};
 use crate::{CancelToken, Context, TransferError};
 use shoal_catalog::model::{self, CleanupObject, CleanupPolicy, Node, TableKind};
@@ -450,8 +449,14 @@ impl<'a> Transfer<'a> {
         format!("shoal_move_{}", self.operation_id)
     }
 
-    /// Creates the target's shard tables, bare: no constraint or index slows the copy.
-    async fn create_target_tables(&self, target: &Client) -> Result<(), TransferError> {
+    /// Creates the target's shard tables, with their primary key and replica identity when
+    /// `with_identity` (a subscription's initial copy applies changes by them), else bare (the
+    /// indexes are built once over the copied rows).
+    async fn create_target_tables(
+        &self,
+        target: &Client,
+        with_identity: bool,
+    ) -> Result<(), TransferError> {
         for member in &self.group.members {
             self.record(
                 CleanupObject::ShardTable,
@@ -464,9 +469,12 @@ impl<'a> Transfer<'a> {
         }
         let mut ddl = vec!["BEGIN".to_string()];
         for member in &self.group.members {
-            ddl.extend(
-                shard_table_phases(&member.def, &member.shard_table, Some(member.shard_id)).create,
-            );
+            let phases =
+                shard_table_phases(&member.def, &member.shard_table, Some(member.shard_id));
+            ddl.extend(phases.create);
+            if with_identity {
+                ddl.extend(phases.identity);
+            }
         }
         ddl.push("COMMIT".to_string());
         target
@@ -614,7 +622,7 @@ impl<'a> Transfer<'a> {
         let source = self.connect(&self.source).await?;
         let target = self.connect(&self.target).await?;
         self.measure_source(&source).await?;
-        self.create_target_tables(&target).await?;
+        self.create_target_tables(&target, true).await?;
         let name = self.replication_name();
         let marker = self.marker_table();
         for (node, client) in [(&self.source, &source), (&self.target, &target)] {
@@ -658,36 +666,18 @@ impl<'a> Transfer<'a> {
             .await
             .context(|| format!("creating the publication on {}", self.source.address()))?;
         self.record(
-            CleanupObject::ReplicationSlot,
-            None,
-            &name,
-            &self.source,
-            CleanupPolicy::Always,
-        )
-        .await?;
-        // After the publication: decoding a change looks the publication up as of that change.
-        let slot = create_exporting_slot(
-            &self.cluster.params().with_target(
-                &self.source.host,
-                self.source.port,
-                &self.source.dbname,
-            ),
-            &self.label,
-            &name,
-        )
-        .await?;
-
-        self.set_status(Status::CopyingData, cancel).await?;
-        let writers = self.table_writers().await?;
-        self.copy_rows(&target, &writers, Some(slot), cancel)
-            .await?;
-        self.build_on_target(&writers, |phases| phases.identity)
-            .await?;
-        self.record(
             CleanupObject::Subscription,
             None,
             &name,
             &self.target,
+            CleanupPolicy::Always,
+        )
+        .await?;
+        self.record(
+            CleanupObject::ReplicationSlot,
+            None,
+            &name,
+            &self.source,
             CleanupPolicy::Always,
         )
         .await?;
@@ -696,20 +686,46 @@ impl<'a> Transfer<'a> {
             .params()
             .with_target(&self.source.host, self.source.port, &self.source.dbname)
             .libpq_string();
-        // The slot streams what the copy's snapshot did not see; nothing is copied twice.
         target
             .batch_execute(&format!(
                 "CREATE SUBSCRIPTION {0} CONNECTION {1} PUBLICATION {0}
-                 WITH (create_slot = false, slot_name = {2}, copy_data = false)",
+                 WITH (copy_data = true, enabled = false)",
                 quote_ident(&name),
-                quote_literal(&conninfo),
-                quote_literal(&name)
+                quote_literal(&conninfo)
             ))
             .await
             .context(|| format!("creating the subscription on {}", self.target.address()))?;
+        // The table-sync slots are named after the subscription's oid, known only now, and the
+        // subscriber's system identifier: several targets' subscriptions may share an oid, and
+        // their sync slots on one source must not be taken for each other's. Recorded before
+        // the subscription starts creating them.
+        let row = target
+            .query_one(
+                "SELECT s.oid, c.system_identifier::text
+                 FROM pg_subscription s, pg_control_system() c WHERE s.subname = $1",
+                &[&name],
+            )
+            .await?;
+        let (suboid, system): (u32, String) = (row.get(0), row.get(1));
+        self.record(
+            CleanupObject::ReplicationSlot,
+            None,
+            &format!("pg\\_{suboid}\\_sync\\_%\\_{system}"),
+            &self.source,
+            CleanupPolicy::Always,
+        )
+        .await?;
+        target
+            .batch_execute(&format!("ALTER SUBSCRIPTION {} ENABLE", quote_ident(&name)))
+            .await
+            .context(|| format!("starting the subscription on {}", self.target.address()))?;
+
+        self.set_status(Status::CopyingData, cancel).await?;
+        self.wait_for_initial_copy(&target, &name, cancel).await?;
         self.set_status(Status::CatchingUp, cancel).await?;
         self.catch_up(&source, &target, &name, cancel).await?;
         self.set_status(Status::CreatingConstraints, cancel).await?;
+        let writers = self.table_writers().await?;
         self.build_on_target(&writers, |phases| phases.after_copy)
             .await?;
         self.measure_target(&target).await?;
@@ -730,7 +746,7 @@ impl<'a> Transfer<'a> {
         let source = self.connect(&self.source).await?;
         let target = self.connect(&self.target).await?;
         self.measure_source(&source).await?;
-        self.create_target_tables(&target).await?;
+        self.create_target_tables(&target, false).await?;
         let mut coordinator = self.cluster.coordinator(&self.label).await?;
         let tx = coordinator.transaction().await?;
         // Writes wait from here; reads go on until the switch.
@@ -739,7 +755,7 @@ impl<'a> Transfer<'a> {
         let blocked_at = Instant::now();
         self.set_status(Status::CopyingData, cancel).await?;
         let writers = self.table_writers().await?;
-        self.copy_rows(&target, &writers, None, cancel).await?;
+        self.copy_rows(&target, &writers, cancel).await?;
         self.set_status(Status::CreatingConstraints, cancel).await?;
         self.build_on_target(&writers, |phases| {
             phases
@@ -761,8 +777,7 @@ impl<'a> Transfer<'a> {
     }
 
     /// Streams every table of the group from source to target with binary COPY, each on
-    /// connections of its own (`writers` on the target). With a slot, every table is read in
-    /// the snapshot it exported; the slot's connection is closed once each reader holds it.
+    /// connections of its own (`writers` on the target).
     ///
     /// The target's writes carry replication origins of the transfer's own, so that change
     /// capture on the target (`only-local`) skips the copied rows as it skips what the
@@ -771,7 +786,6 @@ impl<'a> Transfer<'a> {
         &self,
         target: &Client,
         writers: &[Client],
-        slot: Option<ExportedSlot>,
         cancel: &CancelToken,
     ) -> Result<(), TransferError> {
         let origin_prefix = format!("{}_", self.replication_name());
@@ -783,29 +797,12 @@ impl<'a> Transfer<'a> {
             CleanupPolicy::Always,
         )
         .await?;
-        let readers = self.group.members.iter().map(|_| async {
-            let source = self.connect(&self.source).await?;
-            if let Some(slot) = &slot {
-                source
-                    .batch_execute(&format!(
-                        "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;
-                         SET TRANSACTION SNAPSHOT {}",
-                        quote_literal(&slot.snapshot)
-                    ))
-                    .await
-                    .context(|| "reading in the replication slot's snapshot".to_string())?;
-            }
-            Ok::<Client, TransferError>(source)
-        });
+        let readers = self
+            .group
+            .members
+            .iter()
+            .map(|_| self.connect(&self.source));
         let readers = futures_util::future::try_join_all(readers).await?;
-        if let Some(slot) = slot {
-            tracing::debug!(
-                operation = self.operation_id,
-                consistent_point = %slot.consistent_point,
-                "copying in the slot's snapshot"
-            );
-            slot.release().await;
-        }
         let copies = self
             .group
             .members
@@ -944,6 +941,69 @@ impl<'a> Transfer<'a> {
                 .push(format!("left for `shoal cleanup`: {failure}"));
         }
         Ok(())
+    }
+
+    async fn wait_for_initial_copy(
+        &self,
+        target: &Client,
+        subscription: &str,
+        cancel: &CancelToken,
+    ) -> Result<(), TransferError> {
+        // Every table of the group and the marker: the copy is done only when all of them
+        // are ready, since the marker reaching the target says nothing about a table whose
+        // own copy is still running.
+        let mut names: Vec<String> = self
+            .group
+            .members
+            .iter()
+            .map(|m| m.shard_table.quoted())
+            .collect();
+        names.push(self.marker_table().quoted());
+        let tables = names.len() as i64;
+        let mut last_measure = Instant::now();
+        // A `shoal shard cancel` is seen within a fifth of a second; reading the catalog at
+        // every 20 ms poll would cost the coordinator more than the wait is worth.
+        let mut last_cancel_check: Option<Instant> = None;
+        loop {
+            if cancel.is_cancelled() {
+                return Err(TransferError::Cancelled);
+            }
+            if last_cancel_check.is_none_or(|at| at.elapsed() >= Duration::from_millis(200)) {
+                self.check_cancel(cancel).await?;
+                last_cancel_check = Some(Instant::now());
+            }
+            let row = target
+                .query_one(
+                    "SELECT count(*) FILTER (WHERE sr.srsubstate = 'r'
+                                               AND sr.srrelid = ANY ($2::text[]::regclass[])),
+                            coalesce((SELECT sync_error_count + apply_error_count
+                                      FROM pg_stat_subscription_stats st
+                                      WHERE st.subid = s.oid), 0)
+                     FROM pg_subscription s
+                     LEFT JOIN pg_subscription_rel sr ON sr.srsubid = s.oid
+                     WHERE s.subname = $1 GROUP BY s.oid",
+                    &[&subscription, &names],
+                )
+                .await
+                .context(|| format!("watching the copy on {}", self.target.address()))?;
+            let ready: i64 = row.get(0);
+            let errors: i64 = row.get(1);
+            if errors > 0 {
+                return Err(TransferError::Refused(format!(
+                    "the subscription on {} reports errors while copying; see that server's log",
+                    self.target.address()
+                )));
+            }
+            if last_measure.elapsed() > Duration::from_millis(500) {
+                self.measure_target(target).await?;
+                last_measure = Instant::now();
+            }
+            if ready >= tables {
+                self.measure_target(target).await?;
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// The table through which a transfer knows how far the target has applied the source's

@@ -30,7 +30,6 @@ mod engine;
 pub mod failpoint;
 mod group;
 mod recover;
-mod slot;
 mod status;
 
 pub use engine::{request_cancel, Transfer, TransferReport, TransferRequest, Tuning};
