@@ -97,24 +97,6 @@ pub async fn run(rate: u32, mb: u64, moves: usize) -> anyhow::Result<()> {
         .context("starting pgbench")?;
 
     tokio::time::sleep(Duration::from_secs(4)).await;
-    let mut pollers = vec![];
-    for srv in std::iter::once(&pg.coordinator).chain(pg.workers.iter()) {
-        let c = srv.connect().await;
-        let name = srv.name.clone();
-        pollers.push(tokio::spawn(async move {
-            loop {
-                let rows = c.query("SELECT pid, wait_event_type, wait_event, left(query, 60), application_name FROM pg_stat_activity WHERE state = 'active' AND wait_event IS NOT NULL AND backend_type = 'client backend' AND pid <> pg_backend_pid()", &[]).await.unwrap();
-                for r in rows {
-                    let q: String = r.get(3);
-                    let app: String = r.get(4);
-                    let et: Option<String> = r.get(1);
-                    if et.as_deref() == Some("Client") { continue; }
-                    eprintln!("WAIT {} {name} {:?} {:?} {:?} [{app}] {q}", now_us(), r.get::<_, i32>(0), et, r.get::<_, Option<String>>(2));
-                }
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            }
-        }));
-    }
     let mut windows = Vec::new();
     let mut blocked = Vec::new();
     let mut at = node;
@@ -232,18 +214,6 @@ fn read_log(
         let start = end - latency_us;
         let ms = latency_us as f64 / 1000.0;
         if windows.iter().any(|(s, e)| start <= *e && end >= *s) {
-            if ms > 8.0 {
-                let w = windows
-                    .iter()
-                    .find(|(s, e)| start <= *e && end >= *s)
-                    .unwrap();
-                eprintln!(
-                    "SLOW {ms:.1} ms start {} end {} (+{} us into move)",
-                    start,
-                    end,
-                    start - w.0
-                );
-            }
             during.push(ms);
         } else if end < first_move {
             before.push(ms);
