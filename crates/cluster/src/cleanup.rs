@@ -294,7 +294,9 @@ async fn drop_object(client: &Client, record: &CleanupRecord) -> Result<(), toki
 /// Drops the replication origins whose names match `pattern`. An origin is held by the
 /// session that copies under it and released when that session ends: a busy one is retried.
 async fn drop_origins(client: &Client, pattern: &str) -> Result<(), tokio_postgres::Error> {
-    for _ in 0..50 {
+    // About five seconds of retries, then the error.
+    const ATTEMPTS: u32 = 51;
+    for attempt in 1.. {
         let dropped = client
             .execute(
                 "SELECT pg_replication_origin_drop(roname) FROM pg_replication_origin
@@ -302,19 +304,13 @@ async fn drop_origins(client: &Client, pattern: &str) -> Result<(), tokio_postgr
                 &[&pattern],
             )
             .await;
-        if dropped.is_ok() {
-            return Ok(());
+        match dropped {
+            Ok(_) => break,
+            Err(error) if attempt >= ATTEMPTS => return Err(error),
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
         }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    client
-        .execute(
-            "SELECT pg_replication_origin_drop(roname) FROM pg_replication_origin
-             WHERE roname LIKE $1",
-            &[&pattern],
-        )
-        .await
-        .map(|_| ())
+    Ok(())
 }
 
 /// Drops a subscription. `DROP SUBSCRIPTION` also drops its slots on the publisher; when the

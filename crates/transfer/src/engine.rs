@@ -810,16 +810,16 @@ impl<'a> Transfer<'a> {
             .zip(readers)
             .zip(writers)
             .enumerate()
-            .map(|(i, ((member, source), target))| {
+            .map(|(i, ((member, source), writer))| {
                 let origin = format!("{origin_prefix}{i}");
                 async move {
-                    target
+                    writer
                         .execute("SELECT pg_replication_origin_create($1)", &[&origin])
                         .await
                         .context(|| {
                             format!("creating replication origin {origin} on the target")
                         })?;
-                    target
+                    writer
                         .execute("SELECT pg_replication_origin_session_setup($1)", &[&origin])
                         .await
                         .context(|| format!("using replication origin {origin} on the target"))?;
@@ -828,26 +828,24 @@ impl<'a> Transfer<'a> {
                         .copy_out(&format!("COPY {table} TO STDOUT (FORMAT binary)"))
                         .await
                         .context(|| format!("reading {} from the source", member.shard_table))?;
-                    let writer = target
+                    let sink = writer
                         .copy_in(&format!("COPY {table} FROM STDIN (FORMAT binary)"))
                         .await
                         .context(|| format!("writing {} to the target", member.shard_table))?;
-                    pin_mut!(reader, writer);
+                    pin_mut!(reader, sink);
                     while let Some(chunk) = reader.next().await {
                         if cancel.is_cancelled() {
                             return Err(TransferError::Cancelled);
                         }
                         let chunk = chunk.context(|| format!("reading {}", member.shard_table))?;
-                        writer
-                            .feed(chunk)
+                        sink.feed(chunk)
                             .await
                             .context(|| format!("writing {}", member.shard_table))?;
                     }
-                    writer
-                        .finish()
+                    sink.finish()
                         .await
                         .context(|| format!("finishing the copy of {}", member.shard_table))?;
-                    target
+                    writer
                         .execute("SELECT pg_replication_origin_session_reset()", &[])
                         .await?;
                     Ok::<(), TransferError>(())
@@ -856,7 +854,7 @@ impl<'a> Transfer<'a> {
         let copies = futures_util::future::try_join_all(copies);
         pin_mut!(copies);
         // Progress and `shoal shard cancel` while the rows stream; dropping the copies on
-        // cancel closes their connections, which aborts both COPYs.
+        // cancel closes the readers' connections and fails the unfinished COPYs into the target.
         let mut ticks = 0u32;
         loop {
             tokio::select! {
