@@ -15,8 +15,7 @@ use shoal_transfer::{CancelToken, Mode, Operation, Transfer, TransferRequest, Tu
 
 pub async fn shoal_on(pg: &TestCluster) -> anyhow::Result<Cluster> {
     let params = ConnectParams::parse(&pg.coordinator_uri())?;
-    let mut client = shoal_catalog::connect(&params, "bench").await?;
-    shoal_catalog::init(&mut client).await?;
+    shoal_cluster::init_cluster(&params, "bench").await?;
     let cluster = Cluster::connect(params).await?;
     for worker in &pg.workers {
         let address = worker.host_port();

@@ -101,6 +101,9 @@ impl ConnectParams {
             .dbname(&self.dbname)
             .user(&self.user)
             .application_name(application_name)
+            // Shoal's own DDL (building and repointing shards) is not DDL to propagate: the
+            // coordinator's event triggers leave these sessions alone.
+            .options("-c shoal.manage_ddl=off")
             .connect_timeout(Duration::from_secs(10));
         if let Some(password) = &self.password {
             config.password(password);

@@ -28,3 +28,33 @@ pub enum CatalogError {
     #[error("{0}")]
     Postgres(#[from] tokio_postgres::Error),
 }
+
+/// The server's own words for an error (message, detail and hint), which tokio-postgres's
+/// `Display` leaves out.
+pub fn pg_message(error: &tokio_postgres::Error) -> String {
+    match error.as_db_error() {
+        Some(db) => {
+            let mut text = db.message().to_string();
+            if let Some(detail) = db.detail() {
+                text.push_str(" (");
+                text.push_str(detail);
+                text.push(')');
+            }
+            if let Some(hint) = db.hint() {
+                text.push_str("; hint: ");
+                text.push_str(hint);
+            }
+            text
+        }
+        None => {
+            let mut text = error.to_string();
+            let mut source = std::error::Error::source(error);
+            while let Some(inner) = source {
+                text.push_str(": ");
+                text.push_str(&inner.to_string());
+                source = inner.source();
+            }
+            text
+        }
+    }
+}

@@ -11,5 +11,5 @@ mod migrate;
 pub mod model;
 
 pub use conn::{connect, ConnectParams};
-pub use error::CatalogError;
+pub use error::{pg_message, CatalogError};
 pub use migrate::{check_version, init, InitReport, LATEST_VERSION};

@@ -28,6 +28,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "replication origins",
         include_str!("../migrations/0006_replication_origins.sql"),
     ),
+    (
+        "ddl propagation",
+        include_str!("../migrations/0007_ddl_propagation.sql"),
+    ),
 ];
 
 pub const LATEST_VERSION: i32 = MIGRATIONS.len() as i32;

@@ -294,6 +294,14 @@ pub enum TableCommand {
     Reference { table: String },
     /// List distributed and reference tables
     List(JsonFlag),
+    /// Compare every shard and replica (and the coordinator's table) with the catalog's record
+    /// of the table; exits 1 when something differs or a node cannot be read
+    Check {
+        /// Only this table (default: every distributed and reference table)
+        table: Option<String>,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -92,8 +92,7 @@ pub async fn connect(uri: &str) -> anyhow::Result<Cluster> {
 
 pub async fn init(uri: &str) -> anyhow::Result<()> {
     let params = ConnectParams::parse(uri)?;
-    let mut client = shoal_catalog::connect(&params, "shoal init").await?;
-    let report = shoal_catalog::init(&mut client).await?;
+    let report = shoal_cluster::init_cluster(&params, "shoal init").await?;
     if report.from_version == report.to_version {
         println!("catalog is up to date (version {})", report.to_version);
     } else {
@@ -102,7 +101,22 @@ pub async fn init(uri: &str) -> anyhow::Result<()> {
             report.from_version, report.to_version
         );
     }
+    print_ddl_readiness(&report);
     Ok(())
+}
+
+/// What `init` could not set up for DDL propagation, and what to do about it.
+fn print_ddl_readiness(report: &shoal_cluster::ClusterInit) {
+    if let Some(reason) = &report.ddl_triggers_refused {
+        eprintln!(
+            "warning: DDL on distributed tables is not propagated: the event triggers could not              be created ({reason}); run `shoal init` as a superuser (or the service's admin              role); until then change distributed tables only with `shoal` commands"
+        );
+    }
+    for (address, reason) in &report.unprepared_nodes {
+        eprintln!(
+            "warning: node {address} is not prepared for DDL ({reason}); DDL on its shards is              refused until `shoal init` runs again with it reachable"
+        );
+    }
 }
 
 /// Initialises the catalog of a local cluster and registers the workers not registered yet.
@@ -111,8 +125,8 @@ pub async fn register_local_workers(
     workers: &[(String, u16)],
 ) -> anyhow::Result<Cluster> {
     let params = ConnectParams::parse(uri)?;
-    let mut client = shoal_catalog::connect(&params, "shoal local").await?;
-    shoal_catalog::init(&mut client).await?;
+    let report = shoal_cluster::init_cluster(&params, "shoal local").await?;
+    print_ddl_readiness(&report);
     let cluster = Cluster::connect(params).await?;
     let known = model::list_nodes(cluster.client()).await?;
     for (host, port) in workers {
@@ -368,6 +382,30 @@ async fn table(cluster: &Cluster, command: TableCommand) -> anyhow::Result<()> {
                 "{table} is a reference table, replicated to {} node(s)",
                 nodes.len()
             );
+        }
+        TableCommand::Check { table, json } => {
+            let checks = shoal_cluster::check::check_tables(cluster, table.as_deref()).await?;
+            let clean = checks.iter().all(|c| c.is_clean());
+            if json.json {
+                print_json(&checks)?;
+            } else {
+                for check in &checks {
+                    if check.is_clean() {
+                        println!("{}: every shard matches the catalog", check.table);
+                    }
+                    for (place, difference) in &check.differences {
+                        println!("{}: {place}: {difference}", check.table);
+                    }
+                    for (place, reason) in &check.unchecked {
+                        println!("{}: {place}: not checked ({reason})", check.table);
+                    }
+                }
+            }
+            if !clean {
+                anyhow::bail!(
+                    "some shards differ from the catalog's record or could not be read (listed above)"
+                );
+            }
         }
         TableCommand::List(json) => {
             // Measure shard sizes on the nodes first, so the sizes listed are current.

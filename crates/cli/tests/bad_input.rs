@@ -46,7 +46,16 @@ async fn bad_input_fails_cleanly_and_changes_nothing() {
         ),
         (
             vec!["table", "distribute", "orders", "--column", "nosuch"],
-            vec!["no column nosuch", "id, customer_id"],
+            vec!["no column \"nosuch\"", "\"id\", \"customer_id\""],
+        ),
+        (
+            // SQL rules: an unquoted name folds to lower case; quotes keep it exact.
+            vec!["table", "distribute", "orders", "--column", "\"ID\""],
+            vec!["no column \"ID\"", "quote one with capitals"],
+        ),
+        (
+            vec!["table", "distribute", "orders", "--column", "a.b"],
+            vec!["a.b is not a column name"],
         ),
         (
             vec!["table", "distribute", "items", "--column", "id"],

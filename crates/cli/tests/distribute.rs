@@ -484,7 +484,7 @@ async fn awkward_identifiers_work_everywhere() {
             "distribute",
             table,
             "--column",
-            "Kunden Nr",
+            "\"Kunden Nr\"",
             "--shards",
             "4",
         ])

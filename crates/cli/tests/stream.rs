@@ -541,7 +541,7 @@ async fn awkward_names_and_types_come_back_exact() {
             "distribute",
             r#""my schema"."Order ""Items""""#,
             "--column",
-            "Item ID",
+            r#""Item ID""#,
             "--shards",
             "4",
         ])

@@ -11,17 +11,17 @@ use serde::Serialize;
 use tokio_postgres::{GenericClient, Transaction};
 
 use crate::cleanup::{begin_operation, end_operation, run_cleanup};
-use crate::ddl::{
-    foreign_key_ddl, introspect, restore_ddl, shard_table_ddl, ConstraintKind, TableDef,
-};
 use crate::error::{ClusterError, PgContext};
 use crate::layout;
 use crate::locks;
 use crate::placement::{place_in_group, place_new_group};
 use crate::reference;
-use crate::resolve::resolve_relation;
+use crate::resolve::{resolve_column_name, resolve_relation};
 use crate::Cluster;
 use shoal_catalog::model::{self, CleanupObject, CleanupPolicy, ColocationGroup, Node, TableKind};
+use shoal_ddl::definition::{
+    foreign_key_ddl, introspect, restore_ddl, shard_table_ddl, ConstraintKind, TableDef,
+};
 use shoal_sql::{derived_name, quote_ident, QualifiedName};
 
 pub const DEFAULT_SHARD_COUNT: i32 = 32;
@@ -108,15 +108,17 @@ pub async fn distribute_table(
     // Readers and writers wait from here until the distributed table replaces this one.
     lock_table(&tx, &relation.name).await?;
     let def = introspect(&tx, relation.relid).await?;
+    let column = resolve_column_name(&tx, column).await?;
+    let column = column.as_str();
     let dist_column = def
         .column(column)
         .ok_or_else(|| ClusterError::UnknownColumn {
             table: def.name.to_string(),
-            column: column.to_string(),
+            column: quote_ident(column),
             available: def
                 .columns
                 .iter()
-                .map(|c| c.name.clone())
+                .map(|c| quote_ident(&c.name))
                 .collect::<Vec<_>>()
                 .join(", "),
         })?;
@@ -168,6 +170,11 @@ pub async fn distribute_table(
             swap_in_partitioned(&tx, &def, column, shard_count, &shards, &nodes).await?;
         let rows_moved = copy_rows(&tx, &def.name, &new_parent_name(&def)).await?;
         replace_table(&tx, &def, &new_parent_name(&def)).await?;
+        for statement in layout::coordinator_index_ddl(&def, &def.name) {
+            tx.batch_execute(&statement)
+                .await
+                .context(|| format!("creating {statement} on the coordinator"))?;
+        }
         let group = if group_is_new {
             model::insert_group(
                 &tx,
@@ -187,7 +194,7 @@ pub async fn distribute_table(
             TableKind::Hash,
             Some(column),
             group.colocation_id,
-            &serde_json::to_value(&def).expect("table definitions serialise"),
+            &serde_json::to_value(def.numbered_as_copy()).expect("table definitions serialise"),
         )
         .await?;
         for shard in &shards {

@@ -1,5 +1,6 @@
 use thiserror::Error;
 
+pub use shoal_catalog::pg_message;
 use shoal_catalog::CatalogError;
 
 /// Errors of cluster operations. Each message names the problem and what to do next, and each
@@ -8,7 +9,10 @@ use shoal_catalog::CatalogError;
 pub enum ClusterError {
     #[error("table {0} does not exist; check the name (quote it as in SQL if it has capitals or spaces)")]
     UnknownTable(String),
-    #[error("table {table} has no column {column}; its columns are: {available}")]
+    #[error(
+        "table {table} has no column {column}; its columns are: {available} (column names follow \
+         SQL rules: quote one with capitals or spaces, e.g. '\"Id\"')"
+    )]
     UnknownColumn {
         table: String,
         column: String,
@@ -16,6 +20,8 @@ pub enum ClusterError {
     },
     #[error("schema {0} does not exist; check the name (quote it as in SQL if it has capitals or spaces)")]
     UnknownSchema(String),
+    #[error("{0} is not a column name; give one name, quoted as in SQL if it has capitals or spaces (e.g. '\"Id\"')")]
+    BadColumnName(String),
     #[error("no node {0} is registered; see `shoal node list`")]
     UnknownNode(String),
     #[error("table {table} is already distributed ({kind}); run `shoal table undistribute {table}` first to change it")]
@@ -54,6 +60,8 @@ pub enum ClusterError {
     BadAddress(String),
     #[error("{0}")]
     Unsupported(String),
+    #[error(transparent)]
+    Ddl(#[from] shoal_ddl::DdlError),
     #[error("{0}")]
     Catalog(#[from] CatalogError),
     #[error("{context}: {message}")]
@@ -65,36 +73,6 @@ impl From<tokio_postgres::Error> for ClusterError {
         ClusterError::Postgres {
             context: "query failed".into(),
             message: pg_message(&error),
-        }
-    }
-}
-
-/// The server's own words for an error (message, detail and hint), which tokio-postgres's
-/// `Display` leaves out.
-pub fn pg_message(error: &tokio_postgres::Error) -> String {
-    match error.as_db_error() {
-        Some(db) => {
-            let mut text = db.message().to_string();
-            if let Some(detail) = db.detail() {
-                text.push_str(" (");
-                text.push_str(detail);
-                text.push(')');
-            }
-            if let Some(hint) = db.hint() {
-                text.push_str("; hint: ");
-                text.push_str(hint);
-            }
-            text
-        }
-        None => {
-            let mut text = error.to_string();
-            let mut source = std::error::Error::source(error);
-            while let Some(inner) = source {
-                text.push_str(": ");
-                text.push_str(&inner.to_string());
-                source = inner.source();
-            }
-            text
         }
     }
 }

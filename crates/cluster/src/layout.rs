@@ -13,6 +13,7 @@
 //! new node, all without touching the distributed table's own lock. A distributed schema's table
 //! has the same shape with the table itself as the middle level.
 
+use shoal_ddl::definition::TableDef;
 use shoal_sql::{derived_name, quote_ident, quote_literal, QualifiedName};
 
 /// The coordinator's partitioned table of one shard (the middle level).
@@ -64,9 +65,52 @@ pub fn placement_ddl(
     )
 }
 
+/// The plain indexes of a table, on its coordinator relation: partitioned indexes that hold no
+/// entries (the foreign partitions are skipped), there so that `DROP INDEX`, `ALTER INDEX` and
+/// tools reading the catalogs find them under their own names. Unique ones cannot exist over
+/// foreign partitions; they live on the shards only.
+pub fn coordinator_index_ddl(def: &TableDef, table: &QualifiedName) -> Vec<String> {
+    def.indexes
+        .iter()
+        .filter(|index| !index.unique)
+        .map(|index| {
+            format!(
+                "CREATE INDEX {} ON {} USING {}",
+                quote_ident(&index.name),
+                table.quoted(),
+                index.method_and_keys
+            )
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use shoal_ddl::definition::IndexDef;
+
+    #[test]
+    fn only_plain_indexes_go_to_the_coordinator() {
+        let index = |name: &str, unique| IndexDef {
+            name: name.into(),
+            unique,
+            key_columns: vec!["k".into()],
+            method_and_keys: "btree (k)".into(),
+        };
+        let def = TableDef {
+            relid: 1,
+            name: QualifiedName::new("public", "t"),
+            relkind: "r".into(),
+            columns: Vec::new(),
+            constraints: Vec::new(),
+            indexes: vec![index("by k", false), index("one k", true)],
+            replica_identity: shoal_ddl::definition::ReplicaIdentity::Default,
+        };
+        assert_eq!(
+            coordinator_index_ddl(&def, &QualifiedName::new("my s", "T")),
+            vec![r#"CREATE INDEX "by k" ON "my s"."T" USING btree (k)"#.to_string()]
+        );
+    }
 
     #[test]
     fn a_hash_shard_is_a_partitioned_table_with_one_foreign_partition() {

@@ -15,10 +15,11 @@ use tokio_postgres::Client;
 use shoal_catalog::{check_version, connect, ConnectParams};
 
 pub mod capture;
+pub mod check;
 pub mod cleanup;
-pub mod ddl;
 pub mod distribute;
 mod error;
+mod init;
 pub mod inspect;
 pub mod layout;
 pub mod locks;
@@ -30,6 +31,7 @@ mod schema;
 
 pub use distribute::{distribute_table, undistribute_table, Colocate, DistributeReport};
 pub use error::{pg_message, ClusterError};
+pub use init::{init_cluster, ClusterInit};
 pub use reference::reference_table;
 pub use resolve::{resolve_node, NodeRef};
 pub use schema::{distribute_schema, sync_schema, SchemaReport};

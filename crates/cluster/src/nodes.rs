@@ -82,6 +82,7 @@ pub async fn add_node(cluster: &Cluster, request: &AddNode<'_>) -> Result<Node, 
     tx.batch_execute(&fdw_server_ddl(&node, cluster.params().password()))
         .await
         .context(|| format!("creating the foreign server for {address}"))?;
+    shoal_ddl::install_node(&node_client, &tx, &node).await?;
     tx.commit()
         .await
         .context(|| "registering the node".to_string())?;

@@ -7,11 +7,13 @@ use std::time::{Duration, Instant};
 use tokio_postgres::Client;
 
 use crate::cleanup::{begin_operation, end_operation, run_cleanup};
-use crate::ddl::{foreign_key_ddl, has_replica_identity, introspect, shard_table_ddl, TableDef};
 use crate::error::{ClusterError, PgContext};
 use crate::resolve::resolve_relation;
 use crate::Cluster;
 use shoal_catalog::model::{self, CleanupObject, CleanupPolicy, Node, TableKind};
+use shoal_ddl::definition::{
+    foreign_key_ddl, has_replica_identity, introspect, shard_table_ddl, TableDef,
+};
 use shoal_sql::{quote_ident, quote_literal, QualifiedName};
 
 pub const PUBLICATION: &str = "shoal_reference";

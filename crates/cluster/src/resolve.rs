@@ -94,6 +94,24 @@ pub async fn resolve_relation(
     }
 }
 
+/// A column name as SQL reads it: `Id` is `id`, `"Id"` is `Id` (PostgreSQL's own `parse_ident`
+/// decides, so quoting rules are exactly SQL's).
+pub async fn resolve_column_name(
+    client: &impl GenericClient,
+    text: &str,
+) -> Result<String, ClusterError> {
+    let parts: Result<Vec<String>, _> = client
+        .query_one("SELECT pg_catalog.parse_ident($1)::text[]", &[&text])
+        .await
+        .map(|row| row.get(0));
+    match parts {
+        Ok(parts) if parts.len() == 1 => Ok(parts.into_iter().next().expect("one part")),
+        Ok(_) => Err(ClusterError::BadColumnName(text.to_string())),
+        Err(e) if e.as_db_error().is_some() => Err(ClusterError::BadColumnName(text.to_string())),
+        Err(e) => Err(e).context(|| format!("reading column name {text}")),
+    }
+}
+
 /// A schema by its SQL name; returns its oid and exact name.
 pub async fn resolve_schema(
     client: &impl GenericClient,

@@ -8,7 +8,6 @@ use serde::Serialize;
 use tokio_postgres::Transaction;
 
 use crate::cleanup::begin_operation;
-use crate::ddl::{foreign_key_ddl, introspect, shard_table_ddl, ConstraintKind, TableDef};
 use crate::distribute::{
     check_hashable, check_supported_columns, copy_rows, move_owned_sequences, settle,
 };
@@ -18,6 +17,9 @@ use crate::placement::least_loaded;
 use crate::resolve::resolve_schema;
 use crate::Cluster;
 use shoal_catalog::model::{self, CleanupObject, CleanupPolicy, Node, TableKind};
+use shoal_ddl::definition::{
+    foreign_key_ddl, introspect, shard_table_ddl, ConstraintKind, TableDef,
+};
 use shoal_sql::{derived_name, quote_ident, QualifiedName};
 
 #[derive(Debug, Clone, Serialize)]
@@ -224,7 +226,7 @@ async fn place_schema_tables(
                 TableKind::Schema,
                 None,
                 group.colocation_id,
-                &serde_json::to_value(def).expect("table definitions serialise"),
+                &serde_json::to_value(def.numbered_as_copy()).expect("table definitions serialise"),
             )
             .await?;
             model::insert_shard(&tx, *shard_id, table_id, 0, shard).await?;
@@ -357,6 +359,11 @@ async fn switch_to_foreign_tables(
             quote_ident(&def.name.name)
         ))
         .await?;
+        for statement in layout::coordinator_index_ddl(def, &def.name) {
+            tx.batch_execute(&statement)
+                .await
+                .context(|| format!("creating {statement} on the coordinator"))?;
+        }
     }
     Ok(rows)
 }

@@ -10,8 +10,8 @@ use tokio_postgres::GenericClient;
 use crate::store::{set_task_operation, Outcome};
 use shoal_catalog::model::{self, TableKind};
 use shoal_catalog::ConnectParams;
-use shoal_cluster::ddl::TableDef;
 use shoal_cluster::{reference, Cluster};
+use shoal_ddl::definition::TableDef;
 use shoal_rebalance::{Move, ReferenceCopy, TaskOp};
 use shoal_transfer::{
     recover, CancelToken, Mode, Operation, Settled, Transfer, TransferError, TransferRequest,

@@ -15,10 +15,10 @@ use crate::status::{choose_mode, ChosenMode, Mode, Operation, Status};
 use crate::{CancelToken, Context, TransferError};
 use shoal_catalog::model::{self, CleanupObject, CleanupPolicy, Node, TableKind};
 use shoal_cluster::cleanup::{begin_operation, end_operation, run_cleanup};
-use shoal_cluster::ddl::{
+use shoal_cluster::{locks, reference, resolve_node, Cluster};
+use shoal_ddl::definition::{
     foreign_key_ddl, has_replica_identity, shard_object_name, shard_table_phases, ShardTablePhases,
 };
-use shoal_cluster::{locks, reference, resolve_node, Cluster};
 use shoal_sql::{quote_ident, quote_literal, QualifiedName};
 
 #[derive(Debug, Clone)]

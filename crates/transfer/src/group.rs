@@ -7,8 +7,8 @@ use tokio_postgres::GenericClient;
 
 use crate::TransferError;
 use shoal_catalog::model::{self, DistributedTable, TableKind};
-use shoal_cluster::ddl::{ForeignKeyDef, TableDef};
 use shoal_cluster::layout;
+use shoal_ddl::definition::{ForeignKeyDef, TableDef};
 use shoal_sql::QualifiedName;
 
 #[derive(Debug, Clone)]

@@ -21,8 +21,7 @@ pub struct Shoal {
 pub async fn start(workers: usize) -> Shoal {
     let pg = TestCluster::start(workers).await;
     let params = ConnectParams::parse(&pg.coordinator_uri()).unwrap();
-    let mut client = shoal_catalog::connect(&params, "test").await.unwrap();
-    shoal_catalog::init(&mut client).await.unwrap();
+    shoal_cluster::init_cluster(&params, "test").await.unwrap();
     let cluster = Cluster::connect(params).await.unwrap();
     for worker in &pg.workers {
         let address = worker.host_port();
@@ -160,7 +159,7 @@ pub async fn relations(client: &Client) -> String {
                                         ORDER BY n.nspname, c.relname), '')
              FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
              WHERE c.relkind IN ('r', 'p', 'f')
-               AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'shoal')
+               AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'shoal', 'shoal_worker')
                AND n.nspname NOT LIKE 'pg_toast%'",
             &[],
         )
@@ -495,4 +494,63 @@ pub fn assert_success(output: &std::process::Output) {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
+}
+
+impl Shoal {
+    /// Asserts that every managed table's shards, replicas and coordinator relation are what
+    /// the catalog's record of it says (`shoal table check`).
+    pub async fn assert_definitions_match(&self) {
+        let checks = shoal_cluster::check::check_tables(&self.cluster, None)
+            .await
+            .unwrap();
+        for check in checks {
+            assert!(check.is_clean(), "{check:#?}");
+        }
+    }
+
+    /// Every table definition Shoal keeps or built: the catalog's records and what every
+    /// coordinator relation, shard and replica is made of. Equal before and after a statement
+    /// that must change nothing.
+    pub async fn definitions(&self) -> Vec<String> {
+        let describe_all = |schema: &'static str| {
+            format!(
+                "SELECT coalesce(string_agg({schema}.describe_table(c.oid)::text, E'\\n'
+                                            ORDER BY n.nspname, c.relname), '')
+                 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                 WHERE c.relkind IN ('r', 'p', 'f')
+                   AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'shoal', 'shoal_worker')
+                   AND n.nspname NOT LIKE 'pg_toast%'"
+            )
+        };
+        let coordinator = self.coordinator().await;
+        let mut out = vec![
+            coordinator
+                .query_one(
+                    "SELECT coalesce(string_agg(original_ddl::text, E'\\n' ORDER BY table_id), '')
+                     FROM shoal.distributed_table",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0),
+            coordinator
+                .query_one(&describe_all("shoal"), &[])
+                .await
+                .unwrap()
+                .get(0),
+        ];
+        for worker in &self.pg.workers {
+            if worker.is_running() {
+                let client = worker.connect().await;
+                out.push(
+                    client
+                        .query_one(&describe_all("shoal_worker"), &[])
+                        .await
+                        .unwrap()
+                        .get(0),
+                );
+            }
+        }
+        out
+    }
 }

@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 use tokio_postgres::GenericClient;
 
-use crate::error::{ClusterError, PgContext};
+use crate::error::{Context, DdlError};
 use shoal_sql::{derived_name, quote_ident, QualifiedName};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -19,6 +19,10 @@ pub struct ColumnDef {
     pub default_sql: Option<String>,
     pub identity: bool,
     pub generated: bool,
+    /// Its attribute number in the coordinator's relation: DDL propagation matches columns by
+    /// it, since a rename keeps it.
+    #[serde(default)]
+    pub attnum: Option<i16>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -94,6 +98,16 @@ impl TableDef {
             .any(|c| c.kind == ConstraintKind::PrimaryKey)
     }
 
+    /// The definition of a table made from this one with `CREATE TABLE .. (LIKE ..)`, which
+    /// numbers the columns from 1 (the dropped ones of this table leave no gaps there).
+    pub fn numbered_as_copy(&self) -> TableDef {
+        let mut copy = self.clone();
+        for (i, column) in copy.columns.iter_mut().enumerate() {
+            column.attnum = Some(i as i16 + 1);
+        }
+        copy
+    }
+
     pub fn foreign_keys(&self) -> impl Iterator<Item = (&ConstraintDef, &ForeignKeyDef)> {
         self.constraints
             .iter()
@@ -101,220 +115,19 @@ impl TableDef {
     }
 }
 
-/// Reads a table's definition. Runs with an empty search path (set locally, so pass a
-/// transaction; the caller's search path is restored afterwards) so that every name PostgreSQL
-/// prints back is schema-qualified.
-pub async fn introspect(client: &impl GenericClient, relid: u32) -> Result<TableDef, ClusterError> {
-    let ctx = || format!("reading the definition of relation {relid}");
-    let saved: String = client
-        .query_one("SELECT current_setting('search_path')", &[])
+/// Reads a table's definition with `shoal.describe_table`, the reader the coordinator's DDL
+/// propagation uses too (installed by `shoal init`), so the catalog's records have one format.
+/// Every name in it is schema-qualified.
+pub async fn introspect(client: &impl GenericClient, relid: u32) -> Result<TableDef, DdlError> {
+    let json: serde_json::Value = client
+        .query_one("SELECT shoal.describe_table($1)", &[&relid])
         .await
-        .context(ctx)?
+        .context(|| format!("reading the definition of relation {relid}"))?
         .get(0);
-    client
-        .execute("SELECT set_config('search_path', '', true)", &[])
-        .await
-        .context(ctx)?;
-    let def = introspect_qualified(client, relid).await;
-    client
-        .execute("SELECT set_config('search_path', $1, true)", &[&saved])
-        .await
-        .context(ctx)?;
-    def
-}
-
-async fn introspect_qualified(
-    client: &impl GenericClient,
-    relid: u32,
-) -> Result<TableDef, ClusterError> {
-    let ctx = || format!("reading the definition of relation {relid}");
-    let head = client
-        .query_one(
-            "SELECT n.nspname::text, c.relname::text, c.relkind::text, c.relreplident::text,
-                    quote_ident(n.nspname) || '.' || quote_ident(c.relname)
-             FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-             WHERE c.oid = $1",
-            &[&relid],
-        )
-        .await
-        .context(ctx)?;
-    let name = QualifiedName::new(head.get::<_, String>(0), head.get::<_, String>(1));
-    let relkind: String = head.get(2);
-    let replident: String = head.get(3);
-    let printed_table: String = head.get(4);
-
-    let columns = client
-        .query(
-            "SELECT a.attname::text, pg_catalog.format_type(a.atttypid, a.atttypmod), a.attnotnull,
-                    CASE WHEN a.attcollation <> 0 AND a.attcollation <> t.typcollation THEN
-                        (SELECT quote_ident(cn.nspname) || '.' || quote_ident(co.collname)
-                         FROM pg_catalog.pg_collation co
-                         JOIN pg_catalog.pg_namespace cn ON cn.oid = co.collnamespace
-                         WHERE co.oid = a.attcollation)
-                    END,
-                    pg_catalog.pg_get_expr(d.adbin, d.adrelid),
-                    a.attidentity <> '', a.attgenerated <> ''
-             FROM pg_catalog.pg_attribute a
-             JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
-             LEFT JOIN pg_catalog.pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
-             WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped
-             ORDER BY a.attnum",
-            &[&relid],
-        )
-        .await
-        .context(ctx)?
-        .iter()
-        .map(|r| ColumnDef {
-            name: r.get(0),
-            type_sql: r.get(1),
-            not_null: r.get(2),
-            collation_sql: r.get(3),
-            default_sql: r.get(4),
-            identity: r.get(5),
-            generated: r.get(6),
-        })
-        .collect();
-
-    let constraints = client
-        .query(
-            "SELECT con.conname::text, con.contype::text, pg_catalog.pg_get_constraintdef(con.oid),
-                    con.confrelid,
-                    rn.nspname::text, rc.relname::text,
-                    ARRAY(SELECT a.attname::text FROM unnest(con.conkey) WITH ORDINALITY k(n, o)
-                          JOIN pg_catalog.pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = k.n
-                          ORDER BY k.o),
-                    ARRAY(SELECT a.attname::text FROM unnest(con.confkey) WITH ORDINALITY k(n, o)
-                          JOIN pg_catalog.pg_attribute a ON a.attrelid = con.confrelid AND a.attnum = k.n
-                          ORDER BY k.o)
-             FROM pg_catalog.pg_constraint con
-             LEFT JOIN pg_catalog.pg_class rc ON rc.oid = con.confrelid
-             LEFT JOIN pg_catalog.pg_namespace rn ON rn.oid = rc.relnamespace
-             WHERE con.conrelid = $1 AND con.contype IN ('p', 'u', 'c', 'f', 'x')
-             ORDER BY con.contype DESC, con.conname",
-            &[&relid],
-        )
-        .await
-        .context(ctx)?
-        .iter()
-        .map(|r| {
-            let contype: String = r.get(1);
-            let definition: String = r.get(2);
-            let kind = match contype.as_str() {
-                "p" => ConstraintKind::PrimaryKey,
-                "u" => ConstraintKind::Unique,
-                "c" => ConstraintKind::Check,
-                "f" => ConstraintKind::ForeignKey,
-                _ => ConstraintKind::Exclusion,
-            };
-            let foreign_key = (kind == ConstraintKind::ForeignKey).then(|| ForeignKeyDef {
-                columns: r.get(6),
-                referenced_relid: r.get(3),
-                referenced: QualifiedName::new(
-                    r.get::<_, Option<String>>(4).unwrap_or_default(),
-                    r.get::<_, Option<String>>(5).unwrap_or_default(),
-                ),
-                referenced_columns: r.get(7),
-                actions_sql: foreign_key_actions(&definition),
-            });
-            ConstraintDef { name: r.get(0), kind, columns: r.get(6), definition, foreign_key }
-        })
-        .collect();
-
-    let index_rows = client
-        .query(
-            "SELECT ic.relname::text, i.indisunique, pg_catalog.pg_get_indexdef(i.indexrelid),
-                    quote_ident(ic.relname), i.indisreplident,
-                    EXISTS (SELECT 1 FROM pg_catalog.pg_constraint c WHERE c.conindid = i.indexrelid
-                            AND c.conrelid = i.indrelid),
-                    ARRAY(SELECT a.attname::text FROM unnest(i.indkey::int2[]) WITH ORDINALITY k(n, o)
-                          JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.n
-                          ORDER BY k.o)
-             FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid
-             WHERE i.indrelid = $1 ORDER BY ic.relname",
-            &[&relid],
-        )
-        .await
-        .context(ctx)?;
-    let mut indexes = Vec::new();
-    let mut replica_index = None;
-    for row in &index_rows {
-        let index_name: String = row.get(0);
-        if row.get::<_, bool>(4) {
-            replica_index = Some(index_name.clone());
-        }
-        if row.get::<_, bool>(5) {
-            continue; // created with its constraint
-        }
-        let full: String = row.get(2);
-        let method_and_keys = split_index_definition(&full, row.get(3), &printed_table)
-            .ok_or_else(|| {
-                ClusterError::Unsupported(format!(
-                    "cannot read the definition of index {index_name} ({full}); drop it and create it again after distributing"
-                ))
-            })?;
-        indexes.push(IndexDef {
-            name: index_name,
-            unique: row.get(1),
-            key_columns: row.get(6),
-            method_and_keys,
-        });
-    }
-    let replica_identity = match replident.as_str() {
-        "n" => ReplicaIdentity::Nothing,
-        "f" => ReplicaIdentity::Full,
-        "i" => replica_index
-            .map(ReplicaIdentity::Index)
-            .unwrap_or(ReplicaIdentity::Default),
-        _ => ReplicaIdentity::Default,
-    };
-    Ok(TableDef {
-        relid,
-        name,
-        relkind,
-        columns,
-        constraints,
-        indexes,
-        replica_identity,
+    serde_json::from_value(json).map_err(|e| DdlError::Unreadable {
+        what: format!("the definition of relation {relid}"),
+        reason: e.to_string(),
     })
-}
-
-/// Takes `pg_get_indexdef` output apart: returns what follows `USING `, after checking that the
-/// text before it is exactly the index and table names PostgreSQL printed.
-pub fn split_index_definition(
-    full: &str,
-    printed_index: &str,
-    printed_table: &str,
-) -> Option<String> {
-    let rest = full
-        .strip_prefix("CREATE UNIQUE INDEX ")
-        .or_else(|| full.strip_prefix("CREATE INDEX "))?;
-    let rest = rest.strip_prefix(printed_index)?.strip_prefix(" ON ")?;
-    let rest = rest.strip_prefix("ONLY ").unwrap_or(rest);
-    let rest = rest.strip_prefix(printed_table)?.strip_prefix(" USING ")?;
-    Some(rest.to_string())
-}
-
-/// The referential actions of a foreign key definition: everything after `REFERENCES t(cols)`.
-fn foreign_key_actions(definition: &str) -> String {
-    // pg_get_constraintdef prints `FOREIGN KEY (a) REFERENCES t(b) <actions>`: the actions
-    // follow the first `)` after `REFERENCES`. Quoted column names may contain `)`, so walk
-    // the text honouring double quotes.
-    let Some(start) = definition.find(" REFERENCES ") else {
-        return String::new();
-    };
-    let mut in_quotes = false;
-    let mut seen_open = false;
-    for (i, ch) in definition[start..].char_indices() {
-        match ch {
-            '"' => in_quotes = !in_quotes,
-            '(' if !in_quotes => seen_open = true,
-            ')' if !in_quotes && seen_open => {
-                return definition[start + i + 1..].trim().to_string();
-            }
-            _ => {}
-        }
-    }
-    String::new()
 }
 
 fn column_list(columns: &[String]) -> String {
@@ -547,6 +360,7 @@ mod tests {
                     default_sql: Some("nextval('public.s'::regclass)".into()),
                     identity: false,
                     generated: false,
+                    attnum: None,
                 },
                 ColumnDef {
                     name: "Note".into(),
@@ -556,6 +370,7 @@ mod tests {
                     default_sql: None,
                     identity: false,
                     generated: false,
+                    attnum: None,
                 },
             ],
             constraints: vec![
@@ -681,29 +496,12 @@ mod tests {
     }
 
     #[test]
-    fn index_definitions_are_split_after_using() {
-        assert_eq!(
-            split_index_definition(
-                "CREATE UNIQUE INDEX \"Idx\" ON ONLY \"my s\".\"T\" USING btree (a) WHERE (a > 0)",
-                "\"Idx\"",
-                "\"my s\".\"T\""
-            ),
-            Some("btree (a) WHERE (a > 0)".to_string())
-        );
-        assert_eq!(
-            split_index_definition("CREATE INDEX x ON public.t USING hash (a)", "y", "public.t"),
-            None
-        );
-    }
-
-    #[test]
-    fn foreign_key_actions_skip_quoted_parentheses() {
-        assert_eq!(
-            foreign_key_actions(
-                r#"FOREIGN KEY (a) REFERENCES public."t)"(")x") MATCH FULL ON DELETE SET NULL"#
-            ),
-            "MATCH FULL ON DELETE SET NULL"
-        );
-        assert_eq!(foreign_key_actions("FOREIGN KEY (a) REFERENCES t(b)"), "");
+    fn a_copy_made_with_like_numbers_its_columns_from_one() {
+        let mut def = orders();
+        def.columns[0].attnum = Some(3);
+        def.columns[1].attnum = Some(7);
+        let copy = def.numbered_as_copy();
+        let numbers: Vec<_> = copy.columns.iter().map(|c| c.attnum).collect();
+        assert_eq!(numbers, vec![Some(1), Some(2)]);
     }
 }
