@@ -375,3 +375,258 @@ async fn statements_that_would_break_the_table_are_refused_before_anything_chang
     assert_eq!(shoal.definitions().await, before);
     shoal.assert_definitions_match().await;
 }
+
+/// The first shard of a table and the node it is on.
+async fn first_shard(sql: &Client, table: &str) -> (i64, i32) {
+    let row = sql
+        .query_one(
+            "SELECT shard_id, node_id FROM shoal.shards WHERE table_name = to_regclass($1)
+             ORDER BY shard_index LIMIT 1",
+            &[&table],
+        )
+        .await
+        .unwrap();
+    (row.get(0), row.get(1))
+}
+
+fn other_node(node: i32) -> &'static str {
+    if node == 1 {
+        "2"
+    } else {
+        "1"
+    }
+}
+
+#[tokio::test]
+async fn renamed_tables_keep_working_and_moves_build_the_new_definition() {
+    let (shoal, sql) = with_items().await;
+    let t = ITEMS_NAME;
+    sql.batch_execute(&format!(
+        r#"ALTER TABLE {t} ADD COLUMN w int NOT NULL DEFAULT 3;
+           ALTER TABLE {t} ADD CONSTRAINT w_positive CHECK (w > 0);
+           CREATE INDEX by_w ON {t} (w);
+           ALTER TABLE {t} RENAME COLUMN "Id" TO ident;
+           ALTER TABLE {t} RENAME TO "Items 2";
+           ALTER TABLE "my shop"."Items 2" SET SCHEMA public"#
+    ))
+    .await
+    .unwrap();
+    shoal.assert_definitions_match().await;
+    let moved = r#"public."Items 2""#;
+    let column: String = sql
+        .query_one(
+            "SELECT distribution_column FROM shoal.distributed_table WHERE relid = to_regclass($1)",
+            &[&moved],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(column, "ident", "the distribution column follows its rename");
+    let before = fingerprint(&sql, moved).await;
+
+    // Both kinds of move rebuild the shard from the record: it has the new columns, the
+    // renamed key and the check, and the rows come along.
+    for mode in ["force_logical", "block_writes"] {
+        let (shard, node) = first_shard(&sql, moved).await;
+        shoal
+            .cli(&[
+                "shard",
+                "move",
+                &shard.to_string(),
+                "--to",
+                other_node(node),
+                "--mode",
+                mode,
+            ])
+            .await
+            .assert_ok();
+        shoal.assert_definitions_match().await;
+        assert_eq!(fingerprint(&sql, moved).await, before);
+    }
+    sql.batch_execute(&format!("INSERT INTO {moved} (ident, k, v) VALUES (10000, 1, 'after')"))
+        .await
+        .unwrap();
+    let error = refused(&sql, &format!("INSERT INTO {moved} (ident, k, v, w) VALUES (10001, 1, 'x', 0)")).await;
+    assert_mentions(&error, &["w_positive"]);
+    shoal.assert_nothing_left_behind().await;
+}
+
+#[tokio::test]
+async fn ddl_that_meets_a_running_move_is_refused_until_the_move_ends() {
+    let (shoal, sql) = with_items().await;
+    let t = ITEMS_NAME;
+    let (shard, node) = first_shard(&sql, t).await;
+    let mover = shoal.spawn_cli(
+        &["shard", "move", &shard.to_string(), "--to", other_node(node)],
+        &[("SHOAL_FAILPOINTS", "pause:Copying Data:2000")],
+    );
+    let operation = shoal.wait_for_status(shard, "Copying Data").await;
+    let before = shoal.definitions().await;
+    let error = refused(&sql, &format!("ALTER TABLE {t} ADD COLUMN w int")).await;
+    assert_mentions(&error, &["being moved", "rebalance_progress"]);
+    let error = refused(&sql, &format!("DROP TABLE {t}")).await;
+    assert_mentions(&error, &["being moved"]);
+    assert_eq!(shoal.definitions().await, before);
+    common::assert_success(&mover.await.unwrap());
+    let status: String = sql
+        .query_one(
+            "SELECT status FROM shoal.transfer WHERE operation_id = $1",
+            &[&operation],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(status, "Completed");
+    sql.batch_execute(&format!("ALTER TABLE {t} ADD COLUMN w int"))
+        .await
+        .unwrap();
+    shoal.assert_definitions_match().await;
+}
+
+#[tokio::test]
+async fn drop_table_removes_every_shard_even_from_a_node_that_is_down() {
+    let (shoal, sql) = with_items().await;
+    sql.batch_execute(
+        "CREATE TABLE plain_drop (id int PRIMARY KEY);
+         CREATE TABLE late_drop (id int PRIMARY KEY);",
+    )
+    .await
+    .unwrap();
+    for table in ["plain_drop", "late_drop"] {
+        shoal
+            .cli(&["table", "distribute", table, "--column", "id", "--shards", "4"])
+            .await
+            .assert_ok();
+    }
+    sql.batch_execute(&format!("DROP TABLE plain_drop, {ITEMS_NAME}"))
+        .await
+        .unwrap();
+    shoal.assert_nothing_left_behind().await;
+    let tables: i64 = sql
+        .query_one("SELECT count(*) FROM shoal.distributed_table", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(tables, 1, "only late_drop is left in the catalog");
+
+    // With a node down the drop goes on; that node's shards wait in cleanup records.
+    shoal.pg.stop_worker(1);
+    sql.batch_execute("DROP TABLE late_drop").await.unwrap();
+    let waiting: i64 = sql
+        .query_one(
+            "SELECT count(*) FROM shoal.cleanup_record WHERE node_id = 2",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(waiting, 2, "late_drop's two shards on node 2");
+    shoal.pg.start_worker(1);
+    shoal.cli(&["cleanup"]).await.assert_ok();
+    shoal.assert_nothing_left_behind().await;
+
+    // A distributed schema dropped with CASCADE takes its shards and its group along.
+    sql.batch_execute(
+        "CREATE SCHEMA tenant;
+         CREATE TABLE tenant.users (id int PRIMARY KEY);
+         CREATE TABLE tenant.notes (id int PRIMARY KEY, user_id int REFERENCES tenant.users);",
+    )
+    .await
+    .unwrap();
+    shoal.cli(&["schema", "distribute", "tenant"]).await.assert_ok();
+    sql.batch_execute("DROP SCHEMA tenant CASCADE").await.unwrap();
+    shoal.assert_nothing_left_behind().await;
+    let groups: i64 = sql
+        .query_one(
+            "SELECT count(*) FROM shoal.colocation_group WHERE kind <> 'reference'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(groups, 0);
+}
+
+/// Waits until every node's replica of a reference table has `rows` rows.
+async fn wait_for_replicas(shoal: &Shoal, table: &str, rows: i64) {
+    let started = std::time::Instant::now();
+    for i in 0..shoal.pg.workers.len() {
+        let worker = shoal.worker(i).await;
+        loop {
+            let found: i64 = worker
+                .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+                .await
+                .unwrap()
+                .get(0);
+            if found == rows {
+                break;
+            }
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(30),
+                "worker {i} has {found} rows of {table}, not {rows}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn reference_table_ddl_keeps_replication_running() {
+    let (shoal, sql) = with_items().await;
+    sql.batch_execute(
+        "CREATE TABLE kinds (id int PRIMARY KEY, name text);
+         INSERT INTO kinds SELECT g, 'kind ' || g FROM generate_series(0, 9) g;",
+    )
+    .await
+    .unwrap();
+    shoal.cli(&["table", "reference", "kinds"]).await.assert_ok();
+    let mut rows = 10;
+    // Each change, then a row written in the new shape (table and name column) that every
+    // replica must receive.
+    for (statement, table, name) in [
+        ("ALTER TABLE kinds ADD COLUMN weight numeric NOT NULL DEFAULT 1.5", "kinds", "name"),
+        ("ALTER TABLE kinds RENAME COLUMN name TO label", "kinds", "label"),
+        ("CREATE INDEX kinds_by_label ON kinds (label)", "kinds", "label"),
+        ("ALTER TABLE kinds ADD CONSTRAINT one_label UNIQUE (label)", "kinds", "label"),
+        ("ALTER TABLE kinds ALTER COLUMN weight TYPE float8", "kinds", "label"),
+        ("ALTER TABLE kinds DROP COLUMN weight", "kinds", "label"),
+        ("ALTER TABLE kinds RENAME TO categories", "categories", "label"),
+    ] {
+        sql.batch_execute(statement).await.unwrap();
+        shoal.assert_definitions_match().await;
+        sql.batch_execute(&format!(
+            "INSERT INTO {table} (id, {name}) VALUES ({rows}, 'l{rows}')"
+        ))
+        .await
+        .unwrap();
+        rows += 1;
+        wait_for_replicas(&shoal, table, rows).await;
+    }
+    // Shards may reference it; then it cannot be dropped from under them.
+    shoal
+        .cli(&[
+            "ddl",
+            &format!(
+                r#"ALTER TABLE {ITEMS_NAME} ADD CONSTRAINT k_category FOREIGN KEY (k) REFERENCES categories (id)"#
+            ),
+        ])
+        .await
+        .assert_ok();
+    shoal.assert_definitions_match().await;
+    let error = refused(&sql, "DROP TABLE categories").await;
+    assert_mentions(&error, &["k_category"]);
+    sql.batch_execute(&format!("DROP TABLE {ITEMS_NAME}; DROP TABLE categories"))
+        .await
+        .unwrap();
+    shoal.assert_nothing_left_behind().await;
+    for i in 0..2 {
+        let gone: Option<String> = shoal
+            .worker(i)
+            .await
+            .query_one("SELECT to_regclass('categories')::text", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(gone, None, "the replica on worker {i} is dropped");
+    }
+}

@@ -405,24 +405,24 @@ $fn$;
 -- coordinator committed before now, so that a replica changed next gets no older change in
 -- the old shape (its apply would fail, and stop every reference table's replication).
 --
--- "Before now" is the flushed WAL: a synchronous commit is flushed before it returns, and a
--- walsender only sends flushed WAL. (This transaction's own records may sit on a page nothing
--- flushes until it commits, so the insert position could never be reached.) Where commits are
--- asynchronous by default, the WAL writer flushes them within three `wal_writer_delay`s, which
--- is waited out first.
+-- "Now" is the current WAL insert position, which is past every commit before this
+-- statement's locks. A walsender reads only flushed WAL, and nothing flushes this
+-- transaction's own last records before it commits (the WAL writer flushes completed pages),
+-- so a non-transactional message is written to complete their page: PostgreSQL 17 flushes it
+-- on request, older versions' WAL writer within `wal_writer_delay`.
 CREATE OR REPLACE FUNCTION shoal.ddl_wait_for_replicas(timeout interval DEFAULT '10 seconds')
 RETURNS void
 LANGUAGE plpgsql VOLATILE AS $fn$
 DECLARE
-    target pg_lsn;
+    target pg_lsn := pg_current_wal_insert_lsn();
     deadline timestamptz := clock_timestamp() + timeout;
     behind text;
 BEGIN
-    IF (SELECT reset_val FROM pg_catalog.pg_settings WHERE name = 'synchronous_commit') = 'off' THEN
-        PERFORM pg_sleep(3 * (SELECT setting::int FROM pg_catalog.pg_settings
-                               WHERE name = 'wal_writer_delay') / 1000.0);
+    IF current_setting('server_version_num')::int >= 170000 THEN
+        EXECUTE $sql$SELECT pg_logical_emit_message(false, 'shoal', '', true)$sql$;
+    ELSE
+        PERFORM pg_logical_emit_message(false, 'shoal', repeat(' ', 8192));
     END IF;
-    target := pg_current_wal_flush_lsn();
     LOOP
         SELECT string_agg(s.slot_name::text, ', ') INTO behind
           FROM pg_catalog.pg_replication_slots s
