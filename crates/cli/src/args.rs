@@ -77,6 +77,30 @@ pub enum Command {
     /// Stream tables: query results over distributed tables, kept up to date incrementally
     #[command(subcommand)]
     Stream(StreamCommand),
+    /// Run DDL, including what the coordinator refuses on distributed tables
+    Ddl(DdlArgs),
+}
+
+/// Plain SQL on the coordinator already reaches every shard. This runs, in addition, what
+/// PostgreSQL refuses on a distributed table (a partitioned table over foreign tables): unique
+/// constraints and primary keys (they must include the distribution column), foreign keys to
+/// reference tables or colocated tables, unique indexes, and CREATE/DROP INDEX CONCURRENTLY,
+/// which builds the index on every shard without blocking writes. Every statement of a script
+/// runs in one transaction; a CONCURRENTLY statement must be alone.
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:\n  \
+    shoal ddl 'ALTER TABLE orders ADD PRIMARY KEY (customer_id, id)'\n  \
+    shoal ddl 'CREATE INDEX CONCURRENTLY orders_by_note ON orders (note)'\n  \
+    shoal ddl --file migration.sql")]
+pub struct DdlArgs {
+    /// The statements (or give --file; `-` reads standard input)
+    #[arg(required_unless_present = "file", conflicts_with = "file")]
+    pub sql: Option<String>,
+    /// Read the statements from this file (`-` for standard input)
+    #[arg(long, short)]
+    pub file: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub json: JsonFlag,
 }
 
 #[derive(Debug, Subcommand)]

@@ -20,6 +20,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let coordinator = || coordinator_uri(cli.coordinator.as_deref(), cli.config.as_deref());
     match cli.command {
         Command::Init => init(&coordinator()?).await,
+        Command::Ddl(args) => ddl(&coordinator()?, &args).await,
         Command::Local(command) => local(command).await,
         Command::Demo(args) => crate::demo::run(&args).await,
         Command::Stream(command) => {
@@ -102,6 +103,40 @@ pub async fn init(uri: &str) -> anyhow::Result<()> {
         );
     }
     print_ddl_readiness(&report);
+    Ok(())
+}
+
+async fn ddl(uri: &str, args: &crate::args::DdlArgs) -> anyhow::Result<()> {
+    let sql = match (&args.sql, &args.file) {
+        (Some(sql), _) if sql == "-" => std::io::read_to_string(std::io::stdin())?,
+        (Some(sql), _) => sql.clone(),
+        (None, Some(path)) if path.as_os_str() == "-" => std::io::read_to_string(std::io::stdin())?,
+        (None, Some(path)) => {
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?
+        }
+        (None, None) => anyhow::bail!("give the statements, or --file"),
+    };
+    let params = ConnectParams::parse(uri)?;
+    // Checks the catalog's version, with the usual message.
+    let cluster = Cluster::connect(params.clone()).await?;
+    drop(cluster);
+    let mut client = shoal_catalog::connect(&params, "shoal ddl").await?;
+    let applied = shoal_ddl::apply(&params, &mut client, &sql).await?;
+    if args.json.json {
+        return print_json(&applied);
+    }
+    for item in &applied {
+        match item.route {
+            "coordinator" => println!(
+                "{}: done (the coordinator's triggers carried it)",
+                item.statement
+            ),
+            route => println!(
+                "{}: done on {} shard(s) ({route})",
+                item.statement, item.shards
+            ),
+        }
+    }
     Ok(())
 }
 

@@ -421,7 +421,10 @@ async fn renamed_tables_keep_working_and_moves_build_the_new_definition() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(column, "ident", "the distribution column follows its rename");
+    assert_eq!(
+        column, "ident",
+        "the distribution column follows its rename"
+    );
     let before = fingerprint(&sql, moved).await;
 
     // Both kinds of move rebuild the shard from the record: it has the new columns, the
@@ -443,10 +446,16 @@ async fn renamed_tables_keep_working_and_moves_build_the_new_definition() {
         shoal.assert_definitions_match().await;
         assert_eq!(fingerprint(&sql, moved).await, before);
     }
-    sql.batch_execute(&format!("INSERT INTO {moved} (ident, k, v) VALUES (10000, 1, 'after')"))
-        .await
-        .unwrap();
-    let error = refused(&sql, &format!("INSERT INTO {moved} (ident, k, v, w) VALUES (10001, 1, 'x', 0)")).await;
+    sql.batch_execute(&format!(
+        "INSERT INTO {moved} (ident, k, v) VALUES (10000, 1, 'after')"
+    ))
+    .await
+    .unwrap();
+    let error = refused(
+        &sql,
+        &format!("INSERT INTO {moved} (ident, k, v, w) VALUES (10001, 1, 'x', 0)"),
+    )
+    .await;
     assert_mentions(&error, &["w_positive"]);
     shoal.assert_nothing_left_behind().await;
 }
@@ -457,7 +466,13 @@ async fn ddl_that_meets_a_running_move_is_refused_until_the_move_ends() {
     let t = ITEMS_NAME;
     let (shard, node) = first_shard(&sql, t).await;
     let mover = shoal.spawn_cli(
-        &["shard", "move", &shard.to_string(), "--to", other_node(node)],
+        &[
+            "shard",
+            "move",
+            &shard.to_string(),
+            "--to",
+            other_node(node),
+        ],
         &[("SHOAL_FAILPOINTS", "pause:Copying Data:2000")],
     );
     let operation = shoal.wait_for_status(shard, "Copying Data").await;
@@ -494,7 +509,15 @@ async fn drop_table_removes_every_shard_even_from_a_node_that_is_down() {
     .unwrap();
     for table in ["plain_drop", "late_drop"] {
         shoal
-            .cli(&["table", "distribute", table, "--column", "id", "--shards", "4"])
+            .cli(&[
+                "table",
+                "distribute",
+                table,
+                "--column",
+                "id",
+                "--shards",
+                "4",
+            ])
             .await
             .assert_ok();
     }
@@ -533,8 +556,13 @@ async fn drop_table_removes_every_shard_even_from_a_node_that_is_down() {
     )
     .await
     .unwrap();
-    shoal.cli(&["schema", "distribute", "tenant"]).await.assert_ok();
-    sql.batch_execute("DROP SCHEMA tenant CASCADE").await.unwrap();
+    shoal
+        .cli(&["schema", "distribute", "tenant"])
+        .await
+        .assert_ok();
+    sql.batch_execute("DROP SCHEMA tenant CASCADE")
+        .await
+        .unwrap();
     shoal.assert_nothing_left_behind().await;
     let groups: i64 = sql
         .query_one(
@@ -579,18 +607,45 @@ async fn reference_table_ddl_keeps_replication_running() {
     )
     .await
     .unwrap();
-    shoal.cli(&["table", "reference", "kinds"]).await.assert_ok();
+    shoal
+        .cli(&["table", "reference", "kinds"])
+        .await
+        .assert_ok();
     let mut rows = 10;
     // Each change, then a row written in the new shape (table and name column) that every
     // replica must receive.
     for (statement, table, name) in [
-        ("ALTER TABLE kinds ADD COLUMN weight numeric NOT NULL DEFAULT 1.5", "kinds", "name"),
-        ("ALTER TABLE kinds RENAME COLUMN name TO label", "kinds", "label"),
-        ("CREATE INDEX kinds_by_label ON kinds (label)", "kinds", "label"),
-        ("ALTER TABLE kinds ADD CONSTRAINT one_label UNIQUE (label)", "kinds", "label"),
-        ("ALTER TABLE kinds ALTER COLUMN weight TYPE float8", "kinds", "label"),
+        (
+            "ALTER TABLE kinds ADD COLUMN weight numeric NOT NULL DEFAULT 1.5",
+            "kinds",
+            "name",
+        ),
+        (
+            "ALTER TABLE kinds RENAME COLUMN name TO label",
+            "kinds",
+            "label",
+        ),
+        (
+            "CREATE INDEX kinds_by_label ON kinds (label)",
+            "kinds",
+            "label",
+        ),
+        (
+            "ALTER TABLE kinds ADD CONSTRAINT one_label UNIQUE (label)",
+            "kinds",
+            "label",
+        ),
+        (
+            "ALTER TABLE kinds ALTER COLUMN weight TYPE float8",
+            "kinds",
+            "label",
+        ),
         ("ALTER TABLE kinds DROP COLUMN weight", "kinds", "label"),
-        ("ALTER TABLE kinds RENAME TO categories", "categories", "label"),
+        (
+            "ALTER TABLE kinds RENAME TO categories",
+            "categories",
+            "label",
+        ),
     ] {
         sql.batch_execute(statement).await.unwrap();
         shoal.assert_definitions_match().await;
@@ -629,4 +684,212 @@ async fn reference_table_ddl_keeps_replication_running() {
             .get(0);
         assert_eq!(gone, None, "the replica on worker {i} is dropped");
     }
+}
+
+#[tokio::test]
+async fn keys_and_unique_indexes_the_coordinator_refuses_go_through_shoal_ddl() {
+    let (shoal, sql) = with_items().await;
+    let t = ITEMS_NAME;
+    sql.batch_execute(
+        r#"CREATE TABLE "my shop".lines ("Id" bigint, line int, qty int);
+           INSERT INTO "my shop".lines SELECT g, 1, g FROM generate_series(1, 500) g;"#,
+    )
+    .await
+    .unwrap();
+    shoal
+        .cli(&[
+            "table",
+            "distribute",
+            r#""my shop".lines"#,
+            "--column",
+            r#""Id""#,
+            "--colocate-with",
+            t,
+        ])
+        .await
+        .assert_ok();
+
+    // PostgreSQL itself refuses these on the coordinator; the refusal changes nothing.
+    let error = refused(
+        &sql,
+        r#"ALTER TABLE "my shop".lines ADD PRIMARY KEY ("Id", line)"#,
+    )
+    .await;
+    assert_mentions(&error, &["unique index"]);
+
+    let out = shoal
+        .cli(&[
+            "ddl",
+            r#"ALTER TABLE "my shop".lines ADD PRIMARY KEY ("Id", line);
+               ALTER TABLE "my shop".lines ADD CONSTRAINT line_item FOREIGN KEY ("Id")
+                   REFERENCES "my shop"."Order ""Items""" ("Id") ON DELETE CASCADE NOT VALID;
+               ALTER TABLE "my shop".lines ADD COLUMN note text"#,
+        ])
+        .await;
+    assert_mentions(
+        out.assert_ok(),
+        &["done on 8 shard(s)", "coordinator's triggers"],
+    );
+    shoal.assert_definitions_match().await;
+    let error = refused(
+        &sql,
+        r#"INSERT INTO "my shop".lines VALUES (1, 1, 5, 'dup')"#,
+    )
+    .await;
+    assert_mentions(&error, &["duplicate key"]);
+    let error = refused(
+        &sql,
+        r#"INSERT INTO "my shop".lines VALUES (9999, 1, 5, 'orphan')"#,
+    )
+    .await;
+    assert_mentions(&error, &["line_item"]);
+    shoal
+        .cli(&[
+            "ddl",
+            r#"ALTER TABLE "my shop".lines VALIDATE CONSTRAINT line_item"#,
+        ])
+        .await
+        .assert_ok();
+    shoal.assert_definitions_match().await;
+    // The key's cascade runs on each shard: the item and its lines go together.
+    sql.batch_execute(&format!(r#"DELETE FROM {t} WHERE "Id" = 7"#))
+        .await
+        .unwrap();
+    let lines: i64 = sql
+        .query_one(
+            r#"SELECT count(*) FROM "my shop".lines WHERE "Id" = 7"#,
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(lines, 0);
+
+    // Unique indexes including the distribution column, and their drop.
+    shoal
+        .cli(&[
+            "ddl",
+            r#"CREATE UNIQUE INDEX qty_once ON "my shop".lines ("Id", qty)"#,
+        ])
+        .await
+        .assert_ok();
+    shoal.assert_definitions_match().await;
+    let error = refused(
+        &sql,
+        r#"INSERT INTO "my shop".lines VALUES (1, 2, 1, 'same qty')"#,
+    )
+    .await;
+    assert_mentions(&error, &["qty_once"]);
+    shoal
+        .cli(&["ddl", r#"CREATE UNIQUE INDEX bad ON "my shop".lines (qty)"#])
+        .await
+        .assert_error(&["must include its distribution column"]);
+    shoal
+        .cli(&[
+            "ddl",
+            r#"DROP INDEX "my shop".qty_once; ALTER TABLE "my shop".lines DROP CONSTRAINT line_item"#,
+        ])
+        .await
+        .assert_ok();
+    shoal.assert_definitions_match().await;
+    sql.batch_execute(r#"INSERT INTO "my shop".lines VALUES (9999, 1, 1, 'no key now')"#)
+        .await
+        .unwrap();
+
+    // A table whose shards carry a key moves with it.
+    let (shard, node) = first_shard(&sql, r#""my shop".lines"#).await;
+    shoal
+        .cli(&[
+            "shard",
+            "move",
+            &shard.to_string(),
+            "--to",
+            other_node(node),
+        ])
+        .await
+        .assert_ok();
+    shoal.assert_definitions_match().await;
+}
+
+#[tokio::test]
+async fn indexes_are_built_concurrently_on_every_shard_while_writes_go_on() {
+    let (shoal, sql) = with_items().await;
+    let t = ITEMS_NAME;
+    let error = refused(&sql, &format!("CREATE INDEX CONCURRENTLY by_k ON {t} (k)")).await;
+    assert_mentions(&error, &["shoal ddl"]);
+
+    let writer_uri = shoal.pg.coordinator_uri();
+    let writes = tokio::spawn(async move {
+        let (client, connection) = tokio_postgres::connect(&writer_uri, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        let mut written = 0;
+        for id in 10_000..10_300 {
+            client
+                .execute(
+                    r#"INSERT INTO "my shop"."Order ""Items""" VALUES ($1, 1, 'during')"#,
+                    &[&(id as i64)],
+                )
+                .await
+                .unwrap();
+            written += 1;
+        }
+        written
+    });
+    shoal
+        .cli(&["ddl", &format!("CREATE INDEX CONCURRENTLY by_k ON {t} (k)")])
+        .await
+        .assert_ok();
+    shoal
+        .cli(&[
+            "ddl",
+            &format!(r#"CREATE UNIQUE INDEX CONCURRENTLY one_v ON {t} (v, "Id")"#),
+        ])
+        .await
+        .assert_ok();
+    assert_eq!(writes.await.unwrap(), 300);
+    shoal.assert_definitions_match().await;
+    let coordinator_index: Option<String> = sql
+        .query_one(r#"SELECT to_regclass('"my shop".by_k')::text"#, &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        coordinator_index.is_some(),
+        "the coordinator has the plain index too"
+    );
+
+    // A build that fails on the shards (a division by zero in the key) leaves no index, not
+    // even an invalid one, anywhere.
+    let before = shoal.definitions().await;
+    shoal
+        .cli(&[
+            "ddl",
+            &format!("CREATE INDEX CONCURRENTLY broken ON {t} ((1 / (k - 5)))"),
+        ])
+        .await
+        .assert_error(&["division by zero"]);
+    assert_eq!(shoal.definitions().await, before);
+
+    shoal
+        .cli(&["ddl", r#"DROP INDEX CONCURRENTLY "my shop".by_k"#])
+        .await
+        .assert_ok();
+    shoal
+        .cli(&["ddl", r#"DROP INDEX CONCURRENTLY "my shop".one_v"#])
+        .await
+        .assert_ok();
+    shoal.assert_definitions_match().await;
+    let left: i64 = shoal
+        .worker(0)
+        .await
+        .query_one(
+            "SELECT count(*) FROM pg_indexes WHERE indexname LIKE 'by\\_k%' OR indexname LIKE 'one\\_v%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0);
 }

@@ -327,11 +327,13 @@ BEGIN
                             shoal.ddl_object_name(op->>'from', suffix),
                             shoal.ddl_object_name(op->>'to', suffix))];
     WHEN 'create_index' THEN
-        RETURN ARRAY[format('CREATE %sINDEX %I ON %s USING %s',
+        -- IF NOT EXISTS: `shoal ddl` builds an index CONCURRENTLY on the shards first, then
+        -- makes the coordinator's, which arrives here.
+        RETURN ARRAY[format('CREATE %sINDEX IF NOT EXISTS %I ON %s USING %s',
                             CASE WHEN (op->>'unique')::boolean THEN 'UNIQUE ' ELSE '' END,
                             shoal.ddl_object_name(op->>'name', suffix), tbl, op->>'method_and_keys')];
     WHEN 'drop_index' THEN
-        RETURN ARRAY[format('DROP INDEX %I.%I', target_schema,
+        RETURN ARRAY[format('DROP INDEX IF EXISTS %I.%I', target_schema,
                             shoal.ddl_object_name(op->>'name', suffix))];
     WHEN 'rename_index' THEN
         RETURN ARRAY[format('ALTER INDEX %I.%I RENAME TO %I', target_schema,

@@ -65,7 +65,8 @@ BEGIN
 END
 $fn$;
 
--- The referential actions of a foreign key definition: everything after `REFERENCES t(cols)`.
+-- The referential actions of a foreign key definition: everything after `REFERENCES t(cols)`
+-- but NOT VALID.
 -- Quoted column names may contain `)`, so the walk honours double quotes.
 CREATE OR REPLACE FUNCTION @schema@.foreign_key_actions(definition text) RETURNS text
 LANGUAGE plpgsql IMMUTABLE SET search_path = '' AS $fn$
@@ -85,7 +86,8 @@ BEGIN
         ELSIF ch = '(' AND NOT in_quotes THEN
             seen_open := true;
         ELSIF ch = ')' AND NOT in_quotes AND seen_open THEN
-            RETURN btrim(substr(definition, i + 1));
+            -- NOT VALID is the constraint's state, not one of its actions.
+            RETURN regexp_replace(btrim(substr(definition, i + 1)), '\s*NOT VALID$', '');
         END IF;
     END LOOP;
     RETURN '';

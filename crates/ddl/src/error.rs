@@ -14,6 +14,10 @@ pub enum DdlError {
     },
     #[error("{what} is unreadable ({reason}); run `shoal init` to update the catalog")]
     Unreadable { what: String, reason: String },
+    #[error("{0}")]
+    Refused(crate::statement::Refusal),
+    #[error("{what}: {message}")]
+    Catalog { what: String, message: String },
 }
 
 /// Attaches what was being done to a PostgreSQL error, keeping the server's own message.

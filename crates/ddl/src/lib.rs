@@ -9,10 +9,15 @@
 //! inbox (`sql/node.sql`) through the coordinator's own postgres_fdw connection. This crate
 //! installs those pieces (`shoal init`, `node add`); ARCHITECTURE.md has the design.
 
+mod apply;
 pub mod definition;
 mod error;
 mod install;
+mod naming;
+mod record;
+pub mod statement;
 pub mod verify;
 
+pub use apply::{apply, Applied};
 pub use error::DdlError;
 pub use install::{inbox_table, install_coordinator, install_node, Triggers, NODE_SCHEMA};
