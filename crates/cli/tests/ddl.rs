@@ -893,3 +893,187 @@ async fn indexes_are_built_concurrently_on_every_shard_while_writes_go_on() {
         .get(0);
     assert_eq!(left, 0);
 }
+
+#[tokio::test]
+async fn truncate_comments_and_grants_work_as_on_a_plain_table() {
+    let (shoal, sql) = with_items().await;
+    let t = ITEMS_NAME;
+    sql.batch_execute(&format!(
+        "COMMENT ON TABLE {t} IS 'items of orders';
+         COMMENT ON COLUMN {t}.v IS 'what it is';
+         CREATE ROLE reader LOGIN;
+         GRANT USAGE ON SCHEMA \"my shop\" TO reader;
+         GRANT SELECT, INSERT ON {t} TO reader;"
+    ))
+    .await
+    .unwrap();
+    let comment: String = sql
+        .query_one(
+            &format!("SELECT obj_description('{t}'::regclass, 'pg_class')"),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(comment, "items of orders");
+    shoal.assert_definitions_match().await;
+
+    // Another role needs only its GRANT: the coordinator checks it, the shared user mapping
+    // reaches the shards.
+    let uri = shoal.pg.coordinator_uri().replace("postgres@", "reader@");
+    let (reader, connection) = tokio_postgres::connect(&uri, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let count: i64 = reader
+        .query_one(&format!("SELECT count(*) FROM {t}"), &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(count, 500);
+    reader
+        .batch_execute(&format!("INSERT INTO {t} VALUES (501, 1, 'by reader')"))
+        .await
+        .unwrap();
+    let error = refused(&reader, &format!("DELETE FROM {t}")).await;
+    assert_mentions(&error, &["permission denied"]);
+    let error = refused(&reader, "SELECT * FROM shoal.distributed_table").await;
+    assert_mentions(&error, &["permission denied"]);
+    sql.batch_execute(&format!("REVOKE SELECT ON {t} FROM reader"))
+        .await
+        .unwrap();
+    let error = refused(&reader, &format!("SELECT count(*) FROM {t}")).await;
+    assert_mentions(&error, &["permission denied"]);
+
+    sql.batch_execute(&format!("TRUNCATE {t}")).await.unwrap();
+    let count: i64 = sql
+        .query_one(&format!("SELECT count(*) FROM {t}"), &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(count, 0);
+    let shards = sql
+        .query(
+            "SELECT shard_table FROM shoal.shards WHERE table_name = to_regclass($1)",
+            &[&t],
+        )
+        .await
+        .unwrap();
+    for row in shards {
+        let shard: String = row.get(0);
+        let worker = shoal.worker(shoal.worker_of_shard(&shard).await).await;
+        let left: i64 = worker
+            .query_one(&format!("SELECT count(*) FROM {shard}"), &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(left, 0, "{shard} still has rows");
+    }
+    // Inheriting from a distributed table is refused by PostgreSQL itself.
+    let error = refused(&sql, &format!("CREATE TABLE child () INHERITS ({t})")).await;
+    assert_mentions(&error, &["partitioned table"]);
+}
+
+#[tokio::test]
+async fn tables_of_a_distributed_schema_take_ddl_and_new_ones_join_the_schema() {
+    let shoal = common::start(2).await;
+    let sql = shoal.coordinator().await;
+    sql.batch_execute(
+        r#"CREATE SCHEMA "Tenant A";
+           CREATE TABLE "Tenant A".users (id int PRIMARY KEY, name text);
+           INSERT INTO "Tenant A".users SELECT g, 'u' || g FROM generate_series(1, 50) g;"#,
+    )
+    .await
+    .unwrap();
+    shoal
+        .cli(&["schema", "distribute", r#""Tenant A""#])
+        .await
+        .assert_ok();
+    sql.batch_execute(
+        r#"ALTER TABLE "Tenant A".users ADD COLUMN email text DEFAULT 'none';
+           CREATE INDEX users_by_email ON "Tenant A".users (email);
+           CREATE TABLE "Tenant A".notes (id bigserial PRIMARY KEY, user_id int NOT NULL,
+                                          body text CHECK (body <> ''));
+           CREATE INDEX notes_by_user ON "Tenant A".notes (user_id);
+           INSERT INTO "Tenant A".notes (user_id, body) SELECT g % 50 + 1, 'n' || g FROM generate_series(1, 100) g;
+           CREATE TABLE "Tenant A".summary AS SELECT user_id, count(*) AS n FROM "Tenant A".notes GROUP BY user_id;"#,
+    )
+    .await
+    .unwrap();
+    shoal.assert_definitions_match().await;
+    let placed: Vec<(String, String)> = sql
+        .query(
+            r#"SELECT table_name::text, kind FROM shoal.shards
+               WHERE table_name::text LIKE '"Tenant A".%' ORDER BY 1"#,
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(
+        placed,
+        [
+            (r#""Tenant A".notes"#.to_string(), "schema".to_string()),
+            (r#""Tenant A".summary"#.to_string(), "schema".to_string()),
+            (r#""Tenant A".users"#.to_string(), "schema".to_string()),
+        ]
+    );
+    let nodes: i64 = sql
+        .query_one(
+            r#"SELECT count(DISTINCT node_id) FROM shoal.shards WHERE table_name::text LIKE '"Tenant A".%'"#,
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(nodes, 1, "the schema's tables stay together");
+    let row = sql
+        .query_one(
+            r#"SELECT (SELECT count(*) FROM "Tenant A".notes), (SELECT sum(n) FROM "Tenant A".summary)::bigint,
+                      (SELECT count(*) FROM "Tenant A".users WHERE email = 'none')"#,
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            row.get::<_, i64>(0),
+            row.get::<_, i64>(1),
+            row.get::<_, i64>(2)
+        ),
+        (100, 100, 50)
+    );
+    // The sequence of a serial column keeps numbering new rows.
+    let id: i64 = sql
+        .query_one(
+            r#"INSERT INTO "Tenant A".notes (user_id, body) VALUES (1, 'more') RETURNING id"#,
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(id, 101);
+    let error = refused(
+        &sql,
+        r#"INSERT INTO "Tenant A".notes (user_id, body) VALUES (1, '')"#,
+    )
+    .await;
+    assert_mentions(&error, &["check constraint"]);
+    // The schema moves whole, each table with its definition.
+    let node: i32 = sql
+        .query_one(
+            r#"SELECT node_id FROM shoal.shards WHERE table_name = '"Tenant A".users'::regclass"#,
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    shoal
+        .cli(&["schema", "move", r#""Tenant A""#, "--to", other_node(node)])
+        .await
+        .assert_ok();
+    shoal.assert_definitions_match().await;
+    shoal.assert_nothing_left_behind().await;
+}

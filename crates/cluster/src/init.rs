@@ -33,7 +33,17 @@ pub async fn init_cluster(
     } = shoal_catalog::init(&mut client).await?;
     let cluster = Cluster::connect_labelled(params.clone(), label).await?;
     let mut unprepared_nodes = Vec::new();
+    let superuser: bool = cluster
+        .client()
+        .query_one(
+            "SELECT rolsuper FROM pg_roles WHERE rolname = current_user",
+            &[],
+        )
+        .await?
+        .get(0);
     for node in model::list_nodes(cluster.client()).await? {
+        crate::nodes::ensure_public_mapping(cluster.client(), &node, params.password(), superuser)
+            .await?;
         let prepared = match cluster.node_client(&node, label).await {
             Ok(node_client) => shoal_ddl::install_node(&node_client, cluster.client(), &node)
                 .await

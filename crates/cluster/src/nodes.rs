@@ -82,6 +82,14 @@ pub async fn add_node(cluster: &Cluster, request: &AddNode<'_>) -> Result<Node, 
     tx.batch_execute(&fdw_server_ddl(&node, cluster.params().password()))
         .await
         .context(|| format!("creating the foreign server for {address}"))?;
+    let superuser: bool = tx
+        .query_one(
+            "SELECT rolsuper FROM pg_roles WHERE rolname = current_user",
+            &[],
+        )
+        .await?
+        .get(0);
+    ensure_public_mapping(&tx, &node, cluster.params().password(), superuser).await?;
     shoal_ddl::install_node(&node_client, &tx, &node).await?;
     tx.commit()
         .await
@@ -139,20 +147,47 @@ fn fdw_server_ddl(node: &Node, password: Option<&str>) -> String {
     let server = quote_ident(&node.fdw_server);
     // async_capable lets the planner scan shards on different nodes in parallel; batch_size
     // makes INSERT routing send rows in batches; fetch_size reads large scans in fewer round trips.
-    let mut ddl = format!(
+    format!(
         "CREATE SERVER {server} FOREIGN DATA WRAPPER postgres_fdw OPTIONS (host {}, port {}, \
          dbname {}, async_capable 'true', batch_size '1000', fetch_size '10000');\n\
-         CREATE USER MAPPING FOR CURRENT_USER SERVER {server} OPTIONS (user {}",
+         CREATE USER MAPPING FOR CURRENT_USER SERVER {server} OPTIONS ({});",
         quote_literal(&node.host),
         quote_literal(&node.port.to_string()),
         quote_literal(&node.dbname),
-        quote_literal(&node.username),
-    );
-    if let Some(password) = password {
-        ddl.push_str(&format!(", password {}", quote_literal(password)));
+        mapping_options(node, password, false),
+    )
+}
+
+fn mapping_options(node: &Node, password: Option<&str>, passwordless_for_others: bool) -> String {
+    let mut options = format!("user {}", quote_literal(&node.username));
+    match password {
+        Some(password) => options.push_str(&format!(", password {}", quote_literal(password))),
+        // Without it postgres_fdw refuses other roles when the node asks for no password.
+        None if passwordless_for_others => options.push_str(", password_required 'false'"),
+        None => {}
     }
-    ddl.push_str(");");
-    ddl
+    options
+}
+
+/// The user mapping every other role of the coordinator reaches a node through: a role that
+/// may read or write a distributed table (GRANT on the table, checked by the coordinator) needs
+/// no mapping of its own. Its options are visible to the server's owner and superusers only,
+/// and without USAGE on the server nobody else can use it for a foreign table of their own.
+/// Only a superuser may waive the password; `superuser` says whether this role is one.
+pub async fn ensure_public_mapping(
+    client: &impl tokio_postgres::GenericClient,
+    node: &Node,
+    password: Option<&str>,
+    superuser: bool,
+) -> Result<(), ClusterError> {
+    client
+        .batch_execute(&format!(
+            "CREATE USER MAPPING IF NOT EXISTS FOR PUBLIC SERVER {} OPTIONS ({})",
+            quote_ident(&node.fdw_server),
+            mapping_options(node, password, superuser)
+        ))
+        .await
+        .context(|| format!("creating the shared user mapping for node {}", node.node_id))
 }
 
 /// Unregisters a node. Refused while it holds shards of distributed tables; reference table

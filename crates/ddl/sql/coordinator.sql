@@ -771,6 +771,156 @@ BEGIN
 END
 $fn$;
 
+-- CREATE TABLE in a distributed schema: the new table joins the schema's shard group, as
+-- `shoal schema sync` would place it, inside the statement's transaction. Its shard is built
+-- on the group's node through the inbox (it commits with the statement), then the coordinator's
+-- table becomes the schema layout: a partitioned table with one foreign partition, holding the
+-- rows a CREATE TABLE AS put in it.
+CREATE OR REPLACE FUNCTION shoal.ddl_place_in_schema(rel oid, group_id int)
+RETURNS void
+LANGUAGE plpgsql VOLATILE AS $fn$
+DECLARE
+    def jsonb := shoal.describe_table(rel);
+    nsp text := def->'name'->>'schema';
+    tbl text := def->'name'->>'name';
+    hidden text := '__shoal_created_' || rel;
+    node int;
+    fdw text;
+    new_shard bigint;
+    shard_name text;
+    key_column text;
+    ops jsonb;
+    op jsonb;
+    statements text[];
+    target record;
+    fk jsonb;
+    col record;
+    new_rel oid;
+    new_table int;
+    manage text := current_setting('shoal.manage_ddl', true);
+BEGIN
+    IF def->>'relkind' <> 'r' THEN
+        RAISE EXCEPTION '%.% is not a plain table; distributed schemas hold plain tables only', nsp, tbl
+            USING ERRCODE = 'feature_not_supported';
+    END IF;
+    SELECT p.node_id INTO node
+      FROM shoal.distributed_table t JOIN shoal.shard s USING (table_id)
+      JOIN shoal.placement p USING (shard_id)
+     WHERE t.colocation_id = group_id LIMIT 1;
+    IF node IS NULL THEN
+        SELECT n.node_id INTO node FROM shoal.node n
+         WHERE n.is_active AND n.should_have_shards
+         ORDER BY (SELECT count(*) FROM shoal.placement p JOIN shoal.shard s USING (shard_id)
+                    JOIN shoal.distributed_table t USING (table_id)
+                   WHERE p.node_id = n.node_id AND t.kind <> 'reference'), n.node_id
+         LIMIT 1;
+    END IF;
+    IF node IS NULL THEN
+        RAISE EXCEPTION 'no active node can take the tables of distributed schema %', nsp
+            USING HINT = 'add one with `shoal node add HOST:PORT`';
+    END IF;
+    SELECT n.fdw_server INTO fdw FROM shoal.node n WHERE n.node_id = node;
+    new_shard := nextval('shoal.shard_id_seq');
+    shard_name := shoal.derived_name(tbl, new_shard::text);
+
+    -- The shard: every part of the table, planned as if added to an empty one (the planner
+    -- refuses identity and generated columns), and foreign keys pointed at the shards of the
+    -- schema's tables or at reference tables.
+    ops := shoal.ddl_plan('reference',
+                          jsonb_build_object('name', def->'name', 'columns', '[]'::jsonb,
+                                             'constraints', '[]'::jsonb, 'indexes', '[]'::jsonb),
+                          def)->'ops';
+    statements := ARRAY[format('CREATE SCHEMA IF NOT EXISTS %I', nsp),
+                        format('CREATE TABLE %I.%I ()', nsp, shard_name)];
+    FOR op IN SELECT value FROM jsonb_array_elements(ops) LOOP
+        fk := (SELECT c.value->'foreign_key' FROM jsonb_array_elements(def->'constraints') c
+                WHERE op->>'op' = 'add_constraint' AND c.value->>'name' = op->>'name'
+                  AND c.value->>'kind' = 'ForeignKey');
+        IF fk IS NOT NULL THEN
+            SELECT s.schema_name, s.shard_name INTO target
+              FROM shoal.distributed_table t JOIN shoal.shard s USING (table_id)
+             WHERE t.relid = (fk->>'referenced_relid')::oid
+               AND (t.colocation_id = group_id OR t.kind = 'reference')
+             LIMIT 1;
+            IF NOT FOUND THEN
+                RAISE EXCEPTION 'foreign key % of %.% must reference a table of schema % or a reference table',
+                        op->>'name', nsp, tbl, nsp
+                    USING ERRCODE = 'feature_not_supported';
+            END IF;
+            op := op || jsonb_build_object('definition', format('FOREIGN KEY (%s) REFERENCES %I.%I (%s) %s',
+                (SELECT string_agg(quote_ident(c #>> '{}'), ', ') FROM jsonb_array_elements(fk->'columns') c),
+                target.schema_name, target.shard_name,
+                (SELECT string_agg(quote_ident(c #>> '{}'), ', ') FROM jsonb_array_elements(fk->'referenced_columns') c),
+                fk->>'actions_sql'));
+        END IF;
+        statements := statements || shoal.ddl_render(op, nsp, shard_name, new_shard::text);
+    END LOOP;
+    IF def->'replica_identity' = '"Full"' THEN
+        statements := statements || format('ALTER TABLE %I.%I REPLICA IDENTITY FULL', nsp, shard_name);
+    END IF;
+    PERFORM shoal.ddl_send(node, statements);
+
+    -- Rows route by a hashable column (any does: the one partition takes them all).
+    FOR col IN
+        SELECT c.value->>'name' AS name, c.value->>'type_sql' AS type_sql
+          FROM jsonb_array_elements(def->'columns') WITH ORDINALITY c
+         ORDER BY (c.value->>'name') = ANY (ARRAY(
+                      SELECT k.value #>> '{}'
+                        FROM jsonb_array_elements(def->'constraints') pk,
+                             jsonb_array_elements(pk.value->'columns') WITH ORDINALITY k
+                       WHERE pk.value->>'kind' = 'PrimaryKey' AND k.ordinality = 1)) DESC,
+                  c.ordinality
+    LOOP
+        BEGIN
+            EXECUTE format('CREATE TEMP TABLE shoal_hash_probe (k %s) PARTITION BY HASH (k)', col.type_sql);
+            EXECUTE 'DROP TABLE shoal_hash_probe';
+            key_column := col.name;
+            EXIT;
+        EXCEPTION WHEN OTHERS THEN
+            NULL;
+        END;
+    END LOOP;
+    IF key_column IS NULL THEN
+        RAISE EXCEPTION '%.% has no column of a hashable type, which Shoal needs to route its rows', nsp, tbl
+            USING ERRCODE = 'feature_not_supported', HINT = 'add one';
+    END IF;
+
+    -- The coordinator's side, by Shoal itself (not propagated again).
+    PERFORM set_config('shoal.manage_ddl', 'off', true);
+    EXECUTE format('ALTER TABLE %I.%I RENAME TO %I', nsp, tbl, hidden);
+    EXECUTE format('CREATE TABLE %I.%I (LIKE %I.%I INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING STORAGE INCLUDING COMMENTS) PARTITION BY HASH (%I)',
+                   nsp, tbl, nsp, hidden, key_column);
+    EXECUTE format('CREATE FOREIGN TABLE %I.%I PARTITION OF %I.%I FOR VALUES WITH (MODULUS 1, REMAINDER 0) SERVER %I OPTIONS (schema_name %L, table_name %L)',
+                   nsp, shard_name, nsp, tbl, fdw, nsp, shard_name);
+    new_rel := format('%I.%I', nsp, tbl)::regclass;
+    EXECUTE format('INSERT INTO %I.%I SELECT * FROM %I.%I', nsp, tbl, nsp, hidden);
+    FOR col IN
+        SELECT s.oid::regclass::text AS sequence_name, a.attname::text AS column_name
+          FROM pg_catalog.pg_depend d
+          JOIN pg_catalog.pg_class s ON s.oid = d.objid AND s.relkind = 'S'
+          JOIN pg_catalog.pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid
+         WHERE d.classid = 'pg_catalog.pg_class'::regclass AND d.refobjid = rel AND d.deptype = 'a'
+    LOOP
+        EXECUTE format('ALTER SEQUENCE %s OWNED BY %I.%I.%I', col.sequence_name, nsp, tbl, col.column_name);
+    END LOOP;
+    EXECUTE format('DROP TABLE %I.%I', nsp, hidden);
+    FOR op IN SELECT value FROM jsonb_array_elements(def->'indexes') WHERE NOT (value->>'unique')::boolean LOOP
+        EXECUTE format('CREATE INDEX %I ON %I.%I USING %s', op->>'name', nsp, tbl, op->>'method_and_keys');
+    END LOOP;
+    PERFORM set_config('shoal.manage_ddl', coalesce(manage, ''), true);
+
+    INSERT INTO shoal.distributed_table (relid, kind, distribution_column, colocation_id, original_ddl)
+    VALUES (new_rel, 'schema', NULL, group_id,
+            jsonb_set(def, '{columns}', shoal.describe_table(new_rel)->'columns'))
+    RETURNING table_id INTO new_table;
+    INSERT INTO shoal.shard (shard_id, table_id, shard_index, schema_name, shard_name)
+    VALUES (new_shard, new_table, 0, nsp, shard_name);
+    INSERT INTO shoal.placement (shard_id, node_id) VALUES (new_shard, node);
+    INSERT INTO shoal.ddl_change (table_id, command_tag, operations)
+    VALUES (new_table, 'CREATE TABLE', ops);
+END
+$fn$;
+
 CREATE OR REPLACE FUNCTION shoal.on_ddl_command_end() RETURNS event_trigger
 LANGUAGE plpgsql AS $fn$
 DECLARE
@@ -779,7 +929,7 @@ DECLARE
     tid int;
     touched int[];
 BEGIN
-    IF NOT shoal.ddl_propagation_on() OR NOT EXISTS (SELECT 1 FROM shoal.distributed_table) THEN
+    IF NOT shoal.ddl_propagation_on() OR NOT EXISTS (SELECT 1 FROM shoal.colocation_group) THEN
         RETURN;
     END IF;
     touched := coalesce(string_to_array(nullif(current_setting('shoal.ddl_touched', true), ''), ',')::int[], '{}');
@@ -794,6 +944,15 @@ BEGIN
             CONTINUE;
         END IF;
         CONTINUE WHEN owner IS NULL OR owner = 0;
+        IF cmd.command_tag IN ('CREATE TABLE', 'CREATE TABLE AS', 'SELECT INTO') THEN
+            SELECT g.colocation_id INTO tid FROM shoal.colocation_group g
+             WHERE g.kind = 'schema' AND g.schema_name = cmd.schema_name;
+            IF FOUND AND NOT EXISTS (SELECT 1 FROM shoal.distributed_table t WHERE t.relid = owner)
+               AND EXISTS (SELECT 1 FROM pg_catalog.pg_class c WHERE c.oid = owner AND NOT c.relispartition) THEN
+                PERFORM shoal.ddl_place_in_schema(owner, tid);
+                CONTINUE;
+            END IF;
+        END IF;
         tid := shoal.ddl_managed_table(owner);
         IF tid IS NOT NULL AND NOT tid = ANY (touched) THEN
             touched := touched || tid;
