@@ -302,7 +302,7 @@ pub enum TableCommand {
     Distribute {
         /// Table name as in SQL, e.g. orders or shop."Order Items"
         table: String,
-        /// Distribution column
+        /// Distribution column, as in SQL (quote a name with capitals: '"Id"')
         #[arg(long)]
         column: String,
         /// Number of shards, 1..=4096 (default 32, or the colocated table's count)
@@ -311,6 +311,11 @@ pub enum TableCommand {
         /// Put shard i on the same node as shard i of this table, or `none` for a new group
         #[arg(long, value_name = "TABLE|none")]
         colocate_with: Option<String>,
+        /// Also distribute the plain tables whose foreign keys reference this one through
+        /// the distribution column, colocated, each by its referencing column; their keys stay
+        /// enforced on the shards
+        #[arg(long)]
+        with_referencing: bool,
     },
     /// Bring every row back into a plain coordinator table and remove the shards
     Undistribute { table: String },

@@ -381,6 +381,7 @@ async fn table(cluster: &Cluster, command: TableCommand) -> anyhow::Result<()> {
             column,
             shards,
             colocate_with,
+            with_referencing,
         } => {
             let shards = match shards {
                 Some(n) if !(1..=4096).contains(&n) => {
@@ -393,19 +394,30 @@ async fn table(cluster: &Cluster, command: TableCommand) -> anyhow::Result<()> {
                 Some("none") => Colocate::None,
                 Some(other) => Colocate::With(other.to_string()),
             };
-            let report =
-                shoal_cluster::distribute_table(cluster, &table, &column, shards, colocate).await?;
-            let nodes: std::collections::BTreeSet<i32> =
-                report.shards.iter().map(|s| s.1).collect();
-            println!(
-                "distributed {} by {} into {} shards on {} node(s) (colocation group {}); moved {} row(s)",
-                report.table,
-                report.distribution_column,
-                report.shard_count,
-                nodes.len(),
-                report.colocation_id,
-                report.rows_moved
-            );
+            let reports = shoal_cluster::distribute_tables(
+                cluster,
+                &shoal_cluster::DistributeRequest {
+                    table: &table,
+                    column: &column,
+                    shard_count: shards,
+                    colocate,
+                    with_referencing,
+                },
+            )
+            .await?;
+            for report in reports {
+                let nodes: std::collections::BTreeSet<i32> =
+                    report.shards.iter().map(|s| s.1).collect();
+                println!(
+                    "distributed {} by {} into {} shards on {} node(s) (colocation group {}); moved {} row(s)",
+                    report.table,
+                    report.distribution_column,
+                    report.shard_count,
+                    nodes.len(),
+                    report.colocation_id,
+                    report.rows_moved
+                );
+            }
         }
         TableCommand::Undistribute { table } => {
             let rows = shoal_cluster::undistribute_table(cluster, &table).await?;

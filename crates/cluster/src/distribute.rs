@@ -8,20 +8,22 @@
 use std::collections::{BTreeMap, HashMap};
 
 use serde::Serialize;
-use tokio_postgres::{GenericClient, Transaction};
+use tokio_postgres::Transaction;
 
-use crate::cleanup::{begin_operation, end_operation, run_cleanup};
+use crate::checks::{
+    check_hashable, check_no_dependents, check_supported_columns, check_unique_constraints,
+    lock_table,
+};
+use crate::cleanup::begin_operation;
 use crate::error::{ClusterError, PgContext};
 use crate::layout;
 use crate::locks;
 use crate::placement::{place_in_group, place_new_group};
-use crate::reference;
-use crate::resolve::{resolve_column_name, resolve_relation};
+use crate::resolve::{resolve_column_name, resolve_relation, resolve_relation_by_oid, Relation};
+use crate::switch::{copy_rows, replace_table, settle};
 use crate::Cluster;
 use shoal_catalog::model::{self, CleanupObject, CleanupPolicy, ColocationGroup, Node, TableKind};
-use shoal_ddl::definition::{
-    foreign_key_ddl, introspect, restore_ddl, shard_table_ddl, ConstraintKind, TableDef,
-};
+use shoal_ddl::definition::{foreign_key_ddl, introspect, shard_table_ddl, TableDef};
 use shoal_sql::{derived_name, quote_ident, QualifiedName};
 
 pub const DEFAULT_SHARD_COUNT: i32 = 32;
@@ -73,16 +75,245 @@ pub async fn distribute_table(
     shard_count: Option<i32>,
     colocate: Colocate,
 ) -> Result<DistributeReport, ClusterError> {
-    if let Some(count) = shard_count {
+    let mut reports = distribute_tables(
+        cluster,
+        &DistributeRequest {
+            table,
+            column,
+            shard_count,
+            colocate,
+            with_referencing: false,
+        },
+    )
+    .await?;
+    Ok(reports.remove(0))
+}
+
+#[derive(Debug, Clone)]
+pub struct DistributeRequest<'a> {
+    pub table: &'a str,
+    pub column: &'a str,
+    pub shard_count: Option<i32>,
+    pub colocate: Colocate,
+    /// Also distribute, colocated and in the same operation, the plain tables whose foreign
+    /// keys reference this one through the distribution column (each by its referencing
+    /// column), so that the keys stay enforced on the shards.
+    pub with_referencing: bool,
+}
+
+/// One table of a distribution, planned before anything is created.
+struct PlannedTable {
+    def: TableDef,
+    column: String,
+    shards: Vec<PlannedShard>,
+    fk_targets: Vec<FkTarget>,
+}
+
+/// Distributes a table (and, with `with_referencing`, the tables that reference it) in one
+/// operation: shards built first, then one coordinator transaction swaps every table in.
+/// Reports the requested table first.
+pub async fn distribute_tables(
+    cluster: &Cluster,
+    request: &DistributeRequest<'_>,
+) -> Result<Vec<DistributeReport>, ClusterError> {
+    if let Some(count) = request.shard_count {
         if !(1..=MAX_SHARD_COUNT).contains(&count) {
             return Err(ClusterError::ShardCountOutOfRange(count.into()));
         }
     }
-    let label = format!("shoal table distribute {table}");
+    let label = format!("shoal table distribute {}", request.table);
     let mut coordinator = cluster.coordinator(&label).await?;
     let tx = coordinator.transaction().await?;
-    let relation = resolve_relation(&tx, table).await?;
-    if let Some(existing) = model::get_table_by_relid(&tx, relation.relid).await? {
+    let relation = resolve_relation(&tx, request.table).await?;
+    let (def, column) = prepare_table(&tx, &relation, request.column).await?;
+    let referencing = if request.with_referencing {
+        referencing_tables(&tx, &def, &column).await?
+    } else {
+        Vec::new()
+    };
+    let referencing_relids: Vec<u32> = referencing.iter().map(|(d, _)| d.relid).collect();
+    check_no_dependents(&tx, &def, &referencing_relids).await?;
+    let type_sql = def
+        .column(&column)
+        .map(|c| c.type_sql.clone())
+        .unwrap_or_default();
+    for (other, other_column) in &referencing {
+        check_no_dependents(&tx, other, &[]).await?;
+        let other_type = other
+            .column(other_column)
+            .map(|c| c.type_sql.as_str())
+            .unwrap_or_default();
+        if other_type != type_sql {
+            return Err(ClusterError::Unsupported(format!(
+                "{} references {} through column {} of type {other_type}, but {} has type \
+                 {type_sql}; colocated tables need one type",
+                other.name,
+                def.name,
+                quote_ident(other_column),
+                quote_ident(&column)
+            )));
+        }
+    }
+
+    let (group, shard_count, group_is_new) =
+        choose_group(&tx, &request.colocate, request.shard_count, &type_sql).await?;
+    if let Some(group) = &group {
+        locks::refuse_during_transfer(&tx, group.colocation_id).await?;
+    }
+    let nodes = model::list_nodes(&tx).await?;
+    let placement = plan_placement(&tx, &group, shard_count, &nodes).await?;
+    let mut planned: Vec<PlannedTable> = Vec::new();
+    for (table_def, table_column) in std::iter::once((def, column)).chain(referencing) {
+        let mut shards = Vec::with_capacity(placement.len());
+        for (index, node_id) in placement.iter().enumerate() {
+            let shard_id = model::next_shard_id(cluster.client()).await?;
+            shards.push(PlannedShard {
+                index: index as i32,
+                shard_id,
+                table: QualifiedName::new(
+                    &table_def.name.schema,
+                    derived_name(&table_def.name.name, &shard_id.to_string()),
+                ),
+                node_id: *node_id,
+            });
+        }
+        // Keys may point at a table distributed by this same operation (the first one, or
+        // the table itself): at its planned shards.
+        let in_operation: Vec<(u32, String, Vec<QualifiedName>)> = planned
+            .iter()
+            .map(|p| (p.def.relid, p.column.clone(), shard_names(&p.shards)))
+            .chain(std::iter::once((
+                table_def.relid,
+                table_column.clone(),
+                shard_names(&shards),
+            )))
+            .collect();
+        let fk_targets =
+            foreign_key_targets(&tx, &table_def, &table_column, &group, &in_operation).await?;
+        planned.push(PlannedTable {
+            def: table_def,
+            column: table_column,
+            shards,
+            fk_targets,
+        });
+    }
+
+    let operation_id = begin_operation(cluster).await?;
+    let result = async {
+        // The referenced table's shards first: the others' keys point at them.
+        for table in &planned {
+            create_shards(
+                cluster,
+                &nodes,
+                &table.def,
+                &table.shards,
+                &table.fk_targets,
+                operation_id,
+                &label,
+            )
+            .await?;
+        }
+        let mut new_relids = Vec::new();
+        let mut rows = Vec::new();
+        for table in &planned {
+            new_relids.push(
+                swap_in_partitioned(
+                    &tx,
+                    &table.def,
+                    &table.column,
+                    shard_count,
+                    &table.shards,
+                    &nodes,
+                )
+                .await?,
+            );
+            rows.push(copy_rows(&tx, &table.def.name, &new_parent_name(&table.def)).await?);
+        }
+        // Referencing tables go first: their keys to the others go with them.
+        for table in planned.iter().rev() {
+            replace_table(&tx, &table.def, &new_parent_name(&table.def)).await?;
+        }
+        for table in &planned {
+            for statement in layout::coordinator_index_ddl(&table.def, &table.def.name) {
+                tx.batch_execute(&statement)
+                    .await
+                    .context(|| format!("creating {statement} on the coordinator"))?;
+            }
+        }
+        let group = if group_is_new {
+            model::insert_group(
+                &tx,
+                TableKind::Hash,
+                shard_count,
+                Some(&type_sql),
+                request.colocate == Colocate::Default,
+                None,
+            )
+            .await?
+        } else {
+            group.clone().expect("an existing group")
+        };
+        for (table, relid) in planned.iter().zip(&new_relids) {
+            let table_id = model::insert_table(
+                &tx,
+                *relid,
+                TableKind::Hash,
+                Some(&table.column),
+                group.colocation_id,
+                &serde_json::to_value(table.def.numbered_as_copy())
+                    .expect("table definitions serialise"),
+            )
+            .await?;
+            for shard in &table.shards {
+                model::insert_shard(&tx, shard.shard_id, table_id, shard.index, &shard.table)
+                    .await?;
+                model::insert_placement(&tx, shard.shard_id, shard.node_id).await?;
+            }
+        }
+        // Success and the forgetting of the on-failure records commit together.
+        model::delete_cleanup_records(&tx, operation_id, CleanupPolicy::OnFailure).await?;
+        Ok::<_, ClusterError>((rows, group.colocation_id))
+    }
+    .await;
+    let names: Vec<String> = planned.iter().map(|t| t.def.name.to_string()).collect();
+    let (rows, colocation_id) = settle(
+        cluster,
+        operation_id,
+        tx,
+        result,
+        &format!("distributing {}", names.join(", ")),
+    )
+    .await?;
+    Ok(planned
+        .iter()
+        .zip(rows)
+        .map(|(table, rows_moved)| DistributeReport {
+            table: table.def.name.clone(),
+            distribution_column: table.column.clone(),
+            shard_count,
+            colocation_id,
+            rows_moved,
+            shards: table
+                .shards
+                .iter()
+                .map(|s| (s.shard_id, s.node_id))
+                .collect(),
+        })
+        .collect())
+}
+
+fn shard_names(shards: &[PlannedShard]) -> Vec<QualifiedName> {
+    shards.iter().map(|s| s.table.clone()).collect()
+}
+
+/// Checks that a table can be distributed by `column`, locks it (readers and writers wait
+/// from here until the distributed table replaces it) and reads its definition.
+async fn prepare_table(
+    tx: &Transaction<'_>,
+    relation: &Relation,
+    column: &str,
+) -> Result<(TableDef, String), ClusterError> {
+    if let Some(existing) = model::get_table_by_relid(tx, relation.relid).await? {
         return Err(ClusterError::AlreadyDistributed {
             table: existing.name.to_string(),
             kind: existing.kind.as_str().to_string(),
@@ -94,7 +325,7 @@ pub async fn distribute_table(
             relation.name, relation.relkind
         )));
     }
-    if model::find_group_of_kind(&tx, TableKind::Schema, Some(&relation.name.schema))
+    if model::find_group_of_kind(tx, TableKind::Schema, Some(&relation.name.schema))
         .await?
         .is_some()
     {
@@ -105,16 +336,14 @@ pub async fn distribute_table(
             quote_ident(&relation.name.schema)
         )));
     }
-    // Readers and writers wait from here until the distributed table replaces this one.
-    lock_table(&tx, &relation.name).await?;
-    let def = introspect(&tx, relation.relid).await?;
-    let column = resolve_column_name(&tx, column).await?;
-    let column = column.as_str();
+    lock_table(tx, &relation.name).await?;
+    let def = introspect(tx, relation.relid).await?;
+    let column = resolve_column_name(tx, column).await?;
     let dist_column = def
-        .column(column)
+        .column(&column)
         .ok_or_else(|| ClusterError::UnknownColumn {
             table: def.name.to_string(),
-            column: quote_ident(column),
+            column: quote_ident(&column),
             available: def
                 .columns
                 .iter()
@@ -124,285 +353,68 @@ pub async fn distribute_table(
         })?;
     let type_sql = dist_column.type_sql.clone();
     check_supported_columns(&def)?;
-    check_hashable(&tx, column, &type_sql).await?;
-    check_unique_constraints(&def, column)?;
-    check_no_dependents(&tx, &def).await?;
-
-    let (group, shard_count, group_is_new) =
-        choose_group(&tx, &colocate, shard_count, &type_sql).await?;
-    if let Some(group) = &group {
-        locks::refuse_during_transfer(&tx, group.colocation_id).await?;
-    }
-    let nodes = model::list_nodes(&tx).await?;
-    let placement = plan_placement(&tx, &group, shard_count, &nodes).await?;
-    let fk_targets = foreign_key_targets(&tx, &def, column, &group, relation.relid).await?;
-
-    let mut shards = Vec::with_capacity(placement.len());
-    for (index, node_id) in placement.iter().enumerate() {
-        let shard_id = model::next_shard_id(cluster.client()).await?;
-        shards.push(PlannedShard {
-            index: index as i32,
-            shard_id,
-            table: QualifiedName::new(
-                &def.name.schema,
-                derived_name(&def.name.name, &shard_id.to_string()),
-            ),
-            node_id: *node_id,
-        });
-    }
-    // The own shard of each index is a valid target for a self-referencing foreign key.
-    let own_shards: Vec<QualifiedName> = shards.iter().map(|s| s.table.clone()).collect();
-
-    let operation_id = begin_operation(cluster).await?;
-    let result = async {
-        create_shards(
-            cluster,
-            &nodes,
-            &def,
-            &shards,
-            &fk_targets,
-            &own_shards,
-            operation_id,
-            &label,
-        )
-        .await?;
-        let new_relid =
-            swap_in_partitioned(&tx, &def, column, shard_count, &shards, &nodes).await?;
-        let rows_moved = copy_rows(&tx, &def.name, &new_parent_name(&def)).await?;
-        replace_table(&tx, &def, &new_parent_name(&def)).await?;
-        for statement in layout::coordinator_index_ddl(&def, &def.name) {
-            tx.batch_execute(&statement)
-                .await
-                .context(|| format!("creating {statement} on the coordinator"))?;
-        }
-        let group = if group_is_new {
-            model::insert_group(
-                &tx,
-                TableKind::Hash,
-                shard_count,
-                Some(&type_sql),
-                colocate == Colocate::Default,
-                None,
-            )
-            .await?
-        } else {
-            group.clone().expect("an existing group")
-        };
-        let table_id = model::insert_table(
-            &tx,
-            new_relid,
-            TableKind::Hash,
-            Some(column),
-            group.colocation_id,
-            &serde_json::to_value(def.numbered_as_copy()).expect("table definitions serialise"),
-        )
-        .await?;
-        for shard in &shards {
-            model::insert_shard(&tx, shard.shard_id, table_id, shard.index, &shard.table).await?;
-            model::insert_placement(&tx, shard.shard_id, shard.node_id).await?;
-        }
-        // Success and the forgetting of the on-failure records commit together.
-        model::delete_cleanup_records(&tx, operation_id, CleanupPolicy::OnFailure).await?;
-        Ok::<_, ClusterError>((rows_moved, group.colocation_id))
-    }
-    .await;
-    let (rows_moved, colocation_id) = settle(
-        cluster,
-        operation_id,
-        tx,
-        result,
-        &format!("distributing {}", def.name),
-    )
-    .await?;
-    Ok(DistributeReport {
-        table: def.name.clone(),
-        distribution_column: column.to_string(),
-        shard_count,
-        colocation_id,
-        rows_moved,
-        shards: shards.iter().map(|s| (s.shard_id, s.node_id)).collect(),
-    })
+    check_hashable(tx, &column, &type_sql).await?;
+    check_unique_constraints(&def, &column)?;
+    Ok((def, column))
 }
 
-/// Ends an operation whose coordinator switch ran in `tx`: commits it if the switch succeeded,
-/// else rolls it back and removes what the operation built on the nodes; then releases the
-/// operation's lock.
-pub(crate) async fn settle<T>(
-    cluster: &Cluster,
-    operation_id: i64,
-    tx: Transaction<'_>,
-    result: Result<T, ClusterError>,
-    what: &str,
-) -> Result<T, ClusterError> {
-    let committed = match result {
-        Ok(value) => tx
-            .commit()
-            .await
-            .context(|| what.to_string())
-            .map(|_| value),
-        Err(error) => {
-            let _ = tx.rollback().await;
-            Err(error)
-        }
-    };
-    let outcome = match committed {
-        Ok(value) => Ok(value),
-        Err(error) => Err(with_cleanup(cluster, operation_id, error).await),
-    };
-    end_operation(cluster, operation_id).await;
-    outcome
-}
-
-/// Runs cleanup for a failed operation and says in the error what could not be removed.
-pub(crate) async fn with_cleanup(
-    cluster: &Cluster,
-    operation_id: i64,
-    error: ClusterError,
-) -> ClusterError {
-    match run_cleanup(cluster, Some(operation_id)).await {
-        Ok(report) if report.is_clean() => error,
-        Ok(report) => ClusterError::Unsupported(format!(
-            "{error}; could not remove {} (run `shoal cleanup` once the node is back)",
-            report.failed.join(", ")
-        )),
-        Err(cleanup_error) => ClusterError::Unsupported(format!(
-            "{error}; cleanup failed too ({cleanup_error}): run `shoal cleanup`"
-        )),
-    }
-}
-
-pub(crate) async fn lock_table(
+/// The plain tables whose foreign keys reference `def` through its distribution column, each
+/// with the referencing column it is distributed by (checked and locked like the table).
+async fn referencing_tables(
     tx: &Transaction<'_>,
-    table: &QualifiedName,
-) -> Result<(), ClusterError> {
-    tx.batch_execute(&format!(
-        "SET LOCAL lock_timeout = '10s'; LOCK TABLE {} IN ACCESS EXCLUSIVE MODE",
-        table.quoted()
-    ))
-    .await
-    .context(|| {
-        format!(
-            "locking {} (is a long transaction using it? try again when it ends)",
-            table
-        )
-    })
-}
-
-pub(crate) fn check_supported_columns(def: &TableDef) -> Result<(), ClusterError> {
-    for column in &def.columns {
-        if column.identity {
-            return Err(ClusterError::Unsupported(format!(
-                "column {} of {} is an identity column, which partitioned tables do not support; \
-                 use a sequence default (serial) instead",
-                quote_ident(&column.name),
-                def.name
-            )));
-        }
-        if column.generated {
-            return Err(ClusterError::Unsupported(format!(
-                "column {} of {} is a generated column, which Shoal does not distribute yet",
-                quote_ident(&column.name),
-                def.name
-            )));
-        }
-    }
-    Ok(())
-}
-
-/// Asks PostgreSQL itself whether the type can be a hash partition key, in a savepoint that is
-/// rolled back, so domains and array types are judged exactly as PostgreSQL would.
-pub(crate) async fn check_hashable(
-    tx: &Transaction<'_>,
-    column: &str,
-    type_sql: &str,
-) -> Result<(), ClusterError> {
-    tx.batch_execute("SAVEPOINT shoal_hash_probe").await?;
-    let probe = tx
-        .batch_execute(&format!(
-            "CREATE TEMP TABLE shoal_hash_probe (k {type_sql}) PARTITION BY HASH (k)"
-        ))
-        .await;
-    tx.batch_execute("ROLLBACK TO SAVEPOINT shoal_hash_probe")
-        .await?;
-    probe.map_err(|_| ClusterError::NotHashable {
-        column: quote_ident(column),
-        type_name: type_sql.to_string(),
-    })
-}
-
-/// Uniqueness can only be enforced inside one shard, so every unique key must contain the
-/// distribution column.
-fn check_unique_constraints(def: &TableDef, column: &str) -> Result<(), ClusterError> {
-    for constraint in &def.constraints {
-        let unique = matches!(
-            constraint.kind,
-            ConstraintKind::PrimaryKey | ConstraintKind::Unique
-        );
-        if unique && !constraint.columns.iter().any(|c| c == column) {
-            return Err(ClusterError::Unsupported(format!(
-                "constraint {} of {} does not include the distribution column {}, so it could not \
-                 be enforced across shards; distribute by one of its columns",
-                quote_ident(&constraint.name),
-                def.name,
-                quote_ident(column)
-            )));
-        }
-    }
-    for index in def.indexes.iter().filter(|i| i.unique) {
-        if !index.key_columns.iter().any(|c| c == column) {
-            return Err(ClusterError::Unsupported(format!(
-                "unique index {} of {} does not include the distribution column {}; drop it or \
-                 distribute by one of its columns",
-                quote_ident(&index.name),
-                def.name,
-                quote_ident(column)
-            )));
-        }
-    }
-    Ok(())
-}
-
-/// The coordinator table is replaced by a new relation, so nothing may depend on it: no foreign
-/// keys from other tables, no views.
-pub(crate) async fn check_no_dependents(
-    client: &impl GenericClient,
     def: &TableDef,
-) -> Result<(), ClusterError> {
-    let referencing = client
+    column: &str,
+) -> Result<Vec<(TableDef, String)>, ClusterError> {
+    let rows = tx
         .query(
-            "SELECT conname::text, conrelid::regclass::text FROM pg_catalog.pg_constraint
-             WHERE confrelid = $1 AND contype = 'f' AND conrelid <> $1",
-            &[&def.relid],
+            "SELECT DISTINCT c.conrelid, c.conname::text, a.attname::text
+             FROM pg_catalog.pg_constraint c
+             LEFT JOIN LATERAL unnest(c.confkey, c.conkey) AS k(referenced, referencing) ON true
+             LEFT JOIN pg_catalog.pg_attribute ra
+                    ON ra.attrelid = c.confrelid AND ra.attnum = k.referenced AND ra.attname = $2
+             LEFT JOIN pg_catalog.pg_attribute a
+                    ON a.attrelid = c.conrelid AND a.attnum = k.referencing AND ra.attname IS NOT NULL
+             WHERE c.contype = 'f' AND c.confrelid = $1 AND c.conrelid <> $1
+             ORDER BY 1, 3 NULLS FIRST",
+            &[&def.relid, &column],
         )
         .await?;
-    if let Some(row) = referencing.first() {
+    let mut out: Vec<(TableDef, String)> = Vec::new();
+    for row in rows {
+        let relid: u32 = row.get(0);
+        let referencing_column: Option<String> = row.get(2);
+        if out.iter().any(|(d, _)| d.relid == relid) {
+            continue;
+        }
+        let Some(referencing_column) = referencing_column else {
+            continue;
+        };
+        let relation = resolve_relation_by_oid(tx, relid).await?;
+        let (other, other_column) =
+            prepare_table(tx, &relation, &quote_ident(&referencing_column)).await?;
+        out.push((other, other_column));
+    }
+    // A key that does not go through the distribution column cannot be enforced per shard.
+    let through: Vec<u32> = out.iter().map(|(d, _)| d.relid).collect();
+    let other = tx
+        .query_opt(
+            "SELECT c.conname::text, c.conrelid::regclass::text FROM pg_catalog.pg_constraint c
+             WHERE c.contype = 'f' AND c.confrelid = $1 AND c.conrelid <> $1
+               AND NOT c.conrelid = ANY ($2) LIMIT 1",
+            &[&def.relid, &through],
+        )
+        .await?;
+    if let Some(row) = other {
         return Err(ClusterError::Unsupported(format!(
-            "{} is referenced by foreign key {} of {}; drop that constraint first (distributed \
-             tables may reference reference tables and colocated tables)",
-            def.name,
+            "foreign key {} of {} references {} but not through its distribution column {}; \
+             drop that constraint first, or distribute by the column it references",
             quote_ident(row.get::<_, &str>(0)),
-            row.get::<_, &str>(1)
-        )));
-    }
-    let views = client
-        .query(
-            "SELECT DISTINCT v.oid::regclass::text FROM pg_catalog.pg_depend d
-             JOIN pg_catalog.pg_rewrite r ON r.oid = d.objid
-             JOIN pg_catalog.pg_class v ON v.oid = r.ev_class
-             WHERE d.classid = 'pg_catalog.pg_rewrite'::regclass AND d.refobjid = $1
-               AND v.oid <> $1",
-            &[&def.relid],
-        )
-        .await?;
-    if !views.is_empty() {
-        let names: Vec<String> = views.iter().map(|r| r.get(0)).collect();
-        return Err(ClusterError::Unsupported(format!(
-            "{} is used by view(s) {}; drop them first and create them again afterwards",
+            row.get::<_, &str>(1),
             def.name,
-            names.join(", ")
+            quote_ident(column)
         )));
     }
-    Ok(())
+    Ok(out)
 }
 
 /// Returns the group to join (None when a new one is to be created), and the shard count.
@@ -503,12 +515,15 @@ async fn plan_placement(
 
 /// Foreign keys of a distributed table may point at reference tables (present on every node) or
 /// at a colocated table through the distribution column (the matching shard is on the same node).
+/// `in_operation`: the tables this operation distributes (relid, distribution column, planned
+/// shards), the table itself included: a key to one of them goes through the distribution
+/// column to the planned shard of the same index.
 async fn foreign_key_targets(
     tx: &Transaction<'_>,
     def: &TableDef,
     column: &str,
     group: &Option<ColocationGroup>,
-    relid: u32,
+    in_operation: &[(u32, String, Vec<QualifiedName>)],
 ) -> Result<Vec<FkTarget>, ClusterError> {
     let mut targets = Vec::new();
     for (constraint, fk) in def.foreign_keys() {
@@ -521,18 +536,24 @@ async fn foreign_key_targets(
                 "make the referenced table a reference table first (`shoal table reference`)"
             ))
         };
-        if fk.referenced_relid == relid {
+        if let Some((_, referenced_column, shards)) = in_operation
+            .iter()
+            .find(|(relid, _, _)| *relid == fk.referenced_relid)
+        {
             let position = fk.columns.iter().position(|c| c == column);
-            if position.is_none()
-                || position.map(|p| &fk.referenced_columns[p]) != Some(&column.to_string())
-            {
-                return Err(refused("itself, not through the distribution column"));
+            if position.map(|p| &fk.referenced_columns[p]) != Some(referenced_column) {
+                return Err(refused(
+                    "a table distributed with it, but not through the distribution column",
+                ));
             }
-            targets.push(FkTarget::Colocated(Vec::new()));
+            targets.push(FkTarget::Colocated(shards.clone()));
             continue;
         }
         let Some(target) = model::get_table_by_relid(tx, fk.referenced_relid).await? else {
-            return Err(refused("a table that is not distributed"));
+            return Err(refused(
+                "a table that is not distributed (to distribute both, distribute the referenced \
+                 table with --with-referencing)",
+            ));
         };
         match target.kind {
             TableKind::Reference => targets.push(FkTarget::Reference(target.name.clone())),
@@ -579,7 +600,6 @@ pub(crate) async fn create_shards(
     def: &TableDef,
     shards: &[PlannedShard],
     fk_targets: &[FkTarget],
-    own_shards: &[QualifiedName],
     operation_id: i64,
     label: &str,
 ) -> Result<(), ClusterError> {
@@ -614,9 +634,6 @@ pub(crate) async fn create_shards(
             for ((constraint, fk), target) in def.foreign_keys().zip(fk_targets) {
                 let referenced = match target {
                     FkTarget::Reference(name) => name.clone(),
-                    FkTarget::Colocated(names) if names.is_empty() => {
-                        own_shards[shard.index as usize].clone()
-                    }
                     FkTarget::Colocated(names) => names[shard.index as usize].clone(),
                 };
                 ddl.push(foreign_key_ddl(
@@ -680,172 +697,4 @@ async fn swap_in_partitioned(
         .await?
         .get(0);
     Ok(relid)
-}
-
-pub(crate) async fn copy_rows(
-    tx: &Transaction<'_>,
-    from: &QualifiedName,
-    to: &QualifiedName,
-) -> Result<u64, ClusterError> {
-    tx.execute(
-        &format!(
-            "INSERT INTO {} SELECT * FROM {}",
-            to.quoted(),
-            from.quoted()
-        ),
-        &[],
-    )
-    .await
-    .context(|| format!("copying the rows of {from}"))
-}
-
-/// Replaces `def`'s table by `replacement` under the same name: sequences owned by its columns
-/// move over (dropping the table would drop them), then the old table goes.
-pub(crate) async fn replace_table(
-    tx: &Transaction<'_>,
-    def: &TableDef,
-    replacement: &QualifiedName,
-) -> Result<(), ClusterError> {
-    move_owned_sequences(tx, def.relid, replacement).await?;
-    tx.batch_execute(&format!(
-        "DROP TABLE {};\nALTER TABLE {} RENAME TO {}",
-        def.name.quoted(),
-        replacement.quoted(),
-        quote_ident(&def.name.name)
-    ))
-    .await
-    .context(|| format!("replacing {}", def.name))
-}
-
-pub(crate) async fn move_owned_sequences(
-    tx: &Transaction<'_>,
-    relid: u32,
-    replacement: &QualifiedName,
-) -> Result<(), ClusterError> {
-    let owned = tx
-        .query(
-            "SELECT quote_ident(sn.nspname) || '.' || quote_ident(s.relname), a.attname::text
-             FROM pg_catalog.pg_depend d
-             JOIN pg_catalog.pg_class s ON s.oid = d.objid AND s.relkind = 'S'
-             JOIN pg_catalog.pg_namespace sn ON sn.oid = s.relnamespace
-             JOIN pg_catalog.pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid
-             WHERE d.classid = 'pg_catalog.pg_class'::regclass AND d.refobjid = $1
-               AND d.deptype = 'a'",
-            &[&relid],
-        )
-        .await?;
-    for row in owned {
-        let sequence: String = row.get(0);
-        let column: String = row.get(1);
-        tx.batch_execute(&format!(
-            "ALTER SEQUENCE {sequence} OWNED BY {}.{}",
-            replacement.quoted(),
-            quote_ident(&column)
-        ))
-        .await?;
-    }
-    Ok(())
-}
-
-/// Brings every row of a distributed table back into a plain coordinator table with its original
-/// constraints and indexes, then removes the shards.
-pub async fn undistribute_table(cluster: &Cluster, table: &str) -> Result<u64, ClusterError> {
-    let relation = resolve_relation(cluster.client(), table).await?;
-    let dist = model::get_table_by_relid(cluster.client(), relation.relid)
-        .await?
-        .ok_or_else(|| ClusterError::NotDistributed(relation.name.to_string()))?;
-    match dist.kind {
-        TableKind::Reference => {
-            reference::unreference(cluster, dist.relid).await?;
-            return Ok(0);
-        }
-        TableKind::Schema => {
-            return Err(ClusterError::Unsupported(format!(
-                "{} belongs to distributed schema {}; tables of a distributed schema stay with it",
-                dist.name,
-                quote_ident(&dist.name.schema)
-            )))
-        }
-        TableKind::Hash => {}
-    }
-    let original: TableDef =
-        serde_json::from_value(model::original_ddl(cluster.client(), dist.table_id).await?)
-            .map_err(|e| {
-                ClusterError::Unsupported(format!(
-                    "the catalog's record of {} is unreadable: {e}",
-                    dist.name
-                ))
-            })?;
-    let placements = model::placements_of_table(cluster.client(), dist.table_id).await?;
-
-    let operation_id = begin_operation(cluster).await?;
-    let label = format!("shoal table undistribute {}", dist.name);
-    let result = async {
-        let mut coordinator = cluster.coordinator(&label).await?;
-        let tx = coordinator.transaction().await?;
-        locks::refuse_during_transfer(&tx, dist.colocation_id).await?;
-        lock_table(&tx, &dist.name).await?;
-        let local = QualifiedName::new(&dist.name.schema, format!("__shoal_local_{}", dist.relid));
-        tx.batch_execute(&format!(
-            "CREATE TABLE {} (LIKE {} INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING STORAGE \
-             INCLUDING COMMENTS)",
-            local.quoted(),
-            dist.name.quoted()
-        ))
-        .await?;
-        let rows = copy_rows(&tx, &dist.name, &local).await?;
-        move_owned_sequences(&tx, dist.relid, &local).await?;
-        tx.batch_execute(&format!(
-            "DROP TABLE {};\nALTER TABLE {} RENAME TO {}",
-            dist.name.quoted(),
-            local.quoted(),
-            quote_ident(&dist.name.name)
-        ))
-        .await?;
-        let mut keep = HashMap::new();
-        for (_, fk) in original.foreign_keys() {
-            let target = match resolve_relation(&tx, &fk.referenced.quoted()).await {
-                Ok(relation) => model::get_table_by_relid(&tx, relation.relid)
-                    .await?
-                    .is_none_or(|t| t.kind == TableKind::Reference),
-                Err(_) => false,
-            };
-            keep.insert(fk.referenced.clone(), target);
-        }
-        for statement in restore_ddl(&original, &dist.name, |fk| {
-            keep.get(&fk.referenced).copied().unwrap_or(false)
-        }) {
-            tx.batch_execute(&statement)
-                .await
-                .context(|| format!("restoring {statement}"))?;
-        }
-        for placement in &placements {
-            model::insert_cleanup_record(
-                &tx,
-                operation_id,
-                CleanupObject::ShardTable,
-                Some(&placement.shard_table.schema),
-                &placement.shard_table.name,
-                placement.node_id,
-                CleanupPolicy::DeferredOnSuccess,
-            )
-            .await?;
-        }
-        model::delete_table(&tx, dist.table_id).await?;
-        model::delete_group_if_empty(&tx, dist.colocation_id).await?;
-        tx.commit()
-            .await
-            .context(|| format!("undistributing {}", dist.name))?;
-        Ok::<u64, ClusterError>(rows)
-    }
-    .await;
-    if result.is_ok() {
-        if let Ok(report) = run_cleanup(cluster, Some(operation_id)).await {
-            for failure in report.failed {
-                tracing::warn!(%failure, "shard left for `shoal cleanup`");
-            }
-        }
-    }
-    end_operation(cluster, operation_id).await;
-    result
 }

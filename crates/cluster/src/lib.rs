@@ -16,6 +16,7 @@ use shoal_catalog::{check_version, connect, ConnectParams};
 
 pub mod capture;
 pub mod check;
+mod checks;
 pub mod cleanup;
 pub mod distribute;
 mod error;
@@ -28,13 +29,18 @@ pub mod placement;
 pub mod reference;
 mod resolve;
 mod schema;
+mod switch;
+mod undistribute;
 
-pub use distribute::{distribute_table, undistribute_table, Colocate, DistributeReport};
+pub use distribute::{
+    distribute_table, distribute_tables, Colocate, DistributeReport, DistributeRequest,
+};
 pub use error::{pg_message, ClusterError};
 pub use init::{init_cluster, ClusterInit};
 pub use reference::reference_table;
 pub use resolve::{resolve_node, NodeRef};
 pub use schema::{distribute_schema, sync_schema, SchemaReport};
+pub use undistribute::undistribute_table;
 
 /// A handle on a Shoal cluster: the coordinator's connection parameters and one autocommit
 /// connection to it. Operations open further connections (to nodes, or a second coordinator

@@ -68,6 +68,27 @@ pub struct Relation {
     pub relkind: String,
 }
 
+/// A relation known by its oid (one a catalog query found).
+pub async fn resolve_relation_by_oid(
+    client: &impl GenericClient,
+    relid: u32,
+) -> Result<Relation, ClusterError> {
+    let row = client
+        .query_one(
+            "SELECT c.oid, n.nspname::text, c.relname::text, c.relkind::text
+             FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+             WHERE c.oid = $1",
+            &[&relid],
+        )
+        .await
+        .context(|| format!("looking up relation {relid}"))?;
+    Ok(Relation {
+        relid: row.get(0),
+        name: QualifiedName::new(row.get::<_, String>(1), row.get::<_, String>(2)),
+        relkind: row.get(3),
+    })
+}
+
 pub async fn resolve_relation(
     client: &impl GenericClient,
     text: &str,

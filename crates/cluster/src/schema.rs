@@ -7,14 +7,13 @@ use std::collections::{BTreeMap, HashMap};
 use serde::Serialize;
 use tokio_postgres::Transaction;
 
+use crate::checks::{check_hashable, check_supported_columns};
 use crate::cleanup::begin_operation;
-use crate::distribute::{
-    check_hashable, check_supported_columns, copy_rows, move_owned_sequences, settle,
-};
 use crate::error::{ClusterError, PgContext};
 use crate::layout;
 use crate::placement::least_loaded;
 use crate::resolve::resolve_schema;
+use crate::switch::{copy_rows, move_owned_sequences, settle};
 use crate::Cluster;
 use shoal_catalog::model::{self, CleanupObject, CleanupPolicy, Node, TableKind};
 use shoal_ddl::definition::{
