@@ -674,3 +674,87 @@ async fn stream_tables_are_altered_and_dropped() {
         assert_eq!(left, 0, "no capture slot is left on a worker");
     }
 }
+
+/// DDL on a stream table's source: changes its query cannot see (a new column, an index) keep
+/// it exact (stream queries name their columns: `*` is refused); changes it could see (a
+/// column dropped, renamed or retyped, the table renamed or dropped) are refused, naming the
+/// stream table.
+#[tokio::test]
+async fn ddl_on_a_stream_source_keeps_it_exact_or_is_refused() {
+    let shoal = common::start(2).await;
+    let sql = shoal.coordinator().await;
+    sql.batch_execute(
+        "CREATE TABLE src (id bigint PRIMARY KEY, g int, v bigint);
+         INSERT INTO src SELECT i, i % 7, i FROM generate_series(1, 1000) i;",
+    )
+    .await
+    .unwrap();
+    shoal
+        .cli(&[
+            "table",
+            "distribute",
+            "src",
+            "--column",
+            "id",
+            "--shards",
+            "4",
+        ])
+        .await
+        .assert_ok();
+    let totals = "SELECT g, count(*) AS n, sum(v) AS total FROM src GROUP BY g";
+    shoal
+        .cli(&[
+            "stream",
+            "create",
+            "totals",
+            "--mode",
+            "differential",
+            "--query",
+            totals,
+        ])
+        .await
+        .assert_ok();
+    let refused = |statement: &'static str| {
+        let sql = &sql;
+        async move {
+            let error = sql.batch_execute(statement).await.unwrap_err();
+            error.as_db_error().unwrap().message().to_string()
+        }
+    };
+
+    sql.batch_execute(
+        "ALTER TABLE src ADD COLUMN w int DEFAULT 1;
+         CREATE INDEX src_by_g ON src (g);
+         INSERT INTO src SELECT i, i % 7, i, 2 FROM generate_series(1001, 1100) i;
+         UPDATE src SET v = v + 1, w = 3 WHERE id % 10 = 0;
+         DELETE FROM src WHERE id % 13 = 0;",
+    )
+    .await
+    .unwrap();
+    shoal
+        .cli(&["stream", "refresh", "totals"])
+        .await
+        .assert_ok();
+    assert_matches_query(&sql, "totals", totals, "g, n, total", "adding a column").await;
+    let mode: String = sql
+        .query_one(
+            "SELECT last_refresh_mode FROM shoal.stream_table WHERE relid = 'totals'::regclass",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(mode, "differential");
+
+    for statement in [
+        "ALTER TABLE src DROP COLUMN w",
+        "ALTER TABLE src RENAME COLUMN g TO grp",
+        "ALTER TABLE src ALTER COLUMN v TYPE numeric",
+        "ALTER TABLE src RENAME TO source",
+        "DROP TABLE src",
+    ] {
+        let message = refused(statement).await;
+        assert!(message.contains("totals"), "{statement}: {message}");
+    }
+    shoal.assert_definitions_match().await;
+}

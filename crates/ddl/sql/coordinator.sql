@@ -601,10 +601,8 @@ BEGIN
         SELECT string_agg(s.relid::regclass::text, ', ') INTO streams
           FROM shoal.stream_source ss JOIN shoal.stream_table s USING (stream_id)
          WHERE ss.table_id = tid
-           AND (EXISTS (SELECT 1 FROM jsonb_array_elements(ops) o
-                         WHERE o.value->>'op' IN ('drop_column', 'rename_column', 'alter_type', 'rename_table'))
-                OR (EXISTS (SELECT 1 FROM jsonb_array_elements(ops) o WHERE o.value->>'op' = 'add_column')
-                    AND s.query ~* '(select|distinct|,|\.)\s*\*'));
+           AND EXISTS (SELECT 1 FROM jsonb_array_elements(ops) o
+                        WHERE o.value->>'op' IN ('drop_column', 'rename_column', 'alter_type', 'rename_table'));
         IF streams IS NOT NULL THEN
             RAISE EXCEPTION 'stream table(s) % read % and would no longer match their query', streams, entry.relid::regclass
                 USING ERRCODE = 'dependent_objects_still_exist',

@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 
 use serde::Serialize;
-use tokio_postgres::{Client, GenericClient, Transaction};
+use tokio_postgres::{Client, GenericClient};
 
 use crate::definition::TableDef;
 use crate::error::{Context, DdlError};
@@ -25,10 +25,27 @@ pub struct Applied {
     pub route: &'static str,
     /// Shards that ran their own statement (0 for the coordinator's route).
     pub shards: usize,
+    /// Run in a transaction that has not ended yet.
+    #[serde(skip)]
+    pending: bool,
 }
 
-/// Runs `sql` (one or more statements). Either every statement takes effect or none does,
-/// except for a `CONCURRENTLY` statement, which is alone and is undone on failure.
+impl Applied {
+    fn new(statement: &str, route: &'static str, shards: usize) -> Applied {
+        Applied {
+            statement: statement.to_string(),
+            route,
+            shards,
+            pending: true,
+        }
+    }
+}
+
+/// Runs `sql` (one or more statements) as psql would run the script: the statements between
+/// the script's own BEGIN and COMMIT in one transaction, and the statements outside any block
+/// together in one transaction (so a script without blocks takes effect whole or not at all).
+/// A `CONCURRENTLY` statement runs on its own, outside any transaction, and is undone on
+/// failure. Stops at the first failure; what committed before it stays.
 pub async fn apply(
     params: &ConnectParams,
     client: &mut Client,
@@ -36,62 +53,133 @@ pub async fn apply(
 ) -> Result<Vec<Applied>, DdlError> {
     let statements = statement::parse(sql).map_err(DdlError::Refused)?;
     if statements.is_empty() {
-        return Err(DdlError::Refused(statement::Refusal(
-            "no statement to run".into(),
-        )));
+        return Err(refusal("no statement to run"));
     }
-    let tx = client
-        .transaction()
-        .await
-        .context(|| "starting the DDL transaction".into())?;
-    // Statements the coordinator takes are propagated by its event triggers.
-    tx.batch_execute("SET LOCAL shoal.manage_ddl = on")
-        .await
-        .context(|| "starting the DDL transaction".into())?;
-    let mut routed = Vec::new();
-    for parsed in &statements {
-        let route = plan(&tx, &parsed.node).await?;
-        if matches!(route, Route::Concurrently(_)) && statements.len() > 1 {
-            return Err(DdlError::Refused(statement::Refusal(format!(
-                "{} cannot run together with other statements: run it on its own",
-                parsed.text
-            ))));
-        }
-        routed.push((parsed, route));
+    let mut script = Script {
+        out: Vec::new(),
+        open: false,
+        explicit: false,
+    };
+    let result = script.run(params, client, &statements).await;
+    if result.is_err() && script.open {
+        let _ = client.batch_execute("ROLLBACK").await;
     }
-    if let [(parsed, Route::Concurrently(work))] = routed.as_slice() {
-        let work = work.clone();
-        tx.rollback()
-            .await
-            .context(|| "ending the planning transaction".into())?;
-        return concurrently(params, client, &parsed.text, &work).await;
-    }
-    let mut out = Vec::new();
-    for (parsed, route) in routed {
-        match route {
-            Route::Coordinator => {
-                tx.batch_execute(&parsed.text)
+    result.map(|()| script.out)
+}
+
+/// A script being run: its transaction is managed with plain BEGIN/COMMIT on the client, so a
+/// CONCURRENTLY statement can run on the same connection between transactions.
+struct Script {
+    out: Vec<Applied>,
+    /// A transaction is open.
+    open: bool,
+    /// It was opened by the script's own BEGIN.
+    explicit: bool,
+}
+
+impl Script {
+    async fn run(
+        &mut self,
+        params: &ConnectParams,
+        client: &mut Client,
+        statements: &[statement::Parsed],
+    ) -> Result<(), DdlError> {
+        for parsed in statements {
+            match statement::transaction_control(&parsed.node) {
+                Some(statement::Control::Begin) => {
+                    if self.explicit {
+                        return Err(refusal("BEGIN inside a transaction block"));
+                    }
+                    self.commit(client).await?;
+                    self.explicit = true;
+                    continue;
+                }
+                Some(statement::Control::Commit) => {
+                    self.commit(client).await?;
+                    continue;
+                }
+                Some(statement::Control::Rollback) => {
+                    if self.open {
+                        client
+                            .batch_execute("ROLLBACK")
+                            .await
+                            .context(|| "rolling back the script's transaction".into())?;
+                        self.open = false;
+                    }
+                    self.out.retain(|a| !a.pending);
+                    self.explicit = false;
+                    continue;
+                }
+                Some(statement::Control::Other) => {
+                    return Err(refusal(&format!(
+                        "{}: savepoints and prepared transactions are not supported in a script",
+                        parsed.text
+                    )))
+                }
+                None => {}
+            }
+            if !self.open {
+                // Statements the coordinator takes are propagated by its event triggers.
+                client
+                    .batch_execute("BEGIN; SET LOCAL shoal.manage_ddl = on")
                     .await
-                    .context(|| parsed.text.clone())?;
-                out.push(Applied {
-                    statement: parsed.text.clone(),
-                    route: "coordinator",
-                    shards: 0,
-                });
+                    .context(|| "starting the DDL transaction".into())?;
+                self.open = true;
             }
-            Route::Shards(work) => {
-                on_shards(&tx, &parsed.text, &work).await?;
-                out.push(Applied {
-                    statement: parsed.text.clone(),
-                    route: "shards",
-                    shards: work.statements.len(),
-                });
+            match plan(&*client, &parsed.node).await? {
+                Route::Coordinator => {
+                    client
+                        .batch_execute(&parsed.text)
+                        .await
+                        .context(|| parsed.text.clone())?;
+                    self.out.push(Applied::new(&parsed.text, "coordinator", 0));
+                }
+                Route::Shards(work) => {
+                    on_shards(&*client, &parsed.text, &work).await?;
+                    self.out
+                        .push(Applied::new(&parsed.text, "shards", work.statements.len()));
+                }
+                Route::Concurrently(work) => {
+                    if self.explicit {
+                        return Err(refusal(&format!(
+                            "{} cannot run inside a transaction block",
+                            parsed.text
+                        )));
+                    }
+                    // What came before it commits first, as PostgreSQL would require.
+                    self.commit(client).await?;
+                    self.out
+                        .extend(concurrently(params, client, &parsed.text, &work).await?);
+                }
             }
-            Route::Concurrently(_) => unreachable!("a concurrent statement runs alone"),
         }
+        if self.explicit {
+            return Err(refusal(
+                "the script ends inside a transaction block (BEGIN without COMMIT); it was rolled back",
+            ));
+        }
+        self.commit(client).await
     }
-    tx.commit().await.context(|| "committing the DDL".into())?;
-    Ok(out)
+
+    /// Commits the open transaction, if any: what ran in it has taken effect.
+    async fn commit(&mut self, client: &Client) -> Result<(), DdlError> {
+        if self.open {
+            client
+                .batch_execute("COMMIT")
+                .await
+                .context(|| "committing the DDL".into())?;
+            self.open = false;
+        }
+        self.explicit = false;
+        for applied in &mut self.out {
+            applied.pending = false;
+        }
+        Ok(())
+    }
+}
+
+fn refusal(text: &str) -> DdlError {
+    DdlError::Refused(statement::Refusal(text.to_string()))
 }
 
 /// Resolves what a statement names and plans it.
@@ -241,7 +329,7 @@ fn by_node(statements: &[(Shard, String)]) -> BTreeMap<i32, Vec<&(Shard, String)
 /// A shard-only change inside the coordinator's transaction: the table locked as a plain
 /// ALTER TABLE would lock it, the statements sent through each node's inbox (so they commit
 /// with this transaction), and the record rewritten from a shard that has the change.
-async fn on_shards(tx: &Transaction<'_>, text: &str, work: &ShardWork) -> Result<(), DdlError> {
+async fn on_shards(tx: &impl GenericClient, text: &str, work: &ShardWork) -> Result<(), DdlError> {
     for statement in &work.coordinator_before {
         tx.batch_execute(statement)
             .await
@@ -483,9 +571,7 @@ async fn build_and_record(
         record(&tx, table, text, work, readback, first.as_ref()).await?;
     }
     tx.commit().await.context(|| "recording the DDL".into())?;
-    Ok(vec![Applied {
-        statement: text.to_string(),
-        route: "shards concurrently",
-        shards: work.statements.len(),
-    }])
+    let mut applied = Applied::new(text, "shards concurrently", work.statements.len());
+    applied.pending = false;
+    Ok(vec![applied])
 }

@@ -94,6 +94,29 @@ pub fn parse(sql: &str) -> Result<Vec<Parsed>, Refusal> {
     Ok(out)
 }
 
+/// A script's own transaction control.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    Begin,
+    Commit,
+    Rollback,
+    /// Savepoints and two-phase commit, which a script run by `shoal ddl` cannot use.
+    Other,
+}
+
+pub fn transaction_control(node: &NodeEnum) -> Option<Control> {
+    use pg_query::protobuf::TransactionStmtKind as Kind;
+    let NodeEnum::TransactionStmt(stmt) = node else {
+        return None;
+    };
+    Some(match stmt.kind {
+        k if k == Kind::TransStmtBegin as i32 || k == Kind::TransStmtStart as i32 => Control::Begin,
+        k if k == Kind::TransStmtCommit as i32 => Control::Commit,
+        k if k == Kind::TransStmtRollback as i32 => Control::Rollback,
+        _ => Control::Other,
+    })
+}
+
 /// Why a statement cannot run, and what to do instead.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal(pub String);
