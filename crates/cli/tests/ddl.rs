@@ -148,6 +148,17 @@ async fn column_changes_reach_every_shard_and_queries_keep_working() {
     .await;
     assert_mentions(&null_v, &["null value"]);
 
+    // Keywords inside constants, quoted names and comments are not what the statement does.
+    sql.batch_execute(&format!(
+        r#"ALTER TABLE {t} ADD COLUMN "unique" text DEFAULT 'primary key; references' /* using */"#
+    ))
+    .await
+    .unwrap();
+    sql.batch_execute(&format!(r#"ALTER TABLE {t} DROP COLUMN "unique""#))
+        .await
+        .unwrap();
+    shoal.assert_definitions_match().await;
+
     // SELECT * and COPY see the same columns on every shard.
     let columns = sql
         .query(&format!("SELECT * FROM {t} ORDER BY \"Id\" LIMIT 1"), &[])
@@ -715,7 +726,7 @@ async fn keys_and_unique_indexes_the_coordinator_refuses_go_through_shoal_ddl() 
         r#"ALTER TABLE "my shop".lines ADD PRIMARY KEY ("Id", line)"#,
     )
     .await;
-    assert_mentions(&error, &["unique index"]);
+    assert_mentions(&error, &["primary key", "shoal ddl"]);
 
     let out = shoal
         .cli(&[
@@ -1076,4 +1087,66 @@ async fn tables_of_a_distributed_schema_take_ddl_and_new_ones_join_the_schema() 
         .assert_ok();
     shoal.assert_definitions_match().await;
     shoal.assert_nothing_left_behind().await;
+}
+
+#[tokio::test]
+async fn a_column_type_changes_with_using_through_shoal_ddl() {
+    let (shoal, sql) = with_items().await;
+    let t = ITEMS_NAME;
+    sql.batch_execute(&format!(
+        "ALTER TABLE {t} ADD CONSTRAINT v_named CHECK (v LIKE 'v%');
+         CREATE INDEX by_v ON {t} (v)"
+    ))
+    .await
+    .unwrap();
+    // The coordinator cannot take USING (its partitions are foreign tables).
+    let before = shoal.definitions().await;
+    let error = refused(
+        &sql,
+        &format!("ALTER TABLE {t} ALTER COLUMN v TYPE int USING substr(v, 2)::int"),
+    )
+    .await;
+    assert_mentions(&error, &["USING over foreign tables", "shoal ddl"]);
+    assert_eq!(shoal.definitions().await, before);
+
+    shoal
+        .cli(&[
+            "ddl",
+            &format!(
+                "ALTER TABLE {t} DROP CONSTRAINT v_named;
+                 ALTER TABLE {t} ALTER COLUMN v TYPE int USING substr(v, 2)::int;
+                 ALTER TABLE {t} ADD CONSTRAINT v_matches_id CHECK (v = \"Id\")"
+            ),
+        ])
+        .await
+        .assert_ok();
+    shoal.assert_definitions_match().await;
+    let wrong: i64 = sql
+        .query_one(&format!("SELECT count(*) FROM {t} WHERE v <> \"Id\""), &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(wrong, 0, "every row converted with the expression");
+    sql.batch_execute(&format!("INSERT INTO {t} VALUES (501, 1, 501)"))
+        .await
+        .unwrap();
+    let (shard, node) = first_shard(&sql, t).await;
+    shoal
+        .cli(&[
+            "shard",
+            "move",
+            &shard.to_string(),
+            "--to",
+            other_node(node),
+        ])
+        .await
+        .assert_ok();
+    shoal.assert_definitions_match().await;
+    shoal
+        .cli(&[
+            "ddl",
+            &format!("ALTER TABLE {t} ALTER COLUMN \"Id\" TYPE text USING \"Id\"::text"),
+        ])
+        .await
+        .assert_error(&["distribution column"]);
 }

@@ -1027,29 +1027,123 @@ BEGIN
 END
 $fn$;
 
--- PostgreSQL refuses CREATE INDEX CONCURRENTLY on a partitioned table; on a distributed table
--- the refusal says what works instead.
+-- A statement's text with its comments, string constants and quoted identifiers blanked out,
+-- so keywords can be looked for in it; NULL when it holds more than one statement (then which
+-- one is running cannot be told from the text).
+CREATE OR REPLACE FUNCTION shoal.ddl_sql_skeleton(query text) RETURNS text
+LANGUAGE plpgsql IMMUTABLE AS $fn$
+DECLARE
+    skeleton text;
+BEGIN
+    skeleton := regexp_replace(query,
+        $re$--[^\n]*|/\*.*?\*/|\$([A-Za-z_][A-Za-z_0-9]*)?\$.*?\$\1\$|[EeBbXxUuNn]?'(?:[^']|'')*'|"(?:[^"]|"")*"$re$,
+        ' ', 'g');
+    skeleton := btrim(skeleton, E' \t\r\n;');
+    IF position(';' IN skeleton) > 0 THEN
+        RETURN NULL;
+    END IF;
+    RETURN skeleton;
+END
+$fn$;
+
+-- Statements PostgreSQL refuses on a distributed table (a partitioned table over foreign
+-- tables) with words that do not say what works instead: refused here first, saying it. Only
+-- the part a statement's text shows for sure is looked at (a single statement, outside its
+-- constants); anything else meets PostgreSQL's own refusal.
 CREATE OR REPLACE FUNCTION shoal.on_ddl_command_start() RETURNS event_trigger
 LANGUAGE plpgsql AS $fn$
 DECLARE
+    query text;
+    skeleton text;
     words text[];
     target regclass;
+    managed record;
+    what text;
 BEGIN
-    IF tg_tag <> 'CREATE INDEX' OR NOT shoal.ddl_propagation_on() THEN
+    IF tg_tag NOT IN ('CREATE INDEX', 'ALTER TABLE', 'DROP INDEX') OR NOT shoal.ddl_propagation_on()
+       OR NOT EXISTS (SELECT 1 FROM shoal.distributed_table t WHERE t.kind IN ('hash', 'schema')) THEN
         RETURN;
     END IF;
-    words := regexp_match(current_query(),
-        '^\s*create\s+(?:unique\s+)?index\s+concurrently\s+(?:if\s+not\s+exists\s+)?(?:(?:"(?:[^"]|"")+"|[^\s"(]+)\s+)?on\s+(?:only\s+)?((?:"(?:[^"]|"")+"|[^\s"(.]+)(?:\s*\.\s*(?:"(?:[^"]|"")+"|[^\s"(.]+))?)',
-        'i');
-    IF words IS NULL THEN
+    query := current_query();
+    IF query !~* '(concurrently|unique|primary|foreign|references|using|constraint|index)' THEN
         RETURN;
     END IF;
-    target := to_regclass(words[1]);
+    skeleton := shoal.ddl_sql_skeleton(query);
+    IF skeleton IS NULL THEN
+        RETURN;
+    END IF;
+    IF tg_tag = 'DROP INDEX' THEN
+        words := regexp_match(query,
+            '^\s*drop\s+index\s+(?:concurrently\s+)?(?:if\s+exists\s+)?((?:"(?:[^"]|"")+"|[^\s",;.]+)(?:\s*\.\s*(?:"(?:[^"]|"")+"|[^\s",;.]+))?)\s*;?\s*$',
+            'i');
+        IF words IS NULL THEN
+            RETURN;
+        END IF;
+        IF to_regclass(words[1]) IS NULL THEN
+            SELECT t.relid::regclass AS table_name INTO managed
+              FROM shoal.distributed_table t
+              CROSS JOIN LATERAL jsonb_array_elements(t.original_ddl->'indexes') i
+             WHERE (i.value->>'unique')::boolean AND t.kind IN ('hash', 'schema')
+               AND i.value->>'name' = (parse_ident(words[1]))[cardinality(parse_ident(words[1]))]
+             LIMIT 1;
+            IF FOUND THEN
+                RAISE EXCEPTION 'index % of distributed table % exists on its shards only', words[1], managed.table_name
+                    USING ERRCODE = 'feature_not_supported',
+                          HINT = 'run the same statement with `shoal ddl`';
+            END IF;
+        ELSIF skeleton ~* '^\s*drop\s+index\s+concurrently\M' THEN
+            SELECT t.relid::regclass AS table_name INTO managed
+              FROM pg_catalog.pg_index i JOIN shoal.distributed_table t ON t.relid = i.indrelid
+             WHERE i.indexrelid = to_regclass(words[1]) AND t.kind IN ('hash', 'schema');
+            IF FOUND THEN
+                RAISE EXCEPTION 'cannot drop an index of distributed table % concurrently: PostgreSQL refuses DROP INDEX CONCURRENTLY on partitioned indexes', managed.table_name
+                    USING ERRCODE = 'feature_not_supported',
+                          HINT = 'run the same statement with `shoal ddl`, which drops it concurrently on every shard; or drop CONCURRENTLY';
+            END IF;
+        END IF;
+        RETURN;
+    END IF;
+    IF tg_tag = 'CREATE INDEX' THEN
+        words := regexp_match(query,
+            '^\s*create\s+(unique\s+)?index\s+(concurrently\s+)?(?:if\s+not\s+exists\s+)?(?:(?:"(?:[^"]|"")+"|[^\s"(]+)\s+)?on\s+(?:only\s+)?((?:"(?:[^"]|"")+"|[^\s"(.]+)(?:\s*\.\s*(?:"(?:[^"]|"")+"|[^\s"(.]+))?)',
+            'i');
+        IF words IS NULL OR (words[1] IS NULL AND words[2] IS NULL) THEN
+            RETURN;
+        END IF;
+        target := to_regclass(words[3]);
+        what := CASE WHEN words[2] IS NOT NULL
+                     THEN 'create an index concurrently on distributed table %s: PostgreSQL refuses CREATE INDEX CONCURRENTLY on partitioned tables'
+                     ELSE 'create a unique index on distributed table %s here: its unique indexes live on its shards, which PostgreSQL cannot reach from a partitioned table over foreign tables' END;
+    ELSE
+        words := regexp_match(query,
+            '^\s*alter\s+table\s+(?:if\s+exists\s+)?(?:only\s+)?((?:"(?:[^"]|"")+"|[^\s"(.]+)(?:\s*\.\s*(?:"(?:[^"]|"")+"|[^\s"(.]+))?)',
+            'i');
+        IF words IS NULL THEN
+            RETURN;
+        END IF;
+        target := to_regclass(words[1]);
+        IF skeleton ~* '\m(primary\s+key|unique|foreign\s+key|references|exclude)\M' THEN
+            what := 'add a unique constraint, primary key or foreign key to distributed table %s here: they live on its shards, which PostgreSQL cannot reach from a partitioned table over foreign tables';
+        ELSIF skeleton ~* '\mtype\M.*\musing\M' THEN
+            what := 'change a column type with USING on distributed table %s here: PostgreSQL refuses USING over foreign tables';
+        ELSIF skeleton ~* '\m(drop|validate)\s+constraint\M' AND target IS NOT NULL AND EXISTS (
+                SELECT 1 FROM shoal.distributed_table t
+                 CROSS JOIN LATERAL jsonb_array_elements(t.original_ddl->'constraints') c
+                 WHERE t.relid = target AND c.value->>'kind' <> 'Check'
+                   AND query ~* ('(drop|validate)\s+constraint\s+(if\s+exists\s+)?"?' || regexp_replace(c.value->>'name', '([^A-Za-z0-9_])', '\\\1', 'g') || '"?\M')) THEN
+            what := 'drop or validate that constraint of distributed table %s here: it lives on its shards only';
+        ELSE
+            RETURN;
+        END IF;
+    END IF;
     IF target IS NOT NULL AND EXISTS (SELECT 1 FROM shoal.distributed_table t
                                        WHERE t.relid = target AND t.kind IN ('hash', 'schema')) THEN
-        RAISE EXCEPTION 'cannot create an index concurrently on distributed table %: PostgreSQL refuses CREATE INDEX CONCURRENTLY on partitioned tables', target
+        RAISE EXCEPTION 'cannot %', format(what, target)
             USING ERRCODE = 'feature_not_supported',
-                  HINT = 'run the same statement with `shoal ddl`, which builds the index concurrently on every shard; or drop CONCURRENTLY to build it inside the statement';
+                  HINT = 'run the same statement with `shoal ddl`, which carries it out on every shard'
+                         || CASE WHEN tg_tag = 'CREATE INDEX' AND words[2] IS NOT NULL
+                                 THEN ' without blocking writes; or drop CONCURRENTLY to build it inside the statement'
+                                 ELSE '' END;
     END IF;
 END
 $fn$;

@@ -16,6 +16,7 @@ use crate::record::changed_record;
 use crate::statement::{self, Managed, NamedRelation, Route, Shard, ShardWork};
 use shoal_catalog::model::{self, TableKind};
 use shoal_catalog::ConnectParams;
+use shoal_sql::{derived_name, quote_ident, QualifiedName};
 
 /// What happened to one statement of a script.
 #[derive(Debug, Clone, Serialize)]
@@ -138,6 +139,14 @@ impl Script {
                     on_shards(&*client, &parsed.text, &work).await?;
                     self.out
                         .push(Applied::new(&parsed.text, "shards", work.statements.len()));
+                }
+                Route::Retype(retype) => {
+                    retype_column(&*client, &parsed.text, &retype).await?;
+                    self.out.push(Applied::new(
+                        &parsed.text,
+                        "shards",
+                        retype.statements.len(),
+                    ));
                 }
                 Route::Concurrently(work) => {
                     if self.explicit {
@@ -365,6 +374,99 @@ async fn on_shards(tx: &impl GenericClient, text: &str, work: &ShardWork) -> Res
         }
     }
     record(tx, &table, text, work, readback, first.as_ref()).await
+}
+
+/// ALTER COLUMN ... TYPE ... USING: the shards convert their rows with the expression (through
+/// the inboxes, in this transaction); on the coordinator the foreign tables are detached while
+/// the partitioned tables take the new type with the same statement (PostgreSQL refuses USING
+/// over foreign tables), given it themselves (a foreign table's type holds no rows), and
+/// attached again. The record then follows through the coordinator's own reconciler.
+async fn retype_column(
+    client: &impl GenericClient,
+    text: &str,
+    retype: &statement::Retype,
+) -> Result<(), DdlError> {
+    let table = table_of(client, retype.table_id).await?;
+    client
+        .batch_execute(&format!(
+            "SET LOCAL lock_timeout = '10s'; LOCK TABLE {} IN ACCESS EXCLUSIVE MODE",
+            table.name.quoted()
+        ))
+        .await
+        .context(|| format!("locking {} (is a long transaction using it?)", table.name))?;
+    refuse_during_transfer(client, &table).await?;
+    for (node_id, items) in by_node(&retype.statements) {
+        let statements: Vec<String> = items.iter().map(|(_, s)| s.clone()).collect();
+        let describe: Option<String> = None;
+        client
+            .execute(
+                "SELECT shoal.ddl_send($1, $2, $3)",
+                &[&node_id, &statements, &describe],
+            )
+            .await
+            .context(|| text.to_string())?;
+    }
+    let layout: Vec<(String, String)> = retype
+        .statements
+        .iter()
+        .map(|(shard, _)| {
+            let partition = match table.kind {
+                TableKind::Schema => table.name.quoted(),
+                _ => QualifiedName::new(
+                    &shard.table.schema,
+                    derived_name(&shard.table.name, "shard"),
+                )
+                .quoted(),
+            };
+            (partition, shard.table.quoted())
+        })
+        .collect();
+    let mut coordinator = vec!["SET LOCAL shoal.manage_ddl = off".to_string()];
+    for (partition, foreign) in &layout {
+        coordinator.push(format!(
+            "ALTER TABLE {partition} DETACH PARTITION {foreign}"
+        ));
+    }
+    coordinator.push(text.to_string());
+    client
+        .batch_execute(&coordinator.join(";\n"))
+        .await
+        .context(|| format!("{text} on the coordinator"))?;
+    let new_type: String = client
+        .query_one(
+            "SELECT pg_catalog.format_type(a.atttypid, a.atttypmod)
+                    || CASE WHEN a.attcollation <> 0 AND a.attcollation <> t.typcollation
+                            THEN ' COLLATE ' || a.attcollation::regcollation::text ELSE '' END
+             FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
+             WHERE a.attrelid = $1 AND a.attname = $2",
+            &[&table.relid, &retype.column],
+        )
+        .await
+        .context(|| format!("reading the new type of {}", retype.column))?
+        .get(0);
+    let mut coordinator = Vec::new();
+    for (partition, foreign) in &layout {
+        coordinator.push(format!(
+            "ALTER FOREIGN TABLE {foreign} ALTER COLUMN {} TYPE {new_type}",
+            quote_ident(&retype.column)
+        ));
+        coordinator.push(format!(
+            "ALTER TABLE {partition} ATTACH PARTITION {foreign} FOR VALUES WITH (MODULUS 1, REMAINDER 0)"
+        ));
+    }
+    coordinator.push("SET LOCAL shoal.manage_ddl = on".to_string());
+    client
+        .batch_execute(&coordinator.join(";\n"))
+        .await
+        .context(|| format!("{text} on the coordinator"))?;
+    client
+        .execute(
+            "SELECT shoal.ddl_reconcile($1, 'ALTER TABLE')",
+            &[&table.table_id],
+        )
+        .await
+        .context(|| format!("recording {text}"))?;
+    Ok(())
 }
 
 async fn table_of(client: &impl GenericClient, table_id: i32) -> Result<Managed, DdlError> {

@@ -213,6 +213,16 @@ pub enum Route {
     Shards(ShardWork),
     /// Built shard by shard outside any transaction (`CONCURRENTLY`), then recorded.
     Concurrently(ShardWork),
+    /// A column's type changed with USING: on the shards first, then on the coordinator with
+    /// its foreign tables set aside.
+    Retype(Retype),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Retype {
+    pub table_id: i32,
+    pub column: String,
+    pub statements: Vec<(Shard, String)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -312,6 +322,7 @@ fn route_alter(
     referenced: Option<&Managed>,
 ) -> Result<Route, Refusal> {
     let mut shard_cmds = Vec::new();
+    let mut retype = None;
     let mut others = 0;
     for node in &stmt.cmds {
         let Some(NodeEnum::AlterTableCmd(cmd)) = &node.node else {
@@ -345,12 +356,7 @@ fn route_alter(
             false
         } else if subtype == AlterTableType::AtAlterColumnType as i32 {
             if column_type_has_using(cmd) {
-                return Err(Refusal(format!(
-                    "ALTER COLUMN ... TYPE ... USING on distributed table {} is not supported \
-                     yet; add a column of the new type, fill it with UPDATE, drop the old one \
-                     and rename the new one",
-                    table.name
-                )));
+                retype = Some(cmd.clone());
             }
             false
         } else {
@@ -361,6 +367,16 @@ fn route_alter(
         } else {
             others += 1;
         }
+    }
+    if let Some(cmd) = retype {
+        if others > 1 || !shard_cmds.is_empty() {
+            return Err(Refusal(format!(
+                "give ALTER COLUMN ... TYPE ... USING on distributed table {} a statement of \
+                 its own",
+                table.name
+            )));
+        }
+        return route_retype(stmt, &cmd, table);
     }
     if shard_cmds.is_empty() {
         return Ok(Route::Coordinator);
@@ -421,6 +437,38 @@ fn route_alter(
         coordinator_after: None,
         change,
         undo: Vec::new(),
+    }))
+}
+
+/// ALTER COLUMN ... TYPE ... USING: PostgreSQL refuses USING over foreign tables, so the
+/// shards convert their rows with the user's expression, and the coordinator's relations take
+/// the new type with the foreign tables set aside.
+fn route_retype(
+    stmt: &AlterTableStmt,
+    cmd: &AlterTableCmd,
+    table: &Managed,
+) -> Result<Route, Refusal> {
+    if table.distribution_column.as_deref() == Some(cmd.name.as_str()) {
+        return Err(Refusal(format!(
+            "the type of {}'s distribution column {} cannot change: its rows' shards depend on it",
+            table.name,
+            quote_ident(&cmd.name)
+        )));
+    }
+    let relation = stmt
+        .relation
+        .as_ref()
+        .ok_or_else(|| Refusal("ALTER TABLE names no table".into()))?;
+    let statements = per_shard(table, |shard| {
+        NodeEnum::AlterTableStmt(AlterTableStmt {
+            relation: Some(shard_range(relation, &shard.table)),
+            ..stmt.clone()
+        })
+    })?;
+    Ok(Route::Retype(Retype {
+        table_id: table.table_id,
+        column: cmd.name.clone(),
+        statements,
     }))
 }
 

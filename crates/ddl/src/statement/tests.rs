@@ -73,6 +73,7 @@ fn shard_sql(route: Route) -> Vec<String> {
         Route::Shards(work) | Route::Concurrently(work) => {
             work.statements.into_iter().map(|(_, s)| s).collect()
         }
+        Route::Retype(retype) => retype.statements.into_iter().map(|(_, s)| s).collect(),
         Route::Coordinator => panic!("expected shard statements"),
     }
 }
@@ -341,4 +342,30 @@ fn dropping_a_shard_only_index_or_concurrently_goes_to_the_shards() {
         route(&one("DROP INDEX elsewhere"), None, None, &[]).unwrap(),
         Route::Coordinator
     );
+}
+
+#[test]
+fn a_type_change_with_using_converts_the_shards_rows_with_the_expression() {
+    let t = hash_table(1, "t", 1);
+    let Route::Retype(retype) = route(
+        &one("ALTER TABLE t ALTER COLUMN k TYPE integer USING (k * 10)::integer"),
+        Some(&t),
+        None,
+        &[],
+    )
+    .unwrap() else {
+        panic!("a retype")
+    };
+    assert_eq!(retype.column, "k");
+    assert_eq!(
+        retype.statements[1].1,
+        "ALTER TABLE public.t_101 ALTER COLUMN k TYPE int USING (k * 10)::int"
+    );
+    let key = one("ALTER TABLE t ALTER COLUMN id TYPE text USING id::text");
+    assert!(route(&key, Some(&t), None, &[])
+        .unwrap_err()
+        .0
+        .contains("distribution column"));
+    let mixed = one("ALTER TABLE t ALTER COLUMN k TYPE int USING k::int, ADD COLUMN z int");
+    assert!(route(&mixed, Some(&t), None, &[]).is_err());
 }
