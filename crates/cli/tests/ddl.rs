@@ -1150,3 +1150,81 @@ async fn a_column_type_changes_with_using_through_shoal_ddl() {
         .await
         .assert_error(&["distribution column"]);
 }
+
+/// A catalog from before DDL propagation: records without attribute numbers, plain indexes on
+/// the shards only, no event triggers, and the shards of a table dropped back then still on
+/// the nodes. `shoal init` upgrades it, and DDL works from then on.
+#[tokio::test]
+async fn init_upgrades_a_cluster_distributed_before_ddl_propagation() {
+    let (shoal, sql) = with_items().await;
+    let t = ITEMS_NAME;
+    sql.batch_execute(&format!(
+        "CREATE INDEX by_k ON {t} (k);
+         CREATE TABLE gone (id int PRIMARY KEY);"
+    ))
+    .await
+    .unwrap();
+    shoal
+        .cli(&[
+            "table",
+            "distribute",
+            "gone",
+            "--column",
+            "id",
+            "--shards",
+            "2",
+        ])
+        .await
+        .assert_ok();
+    let record_query = format!(
+        "SELECT original_ddl::text FROM shoal.distributed_table WHERE relid = '{t}'::regclass"
+    );
+    let before: String = sql.query_one(&record_query, &[]).await.unwrap().get(0);
+    sql.batch_execute(&format!(
+        r#"SET shoal.manage_ddl = off;
+           UPDATE shoal.distributed_table SET original_ddl = jsonb_set(original_ddl, '{{columns}}',
+               (SELECT jsonb_agg(c - 'attnum') FROM jsonb_array_elements(original_ddl->'columns') c));
+           DROP INDEX "my shop".by_k;
+           DROP TABLE gone;
+           DROP EVENT TRIGGER shoal_ddl_command_start;
+           DROP EVENT TRIGGER shoal_ddl_command_end;
+           DROP EVENT TRIGGER shoal_sql_drop;
+           RESET shoal.manage_ddl;"#
+    ))
+    .await
+    .unwrap();
+    shoal.cli(&["init"]).await.assert_ok();
+    let triggers: i64 = sql
+        .query_one(
+            "SELECT count(*) FROM pg_event_trigger WHERE evtname LIKE 'shoal%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(triggers, 3);
+    let left: i64 = sql
+        .query_one(
+            "SELECT count(*) FROM shoal.cleanup_record WHERE object_name LIKE 'gone%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        left, 2,
+        "the dropped table's shards are recorded for cleanup"
+    );
+    shoal.cli(&["cleanup"]).await.assert_ok();
+    shoal.assert_nothing_left_behind().await;
+    shoal.assert_definitions_match().await;
+    let after: String = sql.query_one(&record_query, &[]).await.unwrap().get(0);
+    assert_eq!(
+        after, before,
+        "the upgraded record is what DDL propagation would have written"
+    );
+    sql.batch_execute(&format!("ALTER TABLE {t} RENAME COLUMN k TO kind"))
+        .await
+        .unwrap();
+    shoal.assert_definitions_match().await;
+}
