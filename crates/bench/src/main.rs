@@ -2,6 +2,7 @@
 //! harness (fsync off, as the anchor figures were measured). Not a test: it prints figures
 //! next to the anchor they compare with, for BENCHMARKS.md.
 
+mod ddl;
 mod moves;
 mod rebalance;
 mod stall;
@@ -12,7 +13,7 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(
     name = "shoal-bench",
-    about = "Benchmarks of shard moves (see BENCHMARKS.md)"
+    about = "Benchmarks of moves, rebalances, stream tables and DDL (see BENCHMARKS.md)"
 )]
 struct Args {
     #[command(subcommand)]
@@ -51,6 +52,15 @@ enum Command {
         #[arg(long, default_value_t = 1_000_000)]
         rows: i64,
     },
+    /// DDL on the reference data set's orders (32 shards) vs the same statement on one server
+    Ddl {
+        /// Rows of orders (2,000,000 in the reference data set)
+        #[arg(long, default_value_t = 2_000_000)]
+        orders: i64,
+        /// Runs of each statement; medians are reported
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+    },
     /// Latency of single-row inserts (pgbench --rate) into a shard group during its move
     Stall {
         /// Inserts per second
@@ -73,6 +83,7 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(async {
         match args.command {
             Command::Move { mb, runs } => moves::run(mb, runs).await,
+            Command::Ddl { orders, runs } => ddl::run(orders, runs).await,
             Command::Rebalance {
                 runs,
                 scale,

@@ -16,21 +16,29 @@ use shoal_jobs::store;
 use shoal_jobs::{run_executor, DaemonKind, ExecutorConfig, JobOptions, JobState, Limits};
 use shoal_testkit::TestCluster;
 
-/// The reference data set of BRIEF.md (`../shared/bench/reference-dataset.sql`), with the
-/// number of orders as a parameter (2,000,000 at scale 1).
-fn dataset_sql(orders: i64) -> String {
+/// The reference data set's `orders` table and rows (`../shared/bench/reference-dataset.sql`),
+/// with the number of orders as a parameter (2,000,000 at scale 1).
+pub fn orders_sql(orders: i64) -> String {
     format!(
         "CREATE TABLE orders (id bigint PRIMARY KEY, customer_id bigint, amount numeric, note text);
+         INSERT INTO orders
+         SELECT g, g % 100000, ((g * 7919) % 100000) / 100.0,
+                left(md5(g::text) || md5((g + 1)::text), 60)
+         FROM generate_series(1::bigint, {orders}) g;"
+    )
+}
+
+/// The whole reference data set of BRIEF.md, with the number of orders as a parameter.
+fn dataset_sql(orders: i64) -> String {
+    format!(
+        "{}
          CREATE TABLE order_items (id bigint, order_id bigint, qty int, PRIMARY KEY (order_id, id));
          CREATE TABLE products (id int PRIMARY KEY, name text);
          INSERT INTO products
          SELECT g, 'product-' || g || '-' || md5(g::text) FROM generate_series(1, 100000) g;
-         INSERT INTO orders
-         SELECT g, g % 100000, ((g * 7919) % 100000) / 100.0,
-                left(md5(g::text) || md5((g + 1)::text), 60)
-         FROM generate_series(1::bigint, {orders}) g;
          INSERT INTO order_items
          SELECT g, ((g - 1) / 2) + 1, (g % 10) + 1 FROM generate_series(1::bigint, {items}) g;",
+        orders_sql(orders),
         items = orders * 2
     )
 }

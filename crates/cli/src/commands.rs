@@ -128,13 +128,14 @@ async fn ddl(uri: &str, args: &crate::args::DdlArgs) -> anyhow::Result<()> {
     for item in &applied {
         match item.route {
             "coordinator" => println!(
-                "{}: done (the coordinator's triggers carried it)",
+                "{}: done (on the coordinator, which carried it to the shards)",
                 item.statement
             ),
-            route => println!(
-                "{}: done on {} shard(s) ({route})",
+            "shards concurrently" => println!(
+                "{}: done on {} shard(s), concurrently",
                 item.statement, item.shards
             ),
+            _ => println!("{}: done on {} shard(s)", item.statement, item.shards),
         }
     }
     Ok(())

@@ -8,6 +8,7 @@ use tokio_postgres::Client;
 
 use crate::cleanup::{begin_operation, end_operation, run_cleanup};
 use crate::error::{ClusterError, PgContext};
+use crate::locks;
 use crate::resolve::resolve_relation;
 use crate::Cluster;
 use shoal_catalog::model::{self, CleanupObject, CleanupPolicy, Node, TableKind};
@@ -321,6 +322,15 @@ pub async fn replicate_all_to_node(cluster: &Cluster, node: &Node) -> Result<(),
         return Ok(());
     }
     let mut coordinator = cluster.coordinator("shoal node add").await?;
+    // Held by this connection until it closes: DDL on reference tables waits for the node's
+    // replicas to exist (it takes the group's lock exclusively), so none changes the tables
+    // between their definitions being read here and the node subscribing.
+    coordinator
+        .execute(
+            "SELECT pg_advisory_lock_shared($1)",
+            &[&locks::colocation_key(tables[0].colocation_id)],
+        )
+        .await?;
     let mut defs = Vec::new();
     {
         let tx = coordinator.transaction().await?;

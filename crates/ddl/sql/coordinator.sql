@@ -592,9 +592,11 @@ BEGIN
     ops := plan->'ops';
     -- Only the record changes (a default, a comment, an owner): nothing to send.
     IF jsonb_array_length(ops) > 0 THEN
-        IF entry.kind IN ('hash', 'schema')
-           AND NOT pg_try_advisory_xact_lock(shoal.colocation_lock_key(entry.colocation_id)) THEN
-            RAISE EXCEPTION 'a shard of % is being moved, so its definition cannot change now', entry.relid::regclass
+        -- Transfers hold their group's lock while they run (for a reference table, the copy
+        -- of it to a new node); the lock is held to the end of this transaction, so the
+        -- transfers started after it read the new definition.
+        IF NOT pg_try_advisory_xact_lock(shoal.colocation_lock_key(entry.colocation_id)) THEN
+            RAISE EXCEPTION 'a shard of % is being moved or copied, so its definition cannot change now', entry.relid::regclass
                 USING ERRCODE = 'lock_not_available',
                       HINT = 'wait for the move to finish (SELECT * FROM shoal.rebalance_progress) or cancel it (`shoal shard cancel`), then run the statement again';
         END IF;
@@ -762,6 +764,8 @@ BEGIN
         END;
     END LOOP;
 
+    INSERT INTO shoal.ddl_change (table_id, command_tag, operations)
+    SELECT t, 'DROP TABLE', '[{"op": "drop_table"}]'::jsonb FROM unnest(tids) t;
     DELETE FROM shoal.distributed_table d WHERE d.table_id = ANY (tids);
     DELETE FROM shoal.colocation_group g
      WHERE (g.kind = 'hash' OR g.schema_name = ANY (dropped_schemas))

@@ -191,6 +191,32 @@ impl<'a> Transfer<'a> {
             end_operation(cluster, operation_id).await;
             return Err(error);
         }
+        // The definitions again, now that no DDL can change them until the transfer ends (DDL
+        // takes the colocation group's lock exclusively): one committed since they were read
+        // must reach the target.
+        match load_group(client, &table, shard_index).await {
+            Ok(fresh)
+                if fresh.shard_ids() == group.shard_ids()
+                    && (request.operation == Operation::Copy
+                        || fresh.source_node == group.source_node) =>
+            {
+                group.members = fresh.members;
+            }
+            Ok(_) => {
+                release_group_locks(cluster, &group).await;
+                end_operation(cluster, operation_id).await;
+                return Err(TransferError::Refused(format!(
+                    "shard group of shard {} changed while the transfer was being prepared; \
+                     run it again",
+                    request.shard_id
+                )));
+            }
+            Err(error) => {
+                release_group_locks(cluster, &group).await;
+                end_operation(cluster, operation_id).await;
+                return Err(error);
+            }
+        }
         let inserted = client
             .execute(
                 "INSERT INTO shoal.transfer (operation_id, operation, mode, colocation_id, shard_index,
