@@ -1228,3 +1228,46 @@ async fn init_upgrades_a_cluster_distributed_before_ddl_propagation() {
         .unwrap();
     shoal.assert_definitions_match().await;
 }
+
+/// The nodes' parts of a statement commit just before the coordinator's own commit
+/// (postgres_fdw has no two-phase commit), and a coordinator commit can still fail after them:
+/// here a SERIALIZABLE transaction's commit-time serialization check. The nodes are then ahead
+/// of the coordinator, and `shoal table check` says where and how.
+#[tokio::test]
+async fn a_commit_failing_after_the_nodes_leaves_a_difference_that_table_check_reports() {
+    let (shoal, sql) = with_items().await;
+    let t = ITEMS_NAME;
+    sql.batch_execute("CREATE TABLE skew_a (x int); CREATE TABLE skew_b (x int);")
+        .await
+        .unwrap();
+    let other = shoal.coordinator().await;
+    // Write skew: each reads what the other writes; the second to commit fails, at COMMIT.
+    other
+        .batch_execute(
+            "BEGIN ISOLATION LEVEL SERIALIZABLE;
+             SELECT count(*) FROM skew_a; INSERT INTO skew_b VALUES (1);",
+        )
+        .await
+        .unwrap();
+    sql.batch_execute(&format!(
+        "BEGIN ISOLATION LEVEL SERIALIZABLE;
+         SELECT count(*) FROM skew_b; INSERT INTO skew_a VALUES (1);
+         ALTER TABLE {t} ADD COLUMN w int;"
+    ))
+    .await
+    .unwrap();
+    other.batch_execute("COMMIT").await.unwrap();
+    let error = refused(&sql, "COMMIT").await;
+    assert_mentions(&error, &["could not serialize"]);
+    let out = shoal.cli(&["table", "check", t]).await;
+    out.assert_error(&["differ from the catalog"]);
+    for node in [1, 2] {
+        assert!(
+            out.stdout.contains(&format!(
+                "on node {node}: columns are (Id bigint not null, k integer, v text, w integer)"
+            )),
+            "{}",
+            out.stdout
+        );
+    }
+}
