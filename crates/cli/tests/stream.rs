@@ -223,6 +223,28 @@ async fn stream_tables_stay_exact_through_writes_moves_and_a_worker_restart() {
         failures >= 5 && alert,
         "the unreachable worker is flagged ({failures}, {alert})"
     );
+    // A full refresh captures every node first, and fails on it too; the flag stays up (that
+    // failure used to clear it).
+    let out = shoal
+        .cli(&["stream", "refresh", STREAMS[0].0, "--full"])
+        .await;
+    assert!(
+        !out.success && out.stderr.contains("node 2 cannot be read"),
+        "{}",
+        out.stderr
+    );
+    let row = sql
+        .query_one(
+            "SELECT consecutive_failures, alert FROM shoal.worker_slot WHERE node_id = 2",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(row.get::<_, i32>(0) > failures);
+    assert!(
+        row.get::<_, bool>(1),
+        "the flag stays up until a poll succeeds"
+    );
     shoal.pg.start_worker(1);
     random_writes(&sql, &mut rng, 50).await;
     refresh_all(&shoal).await;

@@ -195,7 +195,9 @@ pub(crate) async fn move_reference_changes(cluster: &Cluster) -> Result<u64, Str
 }
 
 /// A node that cannot be read is skipped; its frontier stays where it is, and after
-/// `retry_ticks` failures in a row it is flagged.
+/// `retry_ticks` failures in a row it is flagged. The flag stays up until a poll of the node
+/// succeeds, whoever fails meanwhile (a refresh's own capture counts its failures without a
+/// threshold of its own: `i32::MAX`).
 async fn record_failure(
     cluster: &Cluster,
     node_id: i32,
@@ -206,7 +208,7 @@ async fn record_failure(
         .client()
         .query_one(
             "UPDATE shoal.worker_slot SET consecutive_failures = consecutive_failures + 1,
-                    last_error = $2, alert = consecutive_failures + 1 >= $3
+                    last_error = $2, alert = alert OR consecutive_failures + 1 >= $3
              WHERE node_id = $1 RETURNING consecutive_failures, alert",
             &[&node_id, &message, &retry_ticks],
         )
