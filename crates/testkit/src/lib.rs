@@ -13,14 +13,16 @@ use std::thread;
 
 use tokio_postgres::NoTls;
 
-use shoal_local::{LocalError, StopMode};
+use shoal_local::{LocalError, PgBinaries, StopMode};
 
 mod ports;
 mod sweep;
 mod template;
+mod versions;
 
 pub use sweep::sweep_stale;
-pub use template::{binaries, root, template, test_settings, DBNAME};
+pub use template::{binaries, root, template, template_for, test_settings, DBNAME};
+pub use versions::{binaries_of, other_major};
 
 /// How often a start is retried on a new port when another process took the chosen one.
 const START_ATTEMPTS: usize = 5;
@@ -32,6 +34,8 @@ pub struct TestServer {
     pub port: u16,
     pub data_dir: PathBuf,
     pub log_file: PathBuf,
+    /// The installation it runs from (the default [`binaries`], or another major's).
+    pub bins: PgBinaries,
 }
 
 impl TestServer {
@@ -62,27 +66,28 @@ impl TestServer {
     }
 
     pub fn is_running(&self) -> bool {
-        shoal_local::is_running(binaries(), &self.data_dir)
+        shoal_local::is_running(&self.bins, &self.data_dir)
     }
 
-    /// Copies the template into `data_dir` and starts it on a free port.
-    fn launch(name: String, run_dir: &Path) -> TestServer {
+    /// Copies the template of `bins` into `data_dir` and starts it on a free port.
+    fn launch(name: String, run_dir: &Path, bins: PgBinaries) -> TestServer {
         let data_dir = run_dir.join(&name);
         let log_file = run_dir.join(format!("{name}.log"));
-        copy_template(&data_dir);
-        distinct_oids(&data_dir);
-        let port = start_on_free_port(&data_dir, &log_file)
+        copy_template(&template_for(&bins), &data_dir);
+        distinct_oids(&bins, &data_dir);
+        let port = start_on_free_port(&bins, &data_dir, &log_file)
             .unwrap_or_else(|e| panic!("shoal-testkit: {e}"));
         TestServer {
             name,
             port,
             data_dir,
             log_file,
+            bins,
         }
     }
 
     fn stop(&self, mode: StopMode) -> Result<(), LocalError> {
-        shoal_local::stop(binaries(), &self.data_dir, mode)
+        shoal_local::stop(&self.bins, &self.data_dir, mode)
     }
 }
 
@@ -125,7 +130,7 @@ impl TestCluster {
                 .into_iter()
                 .map(|name| {
                     let run_dir = &run_dir;
-                    s.spawn(move || TestServer::launch(name, run_dir))
+                    s.spawn(move || TestServer::launch(name, run_dir, binaries().clone()))
                 })
                 .collect();
             handles.into_iter().map(|h| h.join()).collect()
@@ -169,10 +174,16 @@ impl TestCluster {
 
     /// Starts one more worker and returns it.
     pub async fn add_worker(&mut self) -> &TestServer {
+        self.add_worker_from(binaries().clone()).await
+    }
+
+    /// Starts one more worker from another installation (another PostgreSQL major, for
+    /// clusters of mixed versions) and returns it.
+    pub async fn add_worker_from(&mut self, bins: PgBinaries) -> &TestServer {
         let name = format!("worker{}", self.next_worker);
         self.next_worker += 1;
         let run_dir = self.run_dir.clone();
-        let server = blocking(move || TestServer::launch(name, &run_dir)).await;
+        let server = blocking(move || TestServer::launch(name, &run_dir, bins)).await;
         self.workers.push(server);
         self.workers.last().expect("just pushed")
     }
@@ -188,7 +199,7 @@ impl TestCluster {
     /// Starts worker `i` again on the same port.
     pub fn start_worker(&self, i: usize) {
         let w = &self.workers[i];
-        if let Err(e) = shoal_local::start(binaries(), &w.data_dir, &w.log_file) {
+        if let Err(e) = shoal_local::start(&w.bins, &w.data_dir, &w.log_file) {
             panic!("shoal-testkit: could not restart {}: {e}", w.name);
         }
     }
@@ -238,10 +249,10 @@ fn teardown(servers: &[&TestServer], run_dir: &Path) {
 }
 
 /// `cp -a` keeps the template's owner (the server account) and modes.
-fn copy_template(data_dir: &Path) {
+fn copy_template(template: &Path, data_dir: &Path) {
     let out = Command::new("cp")
         .arg("-a")
-        .arg(template())
+        .arg(template)
         .arg(data_dir)
         .output()
         .unwrap_or_else(|e| panic!("shoal-testkit: could not run cp: {e}"));
@@ -258,10 +269,10 @@ fn copy_template(data_dir: &Path) {
 /// hand out the same OIDs in step (and they share a system identifier): two targets'
 /// subscriptions would get one oid, and their table-sync slots on a common source one name,
 /// which separate servers never do.
-fn distinct_oids(data_dir: &Path) {
+fn distinct_oids(bins: &PgBinaries, data_dir: &Path) {
     let next_oid = 1_000_000 + rand::random::<u32>() % 2_000_000_000;
     let out = template::run_as()
-        .command(binaries().program("pg_resetwal"))
+        .command(bins.program("pg_resetwal"))
         .arg("-o")
         .arg(next_oid.to_string())
         .arg(data_dir)
@@ -278,11 +289,11 @@ fn distinct_oids(data_dir: &Path) {
 
 /// Starts the server on a random free port, retrying with another port when a different
 /// process grabbed it between the check and the start.
-fn start_on_free_port(data_dir: &Path, log_file: &Path) -> Result<u16, String> {
+fn start_on_free_port(bins: &PgBinaries, data_dir: &Path, log_file: &Path) -> Result<u16, String> {
     for _ in 0..START_ATTEMPTS {
         let port = ports::reserve();
         shoal_local::set_port(data_dir, port).map_err(|e| e.to_string())?;
-        match shoal_local::start(binaries(), data_dir, log_file) {
+        match shoal_local::start(bins, data_dir, log_file) {
             Ok(()) => return Ok(port),
             Err(LocalError::StartFailed { ref log_tail, .. }) if port_taken(log_tail) => {
                 tracing::info!(port, "port taken meanwhile; retrying on another");

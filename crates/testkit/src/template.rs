@@ -1,10 +1,11 @@
 //! The template data directory: initdb'd once per machine, PostgreSQL version and server
 //! account, then copied for every test server (a copy starts far faster than an initdb).
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
 use nix::sys::statfs::statfs;
 use nix::sys::statvfs::statvfs;
@@ -86,31 +87,39 @@ fn fast_temp_dir() -> PathBuf {
     }
 }
 
-/// The template directory, built on first use (once per process, and across processes
-/// only by whoever wins the final rename).
-pub fn template() -> &'static Path {
-    static TEMPLATE: OnceLock<PathBuf> = OnceLock::new();
-    TEMPLATE.get_or_init(|| {
-        let bins = binaries();
-        let uid = match run_as() {
-            RunAs::Account { uid, .. } => *uid,
-            RunAs::Current => nix::unistd::geteuid().as_raw(),
-        };
-        let key = format!(
-            "{}\0{}\0{uid}\0{TEMPLATE_FORMAT}",
-            bins.bindir.display(),
-            bins.version
-        );
-        let path = root().join(format!(
-            "template-{}-{:016x}",
-            bins.major,
-            fnv1a(key.as_bytes())
-        ));
-        if !is_complete(&path) {
-            build(bins, &path);
-        }
-        path
-    })
+/// The template directory of the default binaries (see [`template_for`]).
+pub fn template() -> PathBuf {
+    template_for(binaries())
+}
+
+/// The template directory of some binaries, built on first use (once per process, and across
+/// processes only by whoever wins the final rename).
+pub fn template_for(bins: &PgBinaries) -> PathBuf {
+    static TEMPLATES: Mutex<BTreeMap<PathBuf, PathBuf>> = Mutex::new(BTreeMap::new());
+    let mut templates = TEMPLATES.lock().unwrap_or_else(|e| e.into_inner());
+    templates
+        .entry(bins.bindir.clone())
+        .or_insert_with(|| {
+            let uid = match run_as() {
+                RunAs::Account { uid, .. } => *uid,
+                RunAs::Current => nix::unistd::geteuid().as_raw(),
+            };
+            let key = format!(
+                "{}\0{}\0{uid}\0{TEMPLATE_FORMAT}",
+                bins.bindir.display(),
+                bins.version
+            );
+            let path = root().join(format!(
+                "template-{}-{:016x}",
+                bins.major,
+                fnv1a(key.as_bytes())
+            ));
+            if !is_complete(&path) {
+                build(bins, &path);
+            }
+            path
+        })
+        .clone()
 }
 
 fn is_complete(dir: &Path) -> bool {
@@ -151,7 +160,7 @@ fn build_in(bins: &PgBinaries, dir: &Path, log: &Path) -> Result<(), String> {
         settings: test_settings(),
     };
     shoal_local::initdb(bins, dir, &opts).map_err(|e| e.to_string())?;
-    let port = crate::start_on_free_port(dir, log)?;
+    let port = crate::start_on_free_port(bins, dir, log)?;
     // A private runtime: this may run inside a caller's runtime or none at all.
     let created = std::thread::scope(|s| {
         s.spawn(|| {

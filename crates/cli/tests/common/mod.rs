@@ -19,7 +19,13 @@ pub struct Shoal {
 
 /// A coordinator and `workers` workers, with the catalog created and the workers registered.
 pub async fn start(workers: usize) -> Shoal {
-    let pg = TestCluster::start(workers).await;
+    with_cluster(TestCluster::start(workers).await).await
+}
+
+/// Shoal on servers already started (of mixed versions, say): the catalog created and every
+/// worker registered.
+#[allow(dead_code)]
+pub async fn with_cluster(pg: TestCluster) -> Shoal {
     let params = ConnectParams::parse(&pg.coordinator_uri()).unwrap();
     shoal_cluster::init_cluster(&params, "test").await.unwrap();
     let cluster = Cluster::connect(params).await.unwrap();
