@@ -3,9 +3,8 @@
 
 mod common;
 
-use shoal_testkit::TestCluster;
-
 use common::{fingerprint, Shoal};
+use shoal_testkit::TestCluster;
 
 async fn node_of(shoal: &Shoal, shard: i64) -> i32 {
     shoal

@@ -4,9 +4,8 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use shoal_local::PgBinaries;
-
 use crate::binaries;
+use shoal_local::PgBinaries;
 
 /// The binaries of PostgreSQL `major` (downloaded into the cache the first time).
 pub fn binaries_of(major: u32) -> PgBinaries {
