@@ -35,7 +35,8 @@ pub struct Cli {
     )]
     pub config: Option<PathBuf>,
 
-    /// More log output on stderr (-v: progress, -vv: debug); SHOAL_LOG overrides
+    /// More log output on stderr (-v: progress, -vv: debug); SHOAL_LOG overrides (a tracing
+    /// filter such as `debug`; naming tokio_postgres logs SQL text, passwords in DDL included)
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
 

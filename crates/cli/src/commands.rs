@@ -145,12 +145,16 @@ async fn ddl(uri: &str, args: &crate::args::DdlArgs) -> anyhow::Result<()> {
 fn print_ddl_readiness(report: &shoal_cluster::ClusterInit) {
     if let Some(reason) = &report.ddl_triggers_refused {
         eprintln!(
-            "warning: DDL on distributed tables is not propagated: the event triggers could not              be created ({reason}); run `shoal init` as a superuser (or the service's admin              role); until then change distributed tables only with `shoal` commands"
+            "warning: plain-SQL DDL on distributed tables is not propagated: the event triggers \
+             could not be created ({reason}); change distributed and reference tables with \
+             `shoal ddl`, or run `shoal init` once as a role that may create event triggers (a \
+             superuser, or the service's admin role where it may)"
         );
     }
     for (address, reason) in &report.unprepared_nodes {
         eprintln!(
-            "warning: node {address} is not prepared for DDL ({reason}); DDL on its shards is              refused until `shoal init` runs again with it reachable"
+            "warning: node {address} is not prepared for DDL ({reason}); DDL on its shards is \
+             refused until `shoal init` runs again with it reachable"
         );
     }
 }

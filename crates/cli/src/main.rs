@@ -66,10 +66,13 @@ fn restore_sigpipe() {
 }
 
 fn init_logging(verbose: u8) {
+    // tokio-postgres logs every statement and its parameters at debug level, and some carry
+    // passwords (a user mapping's, a subscription's connection string): it stays at warn
+    // unless SHOAL_LOG asks for it by name.
     let default = match verbose {
         0 => "warn",
         1 => "info,tokio_postgres=warn",
-        _ => "debug",
+        _ => "debug,tokio_postgres=warn",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("SHOAL_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));

@@ -60,6 +60,7 @@ pub async fn apply(
         out: Vec::new(),
         open: false,
         explicit: false,
+        by_hand: !triggers_installed(&*client).await?,
     };
     let result = script.run(params, client, &statements).await;
     if result.is_err() && script.open {
@@ -76,6 +77,9 @@ struct Script {
     open: bool,
     /// It was opened by the script's own BEGIN.
     explicit: bool,
+    /// The coordinator's event triggers are not installed: what it takes is carried to the
+    /// shards here, with the same functions the triggers would call.
+    by_hand: bool,
 }
 
 impl Script {
@@ -128,6 +132,10 @@ impl Script {
                 self.open = true;
             }
             match plan(&*client, &parsed.node).await? {
+                Route::Coordinator if self.by_hand => {
+                    propagate_by_hand(&*client, parsed).await?;
+                    self.out.push(Applied::new(&parsed.text, "coordinator", 0));
+                }
                 Route::Coordinator => {
                     client
                         .batch_execute(&parsed.text)
@@ -185,6 +193,117 @@ impl Script {
         }
         Ok(())
     }
+}
+
+/// Whether the coordinator's DDL event triggers are installed and enabled.
+async fn triggers_installed(client: &impl GenericClient) -> Result<bool, DdlError> {
+    Ok(client
+        .query_one(
+            "SELECT count(*) = 3 FROM pg_catalog.pg_event_trigger
+             WHERE evtname IN ('shoal_ddl_command_start', 'shoal_ddl_command_end', 'shoal_sql_drop')
+               AND evtenabled <> 'D'",
+            &[],
+        )
+        .await
+        .context(|| "looking for the DDL event triggers".into())?
+        .get(0))
+}
+
+/// Runs a statement the coordinator takes and does what its event triggers would have done:
+/// the managed tables it changes reconciled with their shards afterwards, the ones it drops
+/// removed from the nodes first, a table it creates in a distributed schema placed with it.
+async fn propagate_by_hand(
+    client: &impl GenericClient,
+    parsed: &statement::Parsed,
+) -> Result<(), DdlError> {
+    let changes = statement::changes(&parsed.node);
+    let what = || parsed.text.clone();
+    let mut changed = Vec::new();
+    for relation in &changes.relations {
+        if let Some(relid) = relid_of(client, relation).await? {
+            // Raises for a shard's own partition or foreign table, as the triggers would.
+            let table: Option<i32> = client
+                .query_one("SELECT shoal.ddl_managed_table($1)", &[&relid])
+                .await
+                .context(what)?
+                .get(0);
+            changed.extend(table);
+        }
+    }
+    let mut dropped: Vec<i32> = Vec::new();
+    for relation in &changes.dropped_tables {
+        if let Some(relid) = relid_of(client, relation).await? {
+            let table: Option<i32> = client
+                .query_one("SELECT shoal.ddl_managed_table($1)", &[&relid])
+                .await
+                .context(what)?
+                .get(0);
+            dropped.extend(table);
+        }
+    }
+    for schema in &changes.dropped_schemas {
+        let in_schema: Vec<i32> = client
+            .query(
+                "SELECT t.table_id FROM shoal.distributed_table t
+                 JOIN pg_catalog.pg_class c ON c.oid = t.relid
+                 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1",
+                &[schema],
+            )
+            .await
+            .context(what)?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        dropped.extend(in_schema);
+    }
+    if !dropped.is_empty() || !changes.dropped_schemas.is_empty() {
+        client
+            .execute(
+                "SELECT shoal.ddl_drop_tables($1, $2)",
+                &[&dropped, &changes.dropped_schemas],
+            )
+            .await
+            .context(what)?;
+    }
+    client.batch_execute(&parsed.text).await.context(what)?;
+    for table in changed {
+        client
+            .execute(
+                "SELECT shoal.ddl_reconcile($1, 'shoal ddl')
+                 WHERE EXISTS (SELECT 1 FROM shoal.distributed_table WHERE table_id = $1)",
+                &[&table],
+            )
+            .await
+            .context(what)?;
+    }
+    if let Some(created) = &changes.created_table {
+        if let Some(relid) = relid_of(client, created).await? {
+            client
+                .execute(
+                    "SELECT shoal.ddl_place_in_schema(c.oid, g.colocation_id)
+                     FROM pg_catalog.pg_class c
+                     JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                     JOIN shoal.colocation_group g ON g.kind = 'schema' AND g.schema_name = n.nspname
+                     WHERE c.oid = $1 AND NOT c.relispartition
+                       AND NOT EXISTS (SELECT 1 FROM shoal.distributed_table t WHERE t.relid = c.oid)",
+                    &[&relid],
+                )
+                .await
+                .context(what)?;
+        }
+    }
+    Ok(())
+}
+
+async fn relid_of(
+    client: &impl GenericClient,
+    relation: &NamedRelation,
+) -> Result<Option<u32>, DdlError> {
+    Ok(client
+        .query_one("SELECT to_regclass($1)::oid", &[&relation.sql()])
+        .await
+        .context(|| format!("looking up {}", relation.sql()))?
+        .get(0))
 }
 
 fn refusal(text: &str) -> DdlError {

@@ -204,6 +204,63 @@ fn drop_objects(stmt: &DropStmt) -> Vec<NamedRelation> {
         .collect()
 }
 
+/// What a statement the coordinator takes changes, for carrying it to the shards by hand when
+/// the coordinator's event triggers are not installed (a role that may not create them).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Changes {
+    /// Relations changed in place: tables, or indexes (their tables are what changed).
+    pub relations: Vec<NamedRelation>,
+    pub dropped_tables: Vec<NamedRelation>,
+    pub dropped_schemas: Vec<String>,
+    pub created_table: Option<NamedRelation>,
+}
+
+pub fn changes(node: &NodeEnum) -> Changes {
+    let mut changes = Changes::default();
+    let mut relation = |range: &Option<RangeVar>| {
+        if let Some(range) = range {
+            changes.relations.push(NamedRelation::of(range));
+        }
+    };
+    match node {
+        NodeEnum::AlterTableStmt(stmt) => relation(&stmt.relation),
+        NodeEnum::RenameStmt(stmt) => relation(&stmt.relation),
+        NodeEnum::AlterObjectSchemaStmt(stmt) => relation(&stmt.relation),
+        NodeEnum::IndexStmt(stmt) => relation(&stmt.relation),
+        NodeEnum::CreateStmt(stmt) => {
+            changes.created_table = stmt.relation.as_ref().map(NamedRelation::of);
+        }
+        NodeEnum::CreateTableAsStmt(stmt) => {
+            changes.created_table = stmt
+                .into
+                .as_ref()
+                .and_then(|into| into.rel.as_ref())
+                .map(NamedRelation::of);
+        }
+        NodeEnum::DropStmt(stmt) => {
+            let kind = stmt.remove_type;
+            if kind == ObjectType::ObjectIndex as i32 {
+                changes.relations = drop_objects(stmt);
+            } else if kind == ObjectType::ObjectTable as i32
+                || kind == ObjectType::ObjectForeignTable as i32
+            {
+                changes.dropped_tables = drop_objects(stmt);
+            } else if kind == ObjectType::ObjectSchema as i32 {
+                changes.dropped_schemas = stmt
+                    .objects
+                    .iter()
+                    .filter_map(|o| match &o.node {
+                        Some(NodeEnum::String(s)) => Some(s.sval.clone()),
+                        _ => None,
+                    })
+                    .collect();
+            }
+        }
+        _ => {}
+    }
+    changes
+}
+
 /// How a statement is carried out.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {

@@ -16,10 +16,12 @@ use tokio_postgres::NoTls;
 use shoal_local::{LocalError, PgBinaries, StopMode};
 
 mod ports;
+mod secure;
 mod sweep;
 mod template;
 mod versions;
 
+pub use secure::Certificates;
 pub use sweep::sweep_stale;
 pub use template::{binaries, root, template, template_for, test_settings, DBNAME};
 pub use versions::{binaries_of, other_major};
@@ -104,13 +106,18 @@ impl TestCluster {
     /// Starts a coordinator and `workers` workers, each with an empty `shoal` database.
     /// Panics with the reason on failure.
     pub async fn start(workers: usize) -> TestCluster {
-        blocking(move || TestCluster::start_blocking(workers)).await
+        TestCluster::start_from(workers, binaries().clone()).await
     }
 
-    fn start_blocking(workers: usize) -> TestCluster {
+    /// Like [`TestCluster::start`], every server from `bins` (another installation).
+    pub async fn start_from(workers: usize, bins: PgBinaries) -> TestCluster {
+        blocking(move || TestCluster::start_blocking(workers, bins)).await
+    }
+
+    fn start_blocking(workers: usize, bins: PgBinaries) -> TestCluster {
         let root = root();
         sweep_stale(&root);
-        template();
+        template_for(&bins);
         static COUNTER: AtomicU64 = AtomicU64::new(0);
         let run_dir = root.join(format!(
             "run-{}-{}-{:08x}",
@@ -130,7 +137,8 @@ impl TestCluster {
                 .into_iter()
                 .map(|name| {
                     let run_dir = &run_dir;
-                    s.spawn(move || TestServer::launch(name, run_dir, binaries().clone()))
+                    let bins = bins.clone();
+                    s.spawn(move || TestServer::launch(name, run_dir, bins))
                 })
                 .collect();
             handles.into_iter().map(|h| h.join()).collect()

@@ -107,6 +107,10 @@ pub struct Transfer<'a> {
     final_source_lsn: Option<String>,
     warnings: Vec<String>,
     next_marker: std::sync::atomic::AtomicI64,
+    /// A `block_writes` copy's writes on the target carry replication origins (see
+    /// [`Transfer::copy_rows`]); without the right to create them (a managed service's admin
+    /// role), and with no change capture to tell the copy from new writes, they do not.
+    tag_origins: bool,
 }
 
 impl<'a> Transfer<'a> {
@@ -186,6 +190,22 @@ impl<'a> Transfer<'a> {
             }
         };
 
+        let tag_origins =
+            mode.mode == Mode::BlockWrites && origins_allowed(cluster, &target).await?;
+        if mode.mode == Mode::BlockWrites
+            && !tag_origins
+            && shoal_cluster::capture::capture_active(cluster).await?
+        {
+            return Err(TransferError::Refused(format!(
+                "a block_writes move tags the rows it copies with a replication origin, so that \
+                 the stream tables' change capture on node {} does not take them for new \
+                 writes, and this role may not create replication origins there; move with \
+                 --mode force_logical, or GRANT EXECUTE ON FUNCTION pg_replication_origin_create(text), \
+                 pg_replication_origin_drop(text), pg_replication_origin_session_setup(text), \
+                 pg_replication_origin_session_reset() TO the role on that node",
+                target.node_id
+            )));
+        }
         let operation_id = begin_operation(cluster).await?;
         if let Err(error) = take_group_locks(cluster, &group, request.shard_id).await {
             end_operation(cluster, operation_id).await;
@@ -279,6 +299,7 @@ impl<'a> Transfer<'a> {
             final_source_lsn: None,
             warnings: Vec::new(),
             next_marker: std::sync::atomic::AtomicI64::new(1),
+            tag_origins,
         })
     }
 
@@ -815,14 +836,17 @@ impl<'a> Transfer<'a> {
         cancel: &CancelToken,
     ) -> Result<(), TransferError> {
         let origin_prefix = format!("{}_", self.replication_name());
-        self.record(
-            CleanupObject::ReplicationOrigin,
-            None,
-            &format!("{}%", origin_prefix.replace('_', "\\_")),
-            &self.target,
-            CleanupPolicy::Always,
-        )
-        .await?;
+        if self.tag_origins {
+            self.record(
+                CleanupObject::ReplicationOrigin,
+                None,
+                &format!("{}%", origin_prefix.replace('_', "\\_")),
+                &self.target,
+                CleanupPolicy::Always,
+            )
+            .await?;
+        }
+        let tag_origins = self.tag_origins;
         let readers = self
             .group
             .members
@@ -839,16 +863,20 @@ impl<'a> Transfer<'a> {
             .map(|(i, ((member, source), writer))| {
                 let origin = format!("{origin_prefix}{i}");
                 async move {
-                    writer
-                        .execute("SELECT pg_replication_origin_create($1)", &[&origin])
-                        .await
-                        .context(|| {
-                            format!("creating replication origin {origin} on the target")
-                        })?;
-                    writer
-                        .execute("SELECT pg_replication_origin_session_setup($1)", &[&origin])
-                        .await
-                        .context(|| format!("using replication origin {origin} on the target"))?;
+                    if tag_origins {
+                        writer
+                            .execute("SELECT pg_replication_origin_create($1)", &[&origin])
+                            .await
+                            .context(|| {
+                                format!("creating replication origin {origin} on the target")
+                            })?;
+                        writer
+                            .execute("SELECT pg_replication_origin_session_setup($1)", &[&origin])
+                            .await
+                            .context(|| {
+                                format!("using replication origin {origin} on the target")
+                            })?;
+                    }
                     let table = member.shard_table.quoted();
                     let reader = source
                         .copy_out(&format!("COPY {table} TO STDOUT (FORMAT binary)"))
@@ -871,9 +899,11 @@ impl<'a> Transfer<'a> {
                     sink.finish()
                         .await
                         .context(|| format!("finishing the copy of {}", member.shard_table))?;
-                    writer
-                        .execute("SELECT pg_replication_origin_session_reset()", &[])
-                        .await?;
+                    if tag_origins {
+                        writer
+                            .execute("SELECT pg_replication_origin_session_reset()", &[])
+                            .await?;
+                    }
                     Ok::<(), TransferError>(())
                 }
             });
@@ -1263,6 +1293,24 @@ pub(crate) async fn applied_lsn(
 /// Takes the shard group's exclusive lock and the colocation group's shared lock on the catalog
 /// session. A previous transfer of the same group whose process died is settled first (see
 /// [`crate::recover`]).
+/// Whether this role may create and use replication origins on `node` (by default only a
+/// superuser may).
+async fn origins_allowed(cluster: &Cluster, node: &Node) -> Result<bool, TransferError> {
+    let client = cluster
+        .node_client(node, &format!("{} checking privileges", cluster.label()))
+        .await?;
+    Ok(client
+        .query_one(
+            "SELECT bool_and(has_function_privilege(f, 'EXECUTE')) FROM unnest(ARRAY[
+                 'pg_replication_origin_create(text)', 'pg_replication_origin_drop(text)',
+                 'pg_replication_origin_session_setup(text)',
+                 'pg_replication_origin_session_reset()']) f",
+            &[],
+        )
+        .await?
+        .get(0))
+}
+
 async fn take_group_locks(
     cluster: &Cluster,
     group: &ShardGroup,

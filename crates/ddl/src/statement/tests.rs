@@ -369,3 +369,28 @@ fn a_type_change_with_using_converts_the_shards_rows_with_the_expression() {
     let mixed = one("ALTER TABLE t ALTER COLUMN k TYPE int USING k::int, ADD COLUMN z int");
     assert!(route(&mixed, Some(&t), None, &[]).is_err());
 }
+
+#[test]
+fn what_a_statement_changes_is_read_from_its_parse_tree() {
+    let renamed = changes(&one("ALTER TABLE s.t RENAME COLUMN a TO b"));
+    assert_eq!(
+        renamed.relations,
+        [NamedRelation {
+            schema: Some("s".into()),
+            name: "t".into()
+        }]
+    );
+    let dropped = changes(&one("DROP TABLE a, \"B c\""));
+    assert_eq!(dropped.dropped_tables.len(), 2);
+    assert_eq!(dropped.dropped_tables[1].name, "B c");
+    assert_eq!(
+        changes(&one("DROP SCHEMA acme CASCADE")).dropped_schemas,
+        ["acme"]
+    );
+    let created = changes(&one("CREATE TABLE acme.x AS SELECT 1 AS a"));
+    assert_eq!(
+        created.created_table.unwrap().schema.as_deref(),
+        Some("acme")
+    );
+    assert_eq!(changes(&one("DROP INDEX i")).relations[0].name, "i");
+}

@@ -1,0 +1,295 @@
+//! Shoal as a managed service's admin role: not a superuser, only what the services give their
+//! admin user (CREATEDB, CREATEROLE, REPLICATION, pg_create_subscription on 16 and newer, its
+//! own database, USAGE on postgres_fdw), logging in with a SCRAM password.
+
+mod common;
+
+use shoal_testkit::{Certificates, TestCluster, TestServer};
+
+use common::{fingerprint, CliOutput};
+
+const ADMIN: &str = "shoal_admin";
+/// With a space, a quote and a percent sign, which every layer must carry intact.
+const PASSWORD: &str = "s3cret 'pa%ss";
+
+fn admin_uri(server: &TestServer, tls: Option<&Certificates>) -> String {
+    let encoded = url::form_urlencoded::byte_serialize(PASSWORD.as_bytes())
+        .collect::<String>()
+        .replace('+', "%20");
+    let mut uri = format!(
+        "postgresql://{ADMIN}:{encoded}@127.0.0.1:{}/{}",
+        server.port,
+        shoal_testkit::DBNAME
+    );
+    if let Some(certificates) = tls {
+        uri.push_str(&format!(
+            "?sslmode=verify-full&sslrootcert={}",
+            certificates.ca_cert.display()
+        ));
+    }
+    uri
+}
+
+/// What a managed service gives its admin user, set up by the superuser.
+async fn grant_admin(server: &TestServer) {
+    let sql = server.connect().await;
+    sql.batch_execute(&format!(
+        "CREATE ROLE {ADMIN} LOGIN PASSWORD '{}' CREATEDB CREATEROLE REPLICATION;
+         ALTER DATABASE {db} OWNER TO {ADMIN};
+         CREATE EXTENSION IF NOT EXISTS postgres_fdw;
+         GRANT USAGE ON FOREIGN DATA WRAPPER postgres_fdw TO {ADMIN};",
+        PASSWORD.replace('\'', "''"),
+        db = shoal_testkit::DBNAME
+    ))
+    .await
+    .unwrap();
+    if server.bins.major >= 16 {
+        sql.batch_execute(&format!("GRANT pg_create_subscription TO {ADMIN}"))
+            .await
+            .unwrap();
+    }
+}
+
+struct Managed {
+    pg: TestCluster,
+    uri: String,
+    outputs: Vec<String>,
+}
+
+impl Managed {
+    async fn start(major: u32, tls: bool) -> Managed {
+        let bins = shoal_testkit::binaries_of(major);
+        let pg = TestCluster::start_from(2, bins).await;
+        let certificates = tls.then(|| Certificates::make(&pg.run_dir().join("tls")));
+        for server in pg.servers() {
+            grant_admin(server).await;
+        }
+        pg.require_passwords(certificates.as_ref());
+        let uri = admin_uri(&pg.coordinator, certificates.as_ref());
+        Managed {
+            pg,
+            uri,
+            outputs: Vec::new(),
+        }
+    }
+
+    /// Runs `shoal` as the admin role, most verbose, and keeps what it printed.
+    async fn cli(&mut self, args: &[&str]) -> CliOutput {
+        let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_shoal"))
+            .args(args)
+            .arg("-vv")
+            .env("SHOAL_COORDINATOR", &self.uri)
+            .env_remove("PGPASSWORD")
+            .output()
+            .await
+            .expect("the shoal binary runs");
+        let out = CliOutput {
+            success: output.status.success(),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        };
+        self.outputs
+            .push(format!("{args:?}\n{}{}", out.stdout, out.stderr));
+        out
+    }
+
+    async fn admin(&self) -> tokio_postgres::Client {
+        let config: tokio_postgres::Config = self.uri.split('?').next().unwrap().parse().unwrap();
+        let (client, connection) = config.connect(tokio_postgres::NoTls).await.unwrap();
+        tokio::spawn(connection);
+        client
+    }
+}
+
+#[tokio::test]
+async fn a_managed_admin_role_runs_the_whole_flow_on_16_and_newer() {
+    let major = shoal_testkit::binaries().major.max(16);
+    let major = if major == 16 { 18 } else { major };
+    let mut managed = Managed::start(major, false).await;
+    let init = managed.cli(&["init"]).await;
+    init.assert_ok();
+    assert!(
+        init.stderr.contains("event triggers could not be created")
+            && init.stderr.contains("shoal ddl"),
+        "{}",
+        init.stderr
+    );
+    for i in 0..2 {
+        let address = managed.pg.workers[i].host_port();
+        managed.cli(&["node", "add", &address]).await.assert_ok();
+    }
+    let admin = managed.admin().await;
+    admin
+        .batch_execute(
+            "CREATE TABLE kinds (id int PRIMARY KEY, name text);
+             INSERT INTO kinds SELECT g, 'k' || g FROM generate_series(0, 9) g;
+             CREATE TABLE items (id bigint PRIMARY KEY, kind int REFERENCES kinds, v bigint);
+             INSERT INTO items SELECT g, g % 10, g FROM generate_series(1, 5000) g;
+             CREATE SCHEMA tenant;
+             CREATE TABLE tenant.users (id int PRIMARY KEY, name text);",
+        )
+        .await
+        .unwrap();
+    managed
+        .cli(&["table", "reference", "kinds"])
+        .await
+        .assert_ok();
+    managed
+        .cli(&[
+            "table",
+            "distribute",
+            "items",
+            "--column",
+            "id",
+            "--shards",
+            "4",
+        ])
+        .await
+        .assert_ok();
+    managed
+        .cli(&["schema", "distribute", "tenant"])
+        .await
+        .assert_ok();
+    let content = fingerprint(&admin, "items").await;
+    let shard: i64 = admin
+        .query_one(
+            "SELECT shard_id FROM shoal.shards WHERE table_name = 'items'::regclass ORDER BY shard_index LIMIT 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    for (to, mode) in [("2", "force_logical"), ("1", "block_writes")] {
+        let node: i32 = admin
+            .query_one(
+                "SELECT node_id FROM shoal.shards WHERE shard_id = $1",
+                &[&shard],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        let to = if node.to_string() == to {
+            if to == "1" {
+                "2"
+            } else {
+                "1"
+            }
+        } else {
+            to
+        };
+        managed
+            .cli(&[
+                "shard",
+                "move",
+                &shard.to_string(),
+                "--to",
+                to,
+                "--mode",
+                mode,
+            ])
+            .await
+            .assert_ok();
+        assert_eq!(fingerprint(&admin, "items").await, content);
+    }
+    let tenant_node: i32 = admin
+        .query_one(
+            "SELECT node_id FROM shoal.shards WHERE table_name = 'tenant.users'::regclass",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let other = if tenant_node == 1 { "2" } else { "1" };
+    managed
+        .cli(&["schema", "move", "tenant", "--to", other])
+        .await
+        .assert_ok();
+    // A third worker, prepared the same way, filled by a rebalance.
+    let bins = managed.pg.workers[0].bins.clone();
+    let worker = managed.pg.add_worker_from(bins).await;
+    grant_admin(worker).await;
+    worker.require_passwords(None);
+    let address = worker.host_port();
+    managed.cli(&["node", "add", &address]).await.assert_ok();
+    managed.cli(&["rebalance", "start"]).await.assert_ok();
+    managed.cli(&["rebalance", "wait"]).await.assert_ok();
+    let moved: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM shoal.shards WHERE node_id = 3 AND kind = 'hash'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(moved > 0, "the rebalance filled the new worker");
+    assert_eq!(fingerprint(&admin, "items").await, content);
+    managed
+        .cli(&[
+            "stream",
+            "create",
+            "per_kind",
+            "--mode",
+            "differential",
+            "--query",
+            "SELECT kind, count(*) AS n FROM items GROUP BY kind",
+        ])
+        .await
+        .assert_ok();
+    admin
+        .batch_execute("INSERT INTO items SELECT g, g % 10, g FROM generate_series(5001, 5100) g")
+        .await
+        .unwrap();
+    managed
+        .cli(&["stream", "refresh", "per_kind"])
+        .await
+        .assert_ok();
+    let n: i64 = admin
+        .query_one("SELECT sum(n)::bigint FROM per_kind", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 5100);
+    // Without event triggers DDL on distributed tables goes through shoal ddl.
+    managed
+        .cli(&["ddl", "ALTER TABLE items ADD COLUMN note text DEFAULT 'x'"])
+        .await
+        .assert_ok();
+    managed.cli(&["table", "check"]).await.assert_ok();
+    managed
+        .cli(&["stream", "drop", "per_kind"])
+        .await
+        .assert_ok();
+    managed.cli(&["cleanup"]).await.assert_ok();
+
+    // The password reached no output, and the catalog holds it nowhere.
+    for output in &managed.outputs {
+        assert!(!output.contains(PASSWORD), "the password leaked: {output}");
+        assert!(!output.contains("s3cret"), "the password leaked: {output}");
+    }
+    let superuser = managed.pg.coordinator.connect().await;
+    let tables: Vec<String> = superuser
+        .query(
+            "SELECT format('%I.%I', schemaname, tablename) FROM pg_tables WHERE schemaname = 'shoal'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    for table in tables {
+        let rows: Option<String> = superuser
+            .query_one(
+                &format!("SELECT string_agg(t::text, ' ') FROM {table} t"),
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        let rows = rows.unwrap_or_default();
+        assert!(
+            !rows.contains("s3cret"),
+            "{table} holds the password: {rows}"
+        );
+    }
+}
