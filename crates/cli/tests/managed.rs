@@ -4,9 +4,8 @@
 
 mod common;
 
-use shoal_testkit::{Certificates, TestCluster, TestServer};
-
 use common::{fingerprint, CliOutput};
+use shoal_testkit::{Certificates, TestCluster, TestServer};
 
 const ADMIN: &str = "shoal_admin";
 /// With a space, a quote and a percent sign, which every layer must carry intact.

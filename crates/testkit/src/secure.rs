@@ -7,10 +7,9 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use shoal_local::StopMode;
-
 use crate::template::run_as;
 use crate::{TestCluster, TestServer};
+use shoal_local::StopMode;
 
 /// A CA and the certificate every test server presents (for `127.0.0.1` and `localhost`).
 #[derive(Debug, Clone)]
