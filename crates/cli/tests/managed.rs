@@ -292,3 +292,119 @@ async fn a_managed_admin_role_runs_the_whole_flow_on_16_and_newer() {
         );
     }
 }
+
+/// PostgreSQL 15 lets only superusers create subscriptions: the admin role still distributes
+/// tables, moves them with block_writes, keeps stream tables and changes tables, and hears, up
+/// front and naming PostgreSQL 15, that reference tables and online moves need more.
+#[tokio::test]
+async fn a_managed_admin_role_on_15_is_told_what_needs_a_superuser() {
+    let mut managed = Managed::start(15, false).await;
+    managed.cli(&["init"]).await.assert_ok();
+    for i in 0..2 {
+        let address = managed.pg.workers[i].host_port();
+        let added = managed.cli(&["node", "add", &address]).await;
+        added.assert_ok();
+        assert!(
+            added
+                .stderr
+                .contains("PostgreSQL 15 lets only superusers create subscriptions"),
+            "{}",
+            added.stderr
+        );
+    }
+    let admin = managed.admin().await;
+    admin
+        .batch_execute(
+            "CREATE TABLE kinds (id int PRIMARY KEY, name text);
+             CREATE TABLE items (id bigint PRIMARY KEY, kind int, v bigint);
+             INSERT INTO items SELECT g, g % 10, g FROM generate_series(1, 5000) g;",
+        )
+        .await
+        .unwrap();
+    managed
+        .cli(&["table", "reference", "kinds"])
+        .await
+        .assert_error(&[
+            "PostgreSQL 15 lets only superusers create subscriptions",
+            "block_writes",
+        ]);
+    let tables: i64 = admin
+        .query_one("SELECT count(*) FROM shoal.distributed_table", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(tables, 0, "the refused reference table changed nothing");
+    managed
+        .cli(&[
+            "table",
+            "distribute",
+            "items",
+            "--column",
+            "id",
+            "--shards",
+            "4",
+        ])
+        .await
+        .assert_ok();
+    let content = fingerprint(&admin, "items").await;
+    let (shard, node): (i64, i32) = {
+        let row = admin
+            .query_one(
+                "SELECT shard_id, node_id FROM shoal.shards WHERE table_name = 'items'::regclass ORDER BY shard_index LIMIT 1",
+                &[],
+            )
+            .await
+            .unwrap();
+        (row.get(0), row.get(1))
+    };
+    let to = if node == 1 { "2" } else { "1" };
+    managed
+        .cli(&[
+            "shard",
+            "move",
+            &shard.to_string(),
+            "--to",
+            to,
+            "--mode",
+            "force_logical",
+        ])
+        .await
+        .assert_error(&["PostgreSQL 15 lets only superusers", "--mode block_writes"]);
+    let moved = managed
+        .cli(&["shard", "move", &shard.to_string(), "--to", to, "--json"])
+        .await;
+    let report: serde_json::Value = serde_json::from_str(moved.assert_ok()).unwrap();
+    assert_eq!(report["mode"], "block_writes");
+    assert_eq!(fingerprint(&admin, "items").await, content);
+    managed
+        .cli(&[
+            "stream",
+            "create",
+            "per_kind",
+            "--mode",
+            "differential",
+            "--query",
+            "SELECT kind, count(*) AS n FROM items GROUP BY kind",
+        ])
+        .await
+        .assert_ok();
+    admin
+        .batch_execute("DELETE FROM items WHERE id <= 100")
+        .await
+        .unwrap();
+    managed
+        .cli(&["stream", "refresh", "per_kind"])
+        .await
+        .assert_ok();
+    let n: i64 = admin
+        .query_one("SELECT sum(n)::bigint FROM per_kind", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 4900);
+    managed
+        .cli(&["ddl", "ALTER TABLE items ADD COLUMN note text"])
+        .await
+        .assert_ok();
+    managed.cli(&["table", "check"]).await.assert_ok();
+}

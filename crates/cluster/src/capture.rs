@@ -55,6 +55,23 @@ pub async fn ensure_slot(client: &Client) -> Result<String, ClusterError> {
     Ok(row.get(0))
 }
 
+/// Refuses, before anything is created, when this role may not read changes from a node
+/// (logical slots need the REPLICATION attribute).
+pub async fn check_capture_privileges(cluster: &Cluster) -> Result<(), ClusterError> {
+    for node in shoal_catalog::model::list_nodes(cluster.client()).await? {
+        if let Some(missing) = crate::privileges::of_node(cluster, &node)
+            .await?
+            .missing(crate::privileges::Need::Replication)
+        {
+            return Err(ClusterError::Unsupported(format!(
+                "stream tables read every node's changes from a logical slot, and on node {}: {missing}",
+                node.node_id
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Makes sure a node has its capture slot and its `shoal.worker_slot` row (whose frontier
 /// starts at the slot's position).
 pub async fn ensure_node_slot(cluster: &Cluster, node: &Node) -> Result<(), ClusterError> {

@@ -26,6 +26,7 @@ pub mod layout;
 pub mod locks;
 pub mod nodes;
 pub mod placement;
+pub mod privileges;
 pub mod reference;
 mod resolve;
 mod schema;

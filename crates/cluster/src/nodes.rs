@@ -1,6 +1,7 @@
 //! Registering, removing and flagging worker nodes.
 
 use crate::error::{pg_message, ClusterError, PgContext};
+use crate::privileges::{Need, Privileges};
 use crate::reference;
 use crate::resolve::{parse_address, resolve_node};
 use crate::Cluster;
@@ -59,6 +60,36 @@ pub async fn add_node(cluster: &Cluster, request: &AddNode<'_>) -> Result<Node, 
         .context(|| format!("reading the settings of {address}"))?;
     let version_num: i32 = row.get(0);
     check_node_settings(&address, version_num, row.get(1), row.get(2))?;
+    // Everything the role needs is checked before anything is created (nothing fails halfway).
+    let privileges = Privileges::read(&node_client).await?;
+    if let Some(missing) = privileges.missing(Need::Objects) {
+        return Err(ClusterError::Unsupported(format!("{address}: {missing}")));
+    }
+    let with_references = model::list_tables(cluster.client())
+        .await?
+        .iter()
+        .any(|t| t.kind == TableKind::Reference);
+    let for_references =
+        privileges
+            .missing(Need::Subscription)
+            .or(Privileges::read(cluster.client())
+                .await?
+                .missing(Need::Replication)
+                .map(|m| format!("on the coordinator: {m}")));
+    match (&for_references, with_references) {
+        (Some(missing), true) => {
+            return Err(ClusterError::Unsupported(format!(
+                "{address} cannot take the reference tables: {missing}"
+            )))
+        }
+        (Some(missing), false) => {
+            tracing::warn!(node = %address, "reference tables and online moves to it will be refused: {missing}")
+        }
+        (None, _) => {}
+    }
+    if let Some(missing) = privileges.missing(Need::Replication) {
+        tracing::warn!(node = %address, "online moves from it and stream tables will be refused: {missing}");
+    }
     if is_same_server(cluster, &node_client).await? {
         return Err(ClusterError::Unsupported(format!(
             "{address}/{dbname} is the coordinator database itself; a node must be another database"

@@ -9,6 +9,7 @@ use tokio_postgres::Client;
 use crate::cleanup::{begin_operation, end_operation, run_cleanup};
 use crate::error::{ClusterError, PgContext};
 use crate::locks;
+use crate::privileges;
 use crate::resolve::resolve_relation;
 use crate::Cluster;
 use shoal_catalog::model::{self, CleanupObject, CleanupPolicy, Node, TableKind};
@@ -67,6 +68,14 @@ pub async fn reference_table(cluster: &Cluster, table: &str) -> Result<Vec<Node>
     tx.rollback().await?;
 
     let nodes = model::list_nodes(cluster.client()).await?;
+    for node in &nodes {
+        if let Some(missing) = privileges::logical_replication_refused(cluster, None, node).await? {
+            return Err(ClusterError::Unsupported(format!(
+                "{} cannot become a reference table, which every node subscribes to: {missing}",
+                def.name
+            )));
+        }
+    }
     let operation_id = begin_operation(cluster).await?;
     let result = reference_table_op(cluster, &def, &nodes, operation_id).await;
     if result.is_err() {

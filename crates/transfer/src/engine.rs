@@ -15,7 +15,7 @@ use crate::status::{choose_mode, ChosenMode, Mode, Operation, Status};
 use crate::{CancelToken, Context, TransferError};
 use shoal_catalog::model::{self, CleanupObject, CleanupPolicy, Node, TableKind};
 use shoal_cluster::cleanup::{begin_operation, end_operation, run_cleanup};
-use shoal_cluster::{locks, reference, resolve_node, Cluster};
+use shoal_cluster::{locks, privileges, reference, resolve_node, Cluster};
 use shoal_ddl::definition::{
     foreign_key_ddl, has_replica_identity, shard_object_name, shard_table_phases, ShardTablePhases,
 };
@@ -181,12 +181,30 @@ impl<'a> Transfer<'a> {
             .map(|m| m.table.name.to_string())
             .collect();
         let mode = match request.operation {
-            Operation::Copy => ChosenMode {
-                mode: Mode::ForceLogical,
-                reason: None,
-            },
+            Operation::Copy => {
+                // A reference table's copy subscribes to the coordinator's publication.
+                if let Some(why) =
+                    privileges::logical_replication_refused(cluster, None, &target).await?
+                {
+                    return Err(TransferError::Refused(format!(
+                        "a reference table is copied by logical replication, and {why}"
+                    )));
+                }
+                ChosenMode {
+                    mode: Mode::ForceLogical,
+                    reason: None,
+                }
+            }
             Operation::Move => {
-                choose_mode(request.mode, &without_identity).map_err(TransferError::Refused)?
+                let logical_refused = match request.mode {
+                    Mode::BlockWrites => None,
+                    _ => {
+                        privileges::logical_replication_refused(cluster, Some(&source), &target)
+                            .await?
+                    }
+                };
+                choose_mode(request.mode, &without_identity, logical_refused.as_deref())
+                    .map_err(TransferError::Refused)?
             }
         };
 

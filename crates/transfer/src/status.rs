@@ -107,10 +107,27 @@ pub struct ChosenMode {
 /// Logical replication applies updates and deletes only to tables with a replica identity; a
 /// group with one table without it is moved with writes blocked under `auto`, and refused under
 /// `force_logical`.
+///
+/// `logical_refused`: why logical replication cannot be used with this role between these
+/// nodes (a missing privilege), if it cannot.
 pub fn choose_mode(
     requested: Mode,
     tables_without_identity: &[String],
+    logical_refused: Option<&str>,
 ) -> Result<ChosenMode, String> {
+    if let (Some(why), Mode::Auto | Mode::ForceLogical) = (logical_refused, requested) {
+        return match requested {
+            Mode::ForceLogical => Err(format!(
+                "an online move needs logical replication, and {why}; or use --mode block_writes"
+            )),
+            _ => Ok(ChosenMode {
+                mode: Mode::BlockWrites,
+                reason: Some(format!(
+                    "logical replication is not available ({why}), so writes are blocked during the copy"
+                )),
+            }),
+        };
+    }
     match (requested, tables_without_identity.is_empty()) {
         (Mode::BlockWrites, _) => Ok(ChosenMode {
             mode: Mode::BlockWrites,
@@ -154,7 +171,7 @@ mod tests {
 
     #[test]
     fn auto_falls_back_and_says_why() {
-        let chosen = choose_mode(Mode::Auto, &[]).unwrap();
+        let chosen = choose_mode(Mode::Auto, &[], None).unwrap();
         assert_eq!(
             chosen,
             ChosenMode {
@@ -162,12 +179,29 @@ mod tests {
                 reason: None
             }
         );
-        let chosen = choose_mode(Mode::Auto, &["public.t".into()]).unwrap();
+        let chosen = choose_mode(Mode::Auto, &["public.t".into()], None).unwrap();
         assert_eq!(chosen.mode, Mode::BlockWrites);
         assert!(chosen.reason.unwrap().contains("public.t"));
-        assert!(choose_mode(Mode::ForceLogical, &["public.t".into()]).is_err());
+        assert!(choose_mode(Mode::ForceLogical, &["public.t".into()], None).is_err());
         assert_eq!(
-            choose_mode(Mode::BlockWrites, &[]).unwrap().mode,
+            choose_mode(Mode::BlockWrites, &[], None).unwrap().mode,
+            Mode::BlockWrites
+        );
+    }
+
+    #[test]
+    fn without_the_privileges_for_logical_replication_auto_blocks_writes() {
+        let why = "PostgreSQL 15 lets only superusers create subscriptions";
+        let chosen = choose_mode(Mode::Auto, &[], Some(why)).unwrap();
+        assert_eq!(chosen.mode, Mode::BlockWrites);
+        assert!(chosen.reason.unwrap().contains(why));
+        let refused = choose_mode(Mode::ForceLogical, &[], Some(why)).unwrap_err();
+        assert!(
+            refused.contains(why) && refused.contains("--mode block_writes"),
+            "{refused}"
+        );
+        assert_eq!(
+            choose_mode(Mode::BlockWrites, &[], Some(why)).unwrap().mode,
             Mode::BlockWrites
         );
     }

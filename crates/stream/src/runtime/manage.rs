@@ -141,6 +141,7 @@ pub async fn create_stream(
         .ok_or_else(|| {
             StreamError::Refused("the schedule must be between 1 ms and 24 days".into())
         })?;
+    shoal_cluster::capture::check_capture_privileges(cluster).await?;
     let client = cluster.client();
     let target = client
         .query_one(
