@@ -3,14 +3,17 @@ use thiserror::Error;
 /// Errors of the catalog layer. Each says what was wrong and what to do next.
 #[derive(Debug, Error)]
 pub enum CatalogError {
-    #[error(
-        "cannot connect to {target}: {source}; check that the server runs and the address is right"
-    )]
+    #[error("cannot connect to {target}: {reason}; {advice}")]
     Connect {
         target: String,
+        /// The error with its causes (a TLS handshake failure says why only in its source).
+        reason: String,
+        advice: &'static str,
         #[source]
         source: tokio_postgres::Error,
     },
+    #[error("TLS: {0}")]
+    Tls(String),
     #[error("invalid connection URI: {0}; expected postgresql://USER@HOST:PORT/DBNAME")]
     BadUri(String),
     #[error("the coordinator has no Shoal catalog; run `shoal init` first")]

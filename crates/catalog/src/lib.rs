@@ -9,6 +9,8 @@ pub mod conn;
 mod error;
 mod migrate;
 pub mod model;
+mod pgpass;
+pub mod tls;
 
 pub use conn::{connect, ConnectParams};
 pub use error::{pg_message, CatalogError};

@@ -7,6 +7,11 @@ use clap::{Args, Parser, Subcommand};
 /// Connect to the coordinator with any PostgreSQL client and use plain SQL; use this tool to
 /// manage nodes and to distribute tables. The coordinator is given by --coordinator, the
 /// SHOAL_COORDINATOR environment variable, or the config file.
+///
+/// Passwords come from the URI, PGPASSWORD or the password file (~/.pgpass, PGPASSFILE). TLS
+/// follows libpq: sslmode (disable, prefer, require, verify-ca, verify-full) and sslrootcert in
+/// the URI or PGSSLMODE/PGSSLROOTCERT; the servers' connections to each other take
+/// SHOAL_SERVER_SSLMODE and SHOAL_SERVER_SSLROOTCERT (a path on the servers, or `system`).
 #[derive(Debug, Parser)]
 #[command(
     name = "shoal",
@@ -15,7 +20,8 @@ use clap::{Args, Parser, Subcommand};
     max_term_width = 100
 )]
 pub struct Cli {
-    /// Coordinator connection URI, e.g. postgresql://postgres@127.0.0.1:9700/shoal
+    /// Coordinator connection URI, e.g. postgresql://postgres@127.0.0.1:9700/shoal or
+    /// postgresql://admin@db.example.com/app?sslmode=verify-full&sslrootcert=/etc/ssl/ca.pem
     #[arg(
         long,
         global = true,

@@ -5,6 +5,8 @@
 mod common;
 
 use common::{fingerprint, CliOutput};
+use shoal_catalog::ConnectParams;
+use shoal_local::PgBinaries;
 use shoal_testkit::{Certificates, TestCluster, TestServer};
 
 const ADMIN: &str = "shoal_admin";
@@ -51,13 +53,16 @@ async fn grant_admin(server: &TestServer) {
 
 struct Managed {
     pg: TestCluster,
+    certificates: Option<Certificates>,
+    /// What `shoal` gets as `SHOAL_COORDINATOR`.
     uri: String,
+    /// Environment for `shoal` beyond it.
+    env: Vec<(String, String)>,
     outputs: Vec<String>,
 }
 
 impl Managed {
-    async fn start(major: u32, tls: bool) -> Managed {
-        let bins = shoal_testkit::binaries_of(major);
+    async fn start(bins: PgBinaries, tls: bool) -> Managed {
         let pg = TestCluster::start_from(2, bins).await;
         let certificates = tls.then(|| Certificates::make(&pg.run_dir().join("tls")));
         for server in pg.servers() {
@@ -67,18 +72,29 @@ impl Managed {
         let uri = admin_uri(&pg.coordinator, certificates.as_ref());
         Managed {
             pg,
+            certificates,
             uri,
+            env: Vec::new(),
             outputs: Vec::new(),
         }
     }
 
     /// Runs `shoal` as the admin role, most verbose, and keeps what it printed.
     async fn cli(&mut self, args: &[&str]) -> CliOutput {
+        let uri = self.uri.clone();
+        let mut args = args.to_vec();
+        args.push("-vv");
+        self.cli_at(&uri, &args).await
+    }
+
+    /// Runs `shoal` with another coordinator URI, at the default verbosity.
+    async fn cli_at(&mut self, uri: &str, args: &[&str]) -> CliOutput {
         let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_shoal"))
             .args(args)
-            .arg("-vv")
-            .env("SHOAL_COORDINATOR", &self.uri)
+            .env("SHOAL_COORDINATOR", uri)
             .env_remove("PGPASSWORD")
+            .env_remove("SHOAL_LOG")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .output()
             .await
             .expect("the shoal binary runs");
@@ -92,19 +108,114 @@ impl Managed {
         out
     }
 
+    /// The admin role's own session on the coordinator, with the password and TLS `shoal` uses.
     async fn admin(&self) -> tokio_postgres::Client {
-        let config: tokio_postgres::Config = self.uri.split('?').next().unwrap().parse().unwrap();
-        let (client, connection) = config.connect(tokio_postgres::NoTls).await.unwrap();
-        tokio::spawn(connection);
-        client
+        let uri = admin_uri(&self.pg.coordinator, self.certificates.as_ref());
+        let params = ConnectParams::parse(&uri).unwrap();
+        shoal_catalog::connect(&params, "test admin").await.unwrap()
+    }
+
+    /// The password reached no output, and the catalog holds it nowhere.
+    async fn assert_password_kept_secret(&self) {
+        for output in &self.outputs {
+            assert!(!output.contains(PASSWORD), "the password leaked: {output}");
+            assert!(!output.contains("s3cret"), "the password leaked: {output}");
+        }
+        let superuser = self.pg.coordinator.connect().await;
+        let tables: Vec<String> = superuser
+            .query(
+                "SELECT format('%I.%I', schemaname, tablename) FROM pg_tables WHERE schemaname = 'shoal'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        for table in tables {
+            let rows: Option<String> = superuser
+                .query_one(
+                    &format!("SELECT string_agg(t::text, ' ') FROM {table} t"),
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            let rows = rows.unwrap_or_default();
+            assert!(
+                !rows.contains("s3cret"),
+                "{table} holds the password: {rows}"
+            );
+        }
+    }
+
+    /// `init`, every worker added, and `items` (5000 rows) distributed over 4 shards.
+    async fn distribute_items(&mut self) -> tokio_postgres::Client {
+        self.cli(&["init"]).await.assert_ok();
+        for i in 0..self.pg.workers.len() {
+            let address = self.pg.workers[i].host_port();
+            self.cli(&["node", "add", &address]).await.assert_ok();
+        }
+        let admin = self.admin().await;
+        admin
+            .batch_execute(
+                "CREATE TABLE items (id bigint PRIMARY KEY, kind int, v bigint);
+                 INSERT INTO items SELECT g, g % 10, g FROM generate_series(1, 5000) g;",
+            )
+            .await
+            .unwrap();
+        self.cli(&[
+            "table",
+            "distribute",
+            "items",
+            "--column",
+            "id",
+            "--shards",
+            "4",
+        ])
+        .await
+        .assert_ok();
+        admin
+    }
+
+    /// Moves the first shard of `items` to the other worker with `mode`; the content stays.
+    async fn move_first_shard(&mut self, admin: &tokio_postgres::Client, mode: &str) {
+        let content = fingerprint(admin, "items").await;
+        let row = admin
+            .query_one(
+                "SELECT shard_id, node_id FROM shoal.shards WHERE table_name = 'items'::regclass ORDER BY shard_index LIMIT 1",
+                &[],
+            )
+            .await
+            .unwrap();
+        let (shard, node): (i64, i32) = (row.get(0), row.get(1));
+        let to = if node == 1 { "2" } else { "1" };
+        self.cli(&[
+            "shard",
+            "move",
+            &shard.to_string(),
+            "--to",
+            to,
+            "--mode",
+            mode,
+        ])
+        .await
+        .assert_ok();
+        assert_eq!(fingerprint(admin, "items").await, content);
+    }
+}
+
+/// Binaries on which the admin role may create subscriptions (16 and newer).
+fn managed_binaries() -> PgBinaries {
+    match shoal_testkit::binaries() {
+        bins if bins.major >= 16 => bins.clone(),
+        _ => shoal_testkit::binaries_of(18),
     }
 }
 
 #[tokio::test]
 async fn a_managed_admin_role_runs_the_whole_flow_on_16_and_newer() {
-    let major = shoal_testkit::binaries().major.max(16);
-    let major = if major == 16 { 18 } else { major };
-    let mut managed = Managed::start(major, false).await;
+    let mut managed = Managed::start(managed_binaries(), false).await;
     let init = managed.cli(&["init"]).await;
     init.assert_ok();
     assert!(
@@ -260,37 +371,7 @@ async fn a_managed_admin_role_runs_the_whole_flow_on_16_and_newer() {
         .assert_ok();
     managed.cli(&["cleanup"]).await.assert_ok();
 
-    // The password reached no output, and the catalog holds it nowhere.
-    for output in &managed.outputs {
-        assert!(!output.contains(PASSWORD), "the password leaked: {output}");
-        assert!(!output.contains("s3cret"), "the password leaked: {output}");
-    }
-    let superuser = managed.pg.coordinator.connect().await;
-    let tables: Vec<String> = superuser
-        .query(
-            "SELECT format('%I.%I', schemaname, tablename) FROM pg_tables WHERE schemaname = 'shoal'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    for table in tables {
-        let rows: Option<String> = superuser
-            .query_one(
-                &format!("SELECT string_agg(t::text, ' ') FROM {table} t"),
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        let rows = rows.unwrap_or_default();
-        assert!(
-            !rows.contains("s3cret"),
-            "{table} holds the password: {rows}"
-        );
-    }
+    managed.assert_password_kept_secret().await;
 }
 
 /// PostgreSQL 15 lets only superusers create subscriptions: the admin role still distributes
@@ -298,7 +379,7 @@ async fn a_managed_admin_role_runs_the_whole_flow_on_16_and_newer() {
 /// front and naming PostgreSQL 15, that reference tables and online moves need more.
 #[tokio::test]
 async fn a_managed_admin_role_on_15_is_told_what_needs_a_superuser() {
-    let mut managed = Managed::start(15, false).await;
+    let mut managed = Managed::start(shoal_testkit::binaries_of(15), false).await;
     managed.cli(&["init"]).await.assert_ok();
     for i in 0..2 {
         let address = managed.pg.workers[i].host_port();
@@ -407,4 +488,168 @@ async fn a_managed_admin_role_on_15_is_told_what_needs_a_superuser() {
         .await
         .assert_ok();
     managed.cli(&["table", "check"]).await.assert_ok();
+}
+
+/// Servers that take TLS connections only: Shoal verifies the coordinator's and the nodes'
+/// certificates (verify-full) and has the servers verify each other's (postgres_fdw, the
+/// subscriptions of reference tables and online moves); a wrong CA or no TLS fails with advice
+/// and without the password.
+#[tokio::test]
+async fn tls_verify_full_for_shoal_and_between_the_servers() {
+    let mut managed = Managed::start(shoal_testkit::tls_binaries(), true).await;
+    let ca = managed.certificates.clone().unwrap().ca_cert;
+    let other = Certificates::make(&managed.pg.run_dir().join("other-ca"));
+    let wrong_ca = managed.uri.replace(
+        &ca.display().to_string(),
+        &other.ca_cert.display().to_string(),
+    );
+    let refused = managed.cli_at(&wrong_ca, &["node", "list"]).await;
+    refused.assert_error(&["cannot connect", "certificate", "sslrootcert"]);
+    let plain = managed
+        .uri
+        .replace("sslmode=verify-full", "sslmode=disable");
+    let refused = managed.cli_at(&plain, &["node", "list"]).await;
+    refused.assert_error(&["pg_hba.conf", "sslmode"]);
+
+    managed.env = vec![
+        ("SHOAL_SERVER_SSLMODE".into(), "verify-full".into()),
+        ("SHOAL_SERVER_SSLROOTCERT".into(), ca.display().to_string()),
+    ];
+    let admin = managed.distribute_items().await;
+    admin
+        .batch_execute(
+            "CREATE TABLE kinds (id int PRIMARY KEY, name text);
+             INSERT INTO kinds SELECT g, 'k' || g FROM generate_series(0, 9) g;",
+        )
+        .await
+        .unwrap();
+    managed
+        .cli(&["table", "reference", "kinds"])
+        .await
+        .assert_ok();
+    managed.move_first_shard(&admin, "force_logical").await;
+    let joined: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM items JOIN kinds ON kinds.id = items.kind",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(joined, 5000);
+
+    let superuser = managed.pg.coordinator.connect().await;
+    let options: Vec<Vec<String>> = superuser
+        .query(
+            "SELECT srvoptions FROM pg_foreign_server WHERE srvname LIKE 'shoal_node_%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(options.len(), 2);
+    for server in options {
+        assert!(
+            server.contains(&"sslmode=verify-full".to_string()),
+            "{server:?}"
+        );
+    }
+    // Every session of the admin role on the workers (the coordinator's postgres_fdw
+    // connections among them) is encrypted.
+    for worker in &managed.pg.workers {
+        let sql = worker.connect().await;
+        let (sessions, encrypted): (i64, i64) = {
+            let row = sql
+                .query_one(
+                    "SELECT count(*), count(*) FILTER (WHERE s.ssl)
+                     FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid)
+                     WHERE a.usename = 'shoal_admin'",
+                    &[],
+                )
+                .await
+                .unwrap();
+            (row.get(0), row.get(1))
+        };
+        assert!(sessions > 0, "the admin role has sessions on the worker");
+        assert_eq!(sessions, encrypted);
+    }
+    managed.cli(&["cleanup"]).await.assert_ok();
+    managed.assert_password_kept_secret().await;
+}
+
+/// No password in the URI or the environment: Shoal reads the password file, as libpq does,
+/// each server's own line, and the postgres_fdw mappings get each node's password.
+#[tokio::test]
+async fn passwords_from_a_password_file_one_per_server() {
+    let mut managed = Managed::start(managed_binaries(), false).await;
+    let mut lines = String::new();
+    for (i, server) in managed.pg.servers().enumerate() {
+        let password = format!("{PASSWORD}{i}");
+        server
+            .connect()
+            .await
+            .batch_execute(&format!(
+                "ALTER ROLE {ADMIN} PASSWORD '{}'",
+                password.replace('\'', "''")
+            ))
+            .await
+            .unwrap();
+        lines.push_str(&format!(
+            "127.0.0.1:{}:*:{ADMIN}:{}\n",
+            server.port,
+            password.replace('\\', "\\\\").replace(':', "\\:")
+        ));
+    }
+    let file = managed.pg.run_dir().join("pgpass");
+    std::fs::write(&file, lines).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    managed.uri = format!(
+        "postgresql://{ADMIN}@127.0.0.1:{}/{}",
+        managed.pg.coordinator.port,
+        shoal_testkit::DBNAME
+    );
+    let no_password = managed.cli(&["node", "list"]).await;
+    assert!(!no_password.success);
+    assert!(
+        no_password.stderr.contains("password file"),
+        "{}",
+        no_password.stderr
+    );
+    managed.env = vec![("PGPASSFILE".into(), file.display().to_string())];
+    // The admin's session needs the coordinator's password in its URI.
+    let coordinator_password = format!("{PASSWORD}0");
+    let admin_params = ConnectParams::parse(&format!(
+        "host=127.0.0.1 port={} dbname={} user={ADMIN} password='{}'",
+        managed.pg.coordinator.port,
+        shoal_testkit::DBNAME,
+        coordinator_password
+            .replace('\\', "\\\\")
+            .replace('\'', "\\'")
+    ))
+    .unwrap();
+    managed.cli(&["init"]).await.assert_ok();
+    for i in 0..2 {
+        let address = managed.pg.workers[i].host_port();
+        managed.cli(&["node", "add", &address]).await.assert_ok();
+    }
+    let admin = shoal_catalog::connect(&admin_params, "test admin")
+        .await
+        .unwrap();
+    admin
+        .batch_execute(
+            "CREATE TABLE items (id bigint PRIMARY KEY, kind int, v bigint);
+             INSERT INTO items SELECT g, g % 10, g FROM generate_series(1, 5000) g;",
+        )
+        .await
+        .unwrap();
+    managed
+        .cli(&["table", "distribute", "items", "--column", "id"])
+        .await
+        .assert_ok();
+    managed.move_first_shard(&admin, "force_logical").await;
+    managed.move_first_shard(&admin, "block_writes").await;
+    managed.assert_password_kept_secret().await;
 }

@@ -42,8 +42,14 @@ pub async fn init_cluster(
         .await?
         .get(0);
     for node in model::list_nodes(cluster.client()).await? {
-        crate::nodes::ensure_public_mapping(cluster.client(), &node, params.password(), superuser)
-            .await?;
+        let node_params = params.with_target(&node.host, node.port, &node.dbname);
+        crate::nodes::ensure_public_mapping(
+            cluster.client(),
+            &node,
+            node_params.password(),
+            superuser,
+        )
+        .await?;
         let prepared = match cluster.node_client(&node, label).await {
             Ok(node_client) => shoal_ddl::install_node(&node_client, cluster.client(), &node)
                 .await

@@ -110,9 +110,15 @@ pub async fn add_node(cluster: &Cluster, request: &AddNode<'_>) -> Result<Node, 
         },
     )
     .await?;
-    tx.batch_execute(&fdw_server_ddl(&node, cluster.params().password()))
-        .await
-        .context(|| format!("creating the foreign server for {address}"))?;
+    // The node's own password: a password file may hold one per server.
+    let params = cluster.params().with_target(&host, port, &dbname);
+    tx.batch_execute(&fdw_server_ddl(
+        &node,
+        params.password(),
+        params.server_tls_options(),
+    ))
+    .await
+    .context(|| format!("creating the foreign server for {address}"))?;
     let superuser: bool = tx
         .query_one(
             "SELECT rolsuper FROM pg_roles WHERE rolname = current_user",
@@ -120,7 +126,7 @@ pub async fn add_node(cluster: &Cluster, request: &AddNode<'_>) -> Result<Node, 
         )
         .await?
         .get(0);
-    ensure_public_mapping(&tx, &node, cluster.params().password(), superuser).await?;
+    ensure_public_mapping(&tx, &node, params.password(), superuser).await?;
     shoal_ddl::install_node(&node_client, &tx, &node).await?;
     tx.commit()
         .await
@@ -174,13 +180,17 @@ async fn is_same_server(
 
 /// DDL for the postgres_fdw server and user mapping of a node. Options are literals (DDL takes no
 /// bind parameters), quoted.
-fn fdw_server_ddl(node: &Node, password: Option<&str>) -> String {
+fn fdw_server_ddl(node: &Node, password: Option<&str>, tls: &[(&str, String)]) -> String {
     let server = quote_ident(&node.fdw_server);
+    let tls: String = tls
+        .iter()
+        .map(|(keyword, value)| format!(", {keyword} {}", quote_literal(value)))
+        .collect();
     // async_capable lets the planner scan shards on different nodes in parallel; batch_size
     // makes INSERT routing send rows in batches; fetch_size reads large scans in fewer round trips.
     format!(
         "CREATE SERVER {server} FOREIGN DATA WRAPPER postgres_fdw OPTIONS (host {}, port {}, \
-         dbname {}, async_capable 'true', batch_size '1000', fetch_size '10000');\n\
+         dbname {}, async_capable 'true', batch_size '1000', fetch_size '10000'{tls});\n\
          CREATE USER MAPPING FOR CURRENT_USER SERVER {server} OPTIONS ({});",
         quote_literal(&node.host),
         quote_literal(&node.port.to_string()),
@@ -332,10 +342,12 @@ mod tests {
             server_version_num: 150000,
             fdw_server: "shoal_node_3".into(),
         };
-        let ddl = fdw_server_ddl(&node, Some("pa'ss"));
+        let tls = [("sslmode", "verify-full".to_string())];
+        let ddl = fdw_server_ddl(&node, Some("pa'ss"), &tls);
+        assert!(ddl.contains("fetch_size '10000', sslmode 'verify-full')"));
         assert!(ddl.contains(r#"CREATE SERVER "shoal_node_3" FOREIGN DATA WRAPPER postgres_fdw"#));
         assert!(ddl.contains("host 'db''host', port '5433', dbname 'my db'"));
         assert!(ddl.contains("user 'alice', password 'pa''ss'"));
-        assert!(!fdw_server_ddl(&node, None).contains("password"));
+        assert!(!fdw_server_ddl(&node, None, &[]).contains("password"));
     }
 }

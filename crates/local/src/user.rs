@@ -19,7 +19,12 @@ pub enum RunAs {
     /// The current (non-root) user.
     Current,
     /// Another account, switched to in the child (the caller is root).
-    Account { name: String, uid: u32, gid: u32 },
+    Account {
+        name: String,
+        uid: u32,
+        gid: u32,
+        home: PathBuf,
+    },
 }
 
 impl RunAs {
@@ -48,6 +53,7 @@ impl RunAs {
             name: user.name,
             uid: user.uid.as_raw(),
             gid: user.gid.as_raw(),
+            home: user.dir,
         };
         *cache = Some(run_as.clone());
         Ok(run_as)
@@ -70,9 +76,18 @@ impl RunAs {
     pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
         let mut cmd = Command::new(program);
         cmd.current_dir("/");
-        if let RunAs::Account { uid, gid, .. } = self {
+        if let RunAs::Account {
+            name,
+            uid,
+            gid,
+            home,
+        } = self
+        {
             // std clears supplementary groups itself when uid is set by root.
             cmd.gid(*gid).uid(*uid);
+            // The caller's HOME would be root's: libpq inside the server (postgres_fdw,
+            // subscriptions) reads ~/.postgresql and ~/.pgpass and fails on files it may not read.
+            cmd.env("HOME", home).env("USER", name).env("LOGNAME", name);
         }
         cmd
     }

@@ -24,7 +24,7 @@ mod versions;
 pub use secure::Certificates;
 pub use sweep::sweep_stale;
 pub use template::{binaries, root, template, template_for, test_settings, DBNAME};
-pub use versions::{binaries_of, other_major};
+pub use versions::{binaries_of, other_major, supports_tls, tls_binaries};
 
 /// How often a start is retried on a new port when another process took the chosen one.
 const START_ATTEMPTS: usize = 5;

@@ -31,3 +31,22 @@ pub fn binaries_of(major: u32) -> PgBinaries {
 pub fn other_major() -> PgBinaries {
     binaries_of(if binaries().major == 15 { 18 } else { 15 })
 }
+
+/// Whether these binaries were built with OpenSSL (some packaged builds were not).
+pub fn supports_tls(bins: &PgBinaries) -> bool {
+    Command::new(bins.bindir.join("pg_config"))
+        .arg("--configure")
+        .output()
+        .map(|out| String::from_utf8_lossy(&out.stdout).contains("--with-openssl"))
+        .unwrap_or(false)
+}
+
+/// Binaries of 16 or newer built with OpenSSL: the default ones if they are, else 17's.
+pub fn tls_binaries() -> PgBinaries {
+    let default = binaries();
+    if default.major >= 16 && supports_tls(default) {
+        default.clone()
+    } else {
+        binaries_of(17)
+    }
+}
