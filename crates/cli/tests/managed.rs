@@ -149,6 +149,47 @@ impl Managed {
         }
     }
 
+    /// Every session of the admin role on the workers (the coordinator's postgres_fdw
+    /// connections among them, opened by the admin's queries) is encrypted.
+    async fn assert_admin_sessions_encrypted(&self) {
+        for worker in &self.pg.workers {
+            let sql = worker.connect().await;
+            let row = sql
+                .query_one(
+                    "SELECT count(*), count(*) FILTER (WHERE s.ssl)
+                     FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid)
+                     WHERE a.usename = 'shoal_admin'",
+                    &[],
+                )
+                .await
+                .unwrap();
+            let (sessions, encrypted): (i64, i64) = (row.get(0), row.get(1));
+            assert!(
+                sessions > 0,
+                "the admin role has sessions on {}",
+                worker.name
+            );
+            assert_eq!(
+                sessions, encrypted,
+                "unencrypted sessions on {}",
+                worker.name
+            );
+        }
+    }
+
+    /// With TLS, the servers verify each other's certificates too.
+    fn verify_between_servers(&mut self) {
+        if let Some(certificates) = &self.certificates {
+            self.env = vec![
+                ("SHOAL_SERVER_SSLMODE".into(), "verify-full".into()),
+                (
+                    "SHOAL_SERVER_SSLROOTCERT".into(),
+                    certificates.ca_cert.display().to_string(),
+                ),
+            ];
+        }
+    }
+
     /// `init`, every worker added, and `items` (5000 rows) distributed over 4 shards.
     async fn distribute_items(&mut self) -> tokio_postgres::Client {
         self.cli(&["init"]).await.assert_ok();
@@ -213,9 +254,13 @@ fn managed_binaries() -> PgBinaries {
     }
 }
 
+/// Over TLS (verify-full, for Shoal and between the servers) where the binaries have it.
 #[tokio::test]
 async fn a_managed_admin_role_runs_the_whole_flow_on_16_and_newer() {
-    let mut managed = Managed::start(managed_binaries(), false).await;
+    let bins = managed_binaries();
+    let tls = shoal_testkit::supports_tls(&bins);
+    let mut managed = Managed::start(bins, tls).await;
+    managed.verify_between_servers();
     let init = managed.cli(&["init"]).await;
     init.assert_ok();
     assert!(
@@ -318,7 +363,7 @@ async fn a_managed_admin_role_runs_the_whole_flow_on_16_and_newer() {
     let bins = managed.pg.workers[0].bins.clone();
     let worker = managed.pg.add_worker_from(bins).await;
     grant_admin(worker).await;
-    worker.require_passwords(None);
+    worker.require_passwords(managed.certificates.as_ref());
     let address = worker.host_port();
     managed.cli(&["node", "add", &address]).await.assert_ok();
     managed.cli(&["rebalance", "start"]).await.assert_ok();
@@ -333,6 +378,9 @@ async fn a_managed_admin_role_runs_the_whole_flow_on_16_and_newer() {
         .get(0);
     assert!(moved > 0, "the rebalance filled the new worker");
     assert_eq!(fingerprint(&admin, "items").await, content);
+    if managed.certificates.is_some() {
+        managed.assert_admin_sessions_encrypted().await;
+    }
     managed
         .cli(&[
             "stream",
@@ -511,10 +559,7 @@ async fn tls_verify_full_for_shoal_and_between_the_servers() {
     let refused = managed.cli_at(&plain, &["node", "list"]).await;
     refused.assert_error(&["pg_hba.conf", "sslmode"]);
 
-    managed.env = vec![
-        ("SHOAL_SERVER_SSLMODE".into(), "verify-full".into()),
-        ("SHOAL_SERVER_SSLROOTCERT".into(), ca.display().to_string()),
-    ];
+    managed.verify_between_servers();
     let admin = managed.distribute_items().await;
     admin
         .batch_execute(
@@ -556,25 +601,7 @@ async fn tls_verify_full_for_shoal_and_between_the_servers() {
             "{server:?}"
         );
     }
-    // Every session of the admin role on the workers (the coordinator's postgres_fdw
-    // connections among them) is encrypted.
-    for worker in &managed.pg.workers {
-        let sql = worker.connect().await;
-        let (sessions, encrypted): (i64, i64) = {
-            let row = sql
-                .query_one(
-                    "SELECT count(*), count(*) FILTER (WHERE s.ssl)
-                     FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid)
-                     WHERE a.usename = 'shoal_admin'",
-                    &[],
-                )
-                .await
-                .unwrap();
-            (row.get(0), row.get(1))
-        };
-        assert!(sessions > 0, "the admin role has sessions on the worker");
-        assert_eq!(sessions, encrypted);
-    }
+    managed.assert_admin_sessions_encrypted().await;
     managed.cli(&["cleanup"]).await.assert_ok();
     managed.assert_password_kept_secret().await;
 }
