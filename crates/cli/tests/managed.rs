@@ -177,6 +177,31 @@ impl Managed {
         }
     }
 
+    /// A differential stream table `per_kind` over `items`, refreshed after `change`: the
+    /// number of rows it counts.
+    async fn stream_per_kind(&mut self, admin: &tokio_postgres::Client, change: &str) -> i64 {
+        self.cli(&[
+            "stream",
+            "create",
+            "per_kind",
+            "--mode",
+            "differential",
+            "--query",
+            "SELECT kind, count(*) AS n FROM items GROUP BY kind",
+        ])
+        .await
+        .assert_ok();
+        admin.batch_execute(change).await.unwrap();
+        self.cli(&["stream", "refresh", "per_kind"])
+            .await
+            .assert_ok();
+        admin
+            .query_one("SELECT sum(n)::bigint FROM per_kind", &[])
+            .await
+            .unwrap()
+            .get(0)
+    }
+
     /// With TLS, the servers verify each other's certificates too.
     fn verify_between_servers(&mut self) {
         if let Some(certificates) = &self.certificates {
@@ -205,6 +230,11 @@ impl Managed {
             )
             .await
             .unwrap();
+        self.distribute_items_table().await;
+        admin
+    }
+
+    async fn distribute_items_table(&mut self) {
         self.cli(&[
             "table",
             "distribute",
@@ -216,7 +246,6 @@ impl Managed {
         ])
         .await
         .assert_ok();
-        admin
     }
 
     /// Moves the first shard of `items` to the other worker with `mode`; the content stays.
@@ -289,63 +318,14 @@ async fn a_managed_admin_role_runs_the_whole_flow_on_16_and_newer() {
         .cli(&["table", "reference", "kinds"])
         .await
         .assert_ok();
-    managed
-        .cli(&[
-            "table",
-            "distribute",
-            "items",
-            "--column",
-            "id",
-            "--shards",
-            "4",
-        ])
-        .await
-        .assert_ok();
+    managed.distribute_items_table().await;
     managed
         .cli(&["schema", "distribute", "tenant"])
         .await
         .assert_ok();
     let content = fingerprint(&admin, "items").await;
-    let shard: i64 = admin
-        .query_one(
-            "SELECT shard_id FROM shoal.shards WHERE table_name = 'items'::regclass ORDER BY shard_index LIMIT 1",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    for (to, mode) in [("2", "force_logical"), ("1", "block_writes")] {
-        let node: i32 = admin
-            .query_one(
-                "SELECT node_id FROM shoal.shards WHERE shard_id = $1",
-                &[&shard],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        let to = if node.to_string() == to {
-            if to == "1" {
-                "2"
-            } else {
-                "1"
-            }
-        } else {
-            to
-        };
-        managed
-            .cli(&[
-                "shard",
-                "move",
-                &shard.to_string(),
-                "--to",
-                to,
-                "--mode",
-                mode,
-            ])
-            .await
-            .assert_ok();
-        assert_eq!(fingerprint(&admin, "items").await, content);
-    }
+    managed.move_first_shard(&admin, "force_logical").await;
+    managed.move_first_shard(&admin, "block_writes").await;
     let tenant_node: i32 = admin
         .query_one(
             "SELECT node_id FROM shoal.shards WHERE table_name = 'tenant.users'::regclass",
@@ -381,32 +361,13 @@ async fn a_managed_admin_role_runs_the_whole_flow_on_16_and_newer() {
     if managed.certificates.is_some() {
         managed.assert_admin_sessions_encrypted().await;
     }
-    managed
-        .cli(&[
-            "stream",
-            "create",
-            "per_kind",
-            "--mode",
-            "differential",
-            "--query",
-            "SELECT kind, count(*) AS n FROM items GROUP BY kind",
-        ])
-        .await
-        .assert_ok();
-    admin
-        .batch_execute("INSERT INTO items SELECT g, g % 10, g FROM generate_series(5001, 5100) g")
-        .await
-        .unwrap();
-    managed
-        .cli(&["stream", "refresh", "per_kind"])
-        .await
-        .assert_ok();
-    let n: i64 = admin
-        .query_one("SELECT sum(n)::bigint FROM per_kind", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(n, 5100);
+    let rows = managed
+        .stream_per_kind(
+            &admin,
+            "INSERT INTO items SELECT g, g % 10, g FROM generate_series(5001, 5100) g",
+        )
+        .await;
+    assert_eq!(rows, 5100);
     // Without event triggers DDL on distributed tables goes through shoal ddl.
     managed
         .cli(&["ddl", "ALTER TABLE items ADD COLUMN note text DEFAULT 'x'"])
@@ -463,18 +424,7 @@ async fn a_managed_admin_role_on_15_is_told_what_needs_a_superuser() {
         .unwrap()
         .get(0);
     assert_eq!(tables, 0, "the refused reference table changed nothing");
-    managed
-        .cli(&[
-            "table",
-            "distribute",
-            "items",
-            "--column",
-            "id",
-            "--shards",
-            "4",
-        ])
-        .await
-        .assert_ok();
+    managed.distribute_items_table().await;
     let content = fingerprint(&admin, "items").await;
     let (shard, node): (i64, i32) = {
         let row = admin
@@ -505,32 +455,10 @@ async fn a_managed_admin_role_on_15_is_told_what_needs_a_superuser() {
     let report: serde_json::Value = serde_json::from_str(moved.assert_ok()).unwrap();
     assert_eq!(report["mode"], "block_writes");
     assert_eq!(fingerprint(&admin, "items").await, content);
-    managed
-        .cli(&[
-            "stream",
-            "create",
-            "per_kind",
-            "--mode",
-            "differential",
-            "--query",
-            "SELECT kind, count(*) AS n FROM items GROUP BY kind",
-        ])
-        .await
-        .assert_ok();
-    admin
-        .batch_execute("DELETE FROM items WHERE id <= 100")
-        .await
-        .unwrap();
-    managed
-        .cli(&["stream", "refresh", "per_kind"])
-        .await
-        .assert_ok();
-    let n: i64 = admin
-        .query_one("SELECT sum(n)::bigint FROM per_kind", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(n, 4900);
+    let rows = managed
+        .stream_per_kind(&admin, "DELETE FROM items WHERE id <= 100")
+        .await;
+    assert_eq!(rows, 4900);
     managed
         .cli(&["ddl", "ALTER TABLE items ADD COLUMN note text"])
         .await
