@@ -669,16 +669,9 @@ async fn reference_table_ddl_keeps_replication_running() {
         wait_for_replicas(&shoal, table, rows).await;
     }
     // Shards may reference it; then it cannot be dropped from under them.
-    shoal
-        .cli(&[
-            "ddl",
-            &format!(
+    shoal.ddl_ok(&format!(
                 r#"ALTER TABLE {ITEMS_NAME} ADD CONSTRAINT k_category FOREIGN KEY (k) REFERENCES categories (id)"#
-            ),
-        ])
-        .await
-        .assert_ok();
-    shoal.assert_definitions_match().await;
+            )).await;
     let error = refused(&sql, "DROP TABLE categories").await;
     assert_mentions(&error, &["k_category"]);
     sql.batch_execute(&format!("DROP TABLE {ITEMS_NAME}; DROP TABLE categories"))
@@ -755,13 +748,8 @@ async fn keys_and_unique_indexes_the_coordinator_refuses_go_through_shoal_ddl() 
     .await;
     assert_mentions(&error, &["line_item"]);
     shoal
-        .cli(&[
-            "ddl",
-            r#"ALTER TABLE "my shop".lines VALIDATE CONSTRAINT line_item"#,
-        ])
-        .await
-        .assert_ok();
-    shoal.assert_definitions_match().await;
+        .ddl_ok(r#"ALTER TABLE "my shop".lines VALIDATE CONSTRAINT line_item"#)
+        .await;
     // The key's cascade runs on each shard: the item and its lines go together.
     sql.batch_execute(&format!(r#"DELETE FROM {t} WHERE "Id" = 7"#))
         .await
@@ -778,13 +766,8 @@ async fn keys_and_unique_indexes_the_coordinator_refuses_go_through_shoal_ddl() 
 
     // Unique indexes including the distribution column, and their drop.
     shoal
-        .cli(&[
-            "ddl",
-            r#"CREATE UNIQUE INDEX qty_once ON "my shop".lines ("Id", qty)"#,
-        ])
-        .await
-        .assert_ok();
-    shoal.assert_definitions_match().await;
+        .ddl_ok(r#"CREATE UNIQUE INDEX qty_once ON "my shop".lines ("Id", qty)"#)
+        .await;
     let error = refused(
         &sql,
         r#"INSERT INTO "my shop".lines VALUES (1, 2, 1, 'same qty')"#,
@@ -795,14 +778,7 @@ async fn keys_and_unique_indexes_the_coordinator_refuses_go_through_shoal_ddl() 
         .cli(&["ddl", r#"CREATE UNIQUE INDEX bad ON "my shop".lines (qty)"#])
         .await
         .assert_error(&["must include its distribution column"]);
-    shoal
-        .cli(&[
-            "ddl",
-            r#"DROP INDEX "my shop".qty_once; ALTER TABLE "my shop".lines DROP CONSTRAINT line_item"#,
-        ])
-        .await
-        .assert_ok();
-    shoal.assert_definitions_match().await;
+    shoal.ddl_ok(r#"DROP INDEX "my shop".qty_once; ALTER TABLE "my shop".lines DROP CONSTRAINT line_item"#).await;
     sql.batch_execute(r#"INSERT INTO "my shop".lines VALUES (9999, 1, 1, 'no key now')"#)
         .await
         .unwrap();
@@ -888,10 +864,8 @@ async fn indexes_are_built_concurrently_on_every_shard_while_writes_go_on() {
         .await
         .assert_ok();
     shoal
-        .cli(&["ddl", r#"DROP INDEX CONCURRENTLY "my shop".one_v"#])
-        .await
-        .assert_ok();
-    shoal.assert_definitions_match().await;
+        .ddl_ok(r#"DROP INDEX CONCURRENTLY "my shop".one_v"#)
+        .await;
     let left: i64 = shoal
         .worker(0)
         .await
@@ -1110,17 +1084,12 @@ async fn a_column_type_changes_with_using_through_shoal_ddl() {
     assert_eq!(shoal.definitions().await, before);
 
     shoal
-        .cli(&[
-            "ddl",
-            &format!(
-                "ALTER TABLE {t} DROP CONSTRAINT v_named;
+        .ddl_ok(&format!(
+            "ALTER TABLE {t} DROP CONSTRAINT v_named;
                  ALTER TABLE {t} ALTER COLUMN v TYPE int USING substr(v, 2)::int;
                  ALTER TABLE {t} ADD CONSTRAINT v_matches_id CHECK (v = \"Id\")"
-            ),
-        ])
-        .await
-        .assert_ok();
-    shoal.assert_definitions_match().await;
+        ))
+        .await;
     let wrong: i64 = sql
         .query_one(&format!("SELECT count(*) FROM {t} WHERE v <> \"Id\""), &[])
         .await

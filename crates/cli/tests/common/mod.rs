@@ -514,6 +514,12 @@ impl Shoal {
         }
     }
 
+    /// Runs `shoal ddl SQL`, which must succeed and leave every definition as its record says.
+    pub async fn ddl_ok(&self, sql: &str) {
+        self.cli(&["ddl", sql]).await.assert_ok();
+        self.assert_definitions_match().await;
+    }
+
     /// Every table definition Shoal keeps or built: the catalog's records and what every
     /// coordinator relation, shard and replica is made of. Equal before and after a statement
     /// that must change nothing.
