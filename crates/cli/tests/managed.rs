@@ -481,6 +481,11 @@ async fn tls_verify_full_for_shoal_and_between_the_servers() {
     );
     let refused = managed.cli_at(&wrong_ca, &["node", "list"]).await;
     refused.assert_error(&["cannot connect", "certificate", "sslrootcert"]);
+    // require encrypts without verifying: the wrong CA does not matter, and the connection
+    // gets as far as the (not yet created) catalog.
+    let unverified = wrong_ca.replace("sslmode=verify-full", "sslmode=require");
+    let connected = managed.cli_at(&unverified, &["node", "list"]).await;
+    connected.assert_error(&["run `shoal init` first"]);
     let plain = managed
         .uri
         .replace("sslmode=verify-full", "sslmode=disable");
