@@ -7,14 +7,21 @@
 //! key types it knows ([`KeyType`]), and says so when it does not know one (the caller then
 //! leaves the statement to the coordinator).
 //!
-//! Pure: no I/O, no allocation beyond parsing. Checked against `satisfies_hash_partition` on
-//! real servers (`tests/partition_hash.rs`).
+//! On top of it, [`statement`] decides which statements one shard group can answer (by
+//! PostgreSQL's own parser) and writes them for the node that holds the group.
+//!
+//! Pure: no I/O. Checked against `satisfies_hash_partition` on real servers
+//! (`tests/partition_hash.rs`).
 
 mod hash;
 mod key;
+pub mod statement;
+pub mod topology;
 
 pub use hash::{hash_bytes_extended, hash_combine64, hash_uint32_extended, PARTITION_SEED};
 pub use key::{KeyError, KeyType, KeyValue};
+pub use statement::{plan, NotRoutable, Param, Plan, Target};
+pub use topology::{Distribution, Placement, Shard, Table, Topology};
 
 /// The shard index (the hash partition's remainder) a key belongs to among `shard_count`.
 /// NULL keys go to remainder 0, as in PostgreSQL.
