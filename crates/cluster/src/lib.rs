@@ -31,6 +31,7 @@ pub mod reference;
 mod resolve;
 mod schema;
 mod switch;
+pub mod topology;
 mod undistribute;
 
 pub use distribute::{

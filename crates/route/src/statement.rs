@@ -3,7 +3,8 @@
 //! A statement goes to a node when every distributed table it names is pinned to one shard by
 //! its distribution column (`col = constant`, `col = $n`, `col IN (...)` in WHERE, or equal to a
 //! pinned colocated table's column through a join), all of them in one colocation group, with
-//! reference tables only read. Everything else goes to the coordinator, with the reason: the
+//! reference tables only read (tables of a distributed schema, a group of one shard, need no
+//! key). Everything else goes to the coordinator, with the reason: the
 //! router never guesses. Planning ([`plan`]) looks at the text once; binding ([`Plan::bind`])
 //! reads the parameters, picks the shard and writes the statement for it.
 
@@ -72,6 +73,8 @@ struct Relation {
     visible: String,
     has_alias: bool,
     columns: Vec<String>,
+    distributed: bool,
+    /// The distribution column and its type.
     distribution: Option<(String, KeyType)>,
 }
 
@@ -147,7 +150,7 @@ pub fn plan(sql: &str, topology: &Topology) -> Result<Plan, NotRoutable> {
     if census.selects != expected_selects || census.relations != planner.relations.len() {
         return refuse("it nests queries");
     }
-    let references = planner.relations.iter().any(|r| r.distribution.is_none());
+    let references = planner.relations.iter().any(|r| !r.distributed);
     if census.locking && references {
         return refuse(
             "it locks rows of a reference table, whose authoritative copy is on the coordinator",
@@ -193,8 +196,9 @@ impl Planner<'_> {
         let distribution = match &table.placement {
             Placement::Local => return refuse(format!("{name} is on the coordinator only")),
             Placement::Reference { .. } => None,
-            Placement::Distributed(d) => Some((d.column.clone(), d.key)),
+            Placement::Distributed(d) => d.key.clone(),
         };
+        let distributed = matches!(table.placement, Placement::Distributed(_));
         let alias = range.alias.as_ref().map(|a| a.aliasname.clone());
         let index = self.relations.len();
         self.relations.push(Relation {
@@ -202,6 +206,7 @@ impl Planner<'_> {
             has_alias: alias.is_some(),
             name,
             columns: table.columns.clone(),
+            distributed,
             distribution,
         });
         self.classes.push(index);
@@ -212,7 +217,7 @@ impl Planner<'_> {
     fn target(&mut self, range: Option<&RangeVar>) -> Result<usize, NotRoutable> {
         let range = range.ok_or_else(|| NotRoutable("it has no target".into()))?;
         let index = self.relation(range)?;
-        if self.relations[index].distribution.is_none() {
+        if !self.relations[index].distributed {
             return refuse(format!(
                 "it writes reference table {}, whose authoritative copy is on the coordinator",
                 self.relations[index].name
@@ -468,7 +473,9 @@ impl Planner<'_> {
         if values.values_lists.is_empty() {
             return refuse("it inserts the result of a query");
         }
-        let (key, key_type) = relation.distribution.clone().expect("a distributed target");
+        let Some((key, key_type)) = relation.distribution.clone() else {
+            return Ok(());
+        };
         let position = columns.iter().position(|c| c == &key).ok_or_else(|| {
             NotRoutable(format!(
                 "it gives no value for the distribution column {key}"
@@ -491,7 +498,7 @@ impl Planner<'_> {
 
     fn finish(mut self, statement: NodeEnum) -> Result<Plan, NotRoutable> {
         let distributed: Vec<usize> = (0..self.relations.len())
-            .filter(|&r| self.relations[r].distribution.is_some())
+            .filter(|&r| self.relations[r].distributed)
             .collect();
         if distributed.is_empty() {
             return refuse("it names no distributed table");
@@ -508,7 +515,9 @@ impl Planner<'_> {
         }
         let pinned: Vec<usize> = self.keys.iter().map(|(r, _)| *r).collect();
         let pinned_roots: Vec<usize> = pinned.iter().map(|&r| self.root(r)).collect();
-        for &rel in &distributed {
+        // A group of one shard (a distributed schema's tables) needs no key: it is all there.
+        let single = shard_count == 1;
+        for &rel in distributed.iter().filter(|_| !single) {
             let root = self.root(rel);
             if !pinned_roots.contains(&root) {
                 return refuse(format!(
@@ -660,15 +669,13 @@ impl Plan {
             }
             index = Some(shard);
         }
-        let index = index.expect("a plan has keys");
+        let index = index.unwrap_or(0);
         let mut names = Vec::with_capacity(self.relations.len());
         let mut node = None;
         for relation in &self.relations {
             let placed = topology.tables.get(&relation.name).map(|t| &t.placement);
             let name = match placed {
-                Some(Placement::Reference { replica }) if relation.distribution.is_none() => {
-                    replica.clone()
-                }
+                Some(Placement::Reference { replica }) if !relation.distributed => replica.clone(),
                 Some(Placement::Distributed(d))
                     if d.colocation == self.colocation && d.shards.len() == self.shard_count =>
                 {

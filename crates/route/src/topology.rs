@@ -41,8 +41,9 @@ pub enum Placement {
 
 #[derive(Debug, Clone)]
 pub struct Distribution {
-    pub column: String,
-    pub key: KeyType,
+    /// The distribution column and its type; `None` for a group of one shard, which needs no
+    /// key (a distributed schema's tables).
+    pub key: Option<(String, KeyType)>,
     pub colocation: i64,
     /// By shard index (the hash partition's remainder).
     pub shards: Vec<Shard>,

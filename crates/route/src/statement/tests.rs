@@ -15,7 +15,8 @@ fn distributed(
     colocation: i64,
     first_shard: i64,
 ) -> (QualifiedName, Table) {
-    let shards = (0..4)
+    let count = if schema == "tenant" { 1 } else { 4 };
+    let shards = (0..count)
         .map(|i| Shard {
             node: 1 + (i % 2) as i32,
             table: name(schema, &format!("{table}_{}", first_shard + i)),
@@ -27,8 +28,7 @@ fn distributed(
             columns: columns.iter().map(|c| c.to_string()).collect(),
             with_defaults: Vec::new(),
             placement: Placement::Distributed(Distribution {
-                column: key.0.to_string(),
-                key: key.1,
+                key: (count > 1).then(|| (key.0.to_string(), key.1)),
                 colocation,
                 shards,
             }),
@@ -63,6 +63,22 @@ fn topology() -> Topology {
             ("id", KeyType::Uuid),
             2,
             300,
+        ),
+        distributed(
+            "tenant",
+            "users",
+            &["id", "name"],
+            ("id", KeyType::Int4),
+            4,
+            500,
+        ),
+        distributed(
+            "tenant",
+            "posts",
+            &["id", "user_id"],
+            ("id", KeyType::Int4),
+            4,
+            501,
         ),
         distributed(
             "my shop",
@@ -422,4 +438,20 @@ fn a_moved_shard_group_needs_no_new_plan_but_a_changed_table_does() {
     assert!(plan.bind(&[], &topology).is_err());
     topology.tables.remove(&name("public", "items"));
     assert!(plan.bind(&[], &topology).is_err());
+}
+
+#[test]
+fn a_distributed_schema_needs_no_key() {
+    let target = routed(
+        "SELECT u.name, count(*) FROM tenant.users u JOIN tenant.posts p ON p.user_id = u.id GROUP BY u.name",
+        &[],
+    );
+    assert_eq!(target.shard_index, 0);
+    assert!(target.sql.contains("tenant.users_500 u"), "{}", target.sql);
+    routed("INSERT INTO tenant.users VALUES (1, 'a')", &[]);
+    routed("UPDATE tenant.users SET id = id + 1", &[]);
+    planned_not(
+        "SELECT * FROM tenant.users u JOIN orders o ON o.id = u.id WHERE o.customer_id = 1",
+        "different colocation groups",
+    );
 }
