@@ -4,6 +4,7 @@
 
 mod ddl;
 mod moves;
+mod queries;
 mod rebalance;
 mod stall;
 mod streams;
@@ -13,7 +14,7 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(
     name = "shoal-bench",
-    about = "Benchmarks of moves, rebalances, stream tables and DDL (see BENCHMARKS.md)"
+    about = "Benchmarks of moves, rebalances, stream tables, DDL and queries (see BENCHMARKS.md)"
 )]
 struct Args {
     #[command(subcommand)]
@@ -61,6 +62,18 @@ enum Command {
         #[arg(long, default_value_t = 3)]
         runs: usize,
     },
+    /// Query set Q1-Q10 on the reference data set through the coordinator vs one plain server
+    Queries {
+        /// Rows of orders (2,000,000 in the reference data set; order items are twice that)
+        #[arg(long, default_value_t = 2_000_000)]
+        orders: i64,
+        /// Runs of each query; medians are reported
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// Only the queries whose label starts with this, e.g. Q5
+        #[arg(long)]
+        only: Option<String>,
+    },
     /// Latency of single-row inserts (pgbench --rate) into a shard group during its move
     Stall {
         /// Inserts per second
@@ -97,6 +110,7 @@ fn main() -> anyhow::Result<()> {
                 rebalance::run(runs, scale, limits).await
             }
             Command::Stall { rate, mb, moves } => stall::run(rate, mb, moves).await,
+            Command::Queries { orders, runs, only } => queries::run(orders, runs, only).await,
             Command::Stream { rows } => streams::run(rows).await,
         }
     })

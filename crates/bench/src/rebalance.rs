@@ -29,7 +29,7 @@ pub fn orders_sql(orders: i64) -> String {
 }
 
 /// The whole reference data set of BRIEF.md, with the number of orders as a parameter.
-fn dataset_sql(orders: i64) -> String {
+pub fn dataset_sql(orders: i64) -> String {
     format!(
         "{}
          CREATE TABLE order_items (id bigint, order_id bigint, qty int, PRIMARY KEY (order_id, id));

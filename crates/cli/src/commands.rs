@@ -102,7 +102,7 @@ pub async fn init(uri: &str) -> anyhow::Result<()> {
             report.from_version, report.to_version
         );
     }
-    print_ddl_readiness(&report);
+    print_init_warnings(&report);
     Ok(())
 }
 
@@ -141,8 +141,8 @@ async fn ddl(uri: &str, args: &crate::args::DdlArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// What `init` could not set up for DDL propagation, and what to do about it.
-fn print_ddl_readiness(report: &shoal_cluster::ClusterInit) {
+/// What `init` could not set up (DDL propagation, planner settings), and what to do about it.
+fn print_init_warnings(report: &shoal_cluster::ClusterInit) {
     if let Some(reason) = &report.ddl_triggers_refused {
         eprintln!(
             "warning: plain-SQL DDL on distributed tables is not propagated: the event triggers \
@@ -157,6 +157,13 @@ fn print_ddl_readiness(report: &shoal_cluster::ClusterInit) {
              refused until `shoal init` runs again with it reachable"
         );
     }
+    if let Some(reason) = &report.planner_settings_refused {
+        eprintln!(
+            "warning: the coordinator database's planner settings could not be set ({reason}); \
+             colocated joins and grouped aggregates then run on the coordinator: run `shoal \
+             init` as the database's owner"
+        );
+    }
 }
 
 /// Initialises the catalog of a local cluster and registers the workers not registered yet.
@@ -166,7 +173,7 @@ pub async fn register_local_workers(
 ) -> anyhow::Result<Cluster> {
     let params = ConnectParams::parse(uri)?;
     let report = shoal_cluster::init_cluster(&params, "shoal local").await?;
-    print_ddl_readiness(&report);
+    print_init_warnings(&report);
     let cluster = Cluster::connect(params).await?;
     let known = model::list_nodes(cluster.client()).await?;
     for (host, port) in workers {

@@ -19,6 +19,9 @@ pub struct ClusterInit {
     /// Nodes that could not be prepared for DDL (address and reason): `shoal init` again once
     /// they are back.
     pub unprepared_nodes: Vec<(String, String)>,
+    /// Why the coordinator database's planner settings (`pushdown.rs`) could not be set, if
+    /// they could not: joins and aggregates then run on the coordinator.
+    pub planner_settings_refused: Option<String>,
 }
 
 /// Idempotent: on an up-to-date cluster it changes nothing but the functions it replaces.
@@ -41,7 +44,12 @@ pub async fn init_cluster(
         )
         .await?
         .get(0);
+    let planner_settings_refused = crate::pushdown::set_database_settings(cluster.client())
+        .await
+        .err()
+        .map(|e| e.to_string());
     for node in model::list_nodes(cluster.client()).await? {
+        crate::pushdown::ensure_server_options(cluster.client(), &node).await?;
         let node_params = params.with_target(&node.host, node.port, &node.dbname);
         crate::nodes::ensure_public_mapping(
             cluster.client(),
@@ -70,5 +78,6 @@ pub async fn init_cluster(
         to_version,
         ddl_triggers_refused,
         unprepared_nodes,
+        planner_settings_refused,
     })
 }

@@ -27,6 +27,7 @@ pub mod locks;
 pub mod nodes;
 pub mod placement;
 pub mod privileges;
+pub mod pushdown;
 pub mod reference;
 mod resolve;
 mod schema;

@@ -186,11 +186,13 @@ fn fdw_server_ddl(node: &Node, password: Option<&str>, tls: &[(&str, String)]) -
         .iter()
         .map(|(keyword, value)| format!(", {keyword} {}", quote_literal(value)))
         .collect();
+    let pushdown = crate::pushdown::server_options_sql();
     // async_capable lets the planner scan shards on different nodes in parallel; batch_size
-    // makes INSERT routing send rows in batches; fetch_size reads large scans in fewer round trips.
+    // makes INSERT routing send rows in batches; fetch_size reads large scans in fewer round
+    // trips; the pushdown options let joins and aggregates run on the node (`pushdown.rs`).
     format!(
         "CREATE SERVER {server} FOREIGN DATA WRAPPER postgres_fdw OPTIONS (host {}, port {}, \
-         dbname {}, async_capable 'true', batch_size '1000', fetch_size '10000'{tls});\n\
+         dbname {}, async_capable 'true', batch_size '1000', fetch_size '10000'{pushdown}{tls});\n\
          CREATE USER MAPPING FOR CURRENT_USER SERVER {server} OPTIONS ({});",
         quote_literal(&node.host),
         quote_literal(&node.port.to_string()),
@@ -344,7 +346,7 @@ mod tests {
         };
         let tls = [("sslmode", "verify-full".to_string())];
         let ddl = fdw_server_ddl(&node, Some("pa'ss"), &tls);
-        assert!(ddl.contains("fetch_size '10000', sslmode 'verify-full')"));
+        assert!(ddl.contains("use_remote_estimate 'true', sslmode 'verify-full')"));
         assert!(ddl.contains(r#"CREATE SERVER "shoal_node_3" FOREIGN DATA WRAPPER postgres_fdw"#));
         assert!(ddl.contains("host 'db''host', port '5433', dbname 'my db'"));
         assert!(ddl.contains("user 'alice', password 'pa''ss'"));

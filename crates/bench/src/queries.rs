@@ -1,0 +1,187 @@
+//! The query set of the reference data set (2 workers, 32 shards) through the coordinator,
+//! against the same rows on one plain server started alongside, in one run: medians in
+//! milliseconds, the ratio Shoal / one server, and Citus 13.2's figure measured on this machine
+//! (BRIEF.md) for comparison; then pgbench key lookups (4 clients) on both.
+
+use std::time::Instant;
+
+use tokio_postgres::Client;
+
+use crate::median;
+use crate::moves::shoal_on;
+use crate::rebalance::dataset_sql;
+use shoal_cluster::Colocate;
+use shoal_testkit::TestCluster;
+
+/// Label, query, and Citus's median in ms on this machine.
+const QUERIES: &[(&str, &str, f64)] = &[
+    ("Q1 count(*)", "SELECT count(*) FROM orders", 144.0),
+    (
+        "Q2 sum, avg",
+        "SELECT sum(amount), avg(amount) FROM orders",
+        334.0,
+    ),
+    (
+        "Q3 GROUP BY customer_id % 100",
+        "SELECT customer_id % 100, count(*), sum(amount) FROM orders GROUP BY 1",
+        504.0,
+    ),
+    (
+        "Q4 colocated join, count",
+        "SELECT count(*), sum(i.qty) FROM orders o JOIN order_items i ON i.order_id = o.id",
+        1197.0,
+    ),
+    (
+        "Q5 join GROUP BY o.id LIMIT",
+        "SELECT o.id, sum(i.qty) FROM orders o JOIN order_items i ON i.order_id = o.id \
+         GROUP BY o.id ORDER BY 2 DESC, 1 LIMIT 10",
+        2699.0,
+    ),
+    (
+        "Q6 key lookup",
+        "SELECT * FROM orders WHERE id = 12345",
+        0.96,
+    ),
+    (
+        "Q7 join of one key",
+        "SELECT o.id, i.id, i.qty FROM orders o JOIN order_items i ON i.order_id = o.id \
+         WHERE o.id = 12345",
+        1.97,
+    ),
+    (
+        "Q8 reference join, LIKE",
+        "SELECT count(*) FROM orders o JOIN products p ON p.id = o.customer_id \
+         WHERE p.name LIKE 'product-1%'",
+        838.0,
+    ),
+    (
+        "Q9 selective count",
+        "SELECT count(*) FROM orders WHERE amount > 990",
+        394.0,
+    ),
+    (
+        "Q10 ORDER BY LIMIT",
+        "SELECT id, amount FROM orders ORDER BY amount DESC, id LIMIT 10",
+        519.0,
+    ),
+];
+
+pub async fn run(orders: i64, runs: usize, only: Option<String>) -> anyhow::Result<()> {
+    let load = Instant::now();
+    let single = TestCluster::start(0).await;
+    let plain = single.coordinator.connect().await;
+    plain.batch_execute(&dataset_sql(orders)).await?;
+    plain.batch_execute("VACUUM ANALYZE").await?;
+
+    let pg = TestCluster::start(2).await;
+    let cluster = shoal_on(&pg).await?;
+    let sql = pg.coordinator.connect().await;
+    sql.batch_execute(&dataset_sql(orders)).await?;
+    shoal_cluster::reference_table(&cluster, "products").await?;
+    shoal_cluster::distribute_table(&cluster, "orders", "id", Some(32), Colocate::Default).await?;
+    shoal_cluster::distribute_table(
+        &cluster,
+        "order_items",
+        "order_id",
+        None,
+        Colocate::With("orders".into()),
+    )
+    .await?;
+    for worker in &pg.workers {
+        worker
+            .connect()
+            .await
+            .batch_execute("VACUUM ANALYZE")
+            .await?;
+    }
+    sql.batch_execute("ANALYZE products").await?;
+    eprintln!(
+        "loaded {orders} orders, {} order items, 100000 products (one server, and Shoal on 2 \
+         workers, 32 shards) in {:.0} s",
+        orders * 2,
+        load.elapsed().as_secs_f64()
+    );
+
+    println!("Queries on the reference data set ({orders} orders), medians of {runs} runs, ms");
+    println!(
+        "{:<30} {:>11} {:>11} {:>8} {:>10}",
+        "query", "one server", "Shoal", "ratio", "Citus"
+    );
+    for (label, query, citus) in QUERIES {
+        if only.as_deref().is_some_and(|o| !label.starts_with(o)) {
+            continue;
+        }
+        // Both must answer alike, and a first run warms the caches.
+        let (expected, got) = (answer(&plain, query).await?, answer(&sql, query).await?);
+        anyhow::ensure!(
+            expected == got,
+            "{label}: Shoal's answer differs from one server's"
+        );
+        let (mut one, mut shoal) = (Vec::new(), Vec::new());
+        for _ in 0..runs {
+            one.push(timed_ms(&plain, query).await?);
+            shoal.push(timed_ms(&sql, query).await?);
+        }
+        let (one, shoal) = (median(&mut one), median(&mut shoal));
+        println!(
+            "{label:<30} {one:>11.2} {shoal:>11.2} {:>7.2}x {citus:>10.2}",
+            shoal / one
+        );
+    }
+    if only.is_none() {
+        let script = single.run_dir().join("lookup.sql");
+        std::fs::write(
+            &script,
+            format!("\\set id random(1, {orders})\nSELECT * FROM orders WHERE id = :id;\n"),
+        )?;
+        let (one, shoal) = (
+            lookups(&single.coordinator_uri(), &script).await?,
+            lookups(&pg.coordinator_uri(), &script).await?,
+        );
+        println!(
+            "{:<30} {one:>11.0} {shoal:>11.0} {:>7.2}x {:>10}",
+            "pgbench key lookups, tps",
+            shoal / one,
+            "3349"
+        );
+    }
+    Ok(())
+}
+
+/// Transactions per second of `script` with 4 clients for 10 s.
+async fn lookups(uri: &str, script: &std::path::Path) -> anyhow::Result<f64> {
+    let pgbench = shoal_testkit::binaries().bindir.join("pgbench");
+    let out = tokio::process::Command::new(pgbench)
+        .args(["-n", "-c", "4", "-j", "2", "-T", "10", "-f"])
+        .arg(script)
+        .arg(uri)
+        .output()
+        .await?;
+    anyhow::ensure!(
+        out.status.success(),
+        "pgbench failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find_map(|l| l.strip_prefix("tps = "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|tps| tps.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no tps in pgbench's output: {text}"))
+}
+
+/// The query's rows as text, sorted (the grouped query has no order).
+async fn answer(client: &Client, query: &str) -> anyhow::Result<Vec<String>> {
+    let rows = client
+        .query(&format!("SELECT t::text FROM ({query}) t"), &[])
+        .await?;
+    let mut rows: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+    rows.sort();
+    Ok(rows)
+}
+
+async fn timed_ms(client: &Client, query: &str) -> anyhow::Result<f64> {
+    let started = Instant::now();
+    client.query(query, &[]).await?;
+    Ok(started.elapsed().as_secs_f64() * 1000.0)
+}
