@@ -177,7 +177,8 @@ impl ConnectParams {
         config
     }
 
-    fn tls_config(&self) -> Result<Arc<ClientConfig>, CatalogError> {
+    /// The rustls client configuration `sslmode` and the certificate settings ask for.
+    pub fn tls_config(&self) -> Result<Arc<ClientConfig>, CatalogError> {
         self.tls_config
             .get_or_init(|| {
                 self.tls

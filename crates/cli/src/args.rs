@@ -79,7 +79,8 @@ pub enum Command {
     Job(crate::jobs::JobCommand),
     /// Start a local cluster with 2 workers, build a small shop on it and show where rows live
     Demo(DemoArgs),
-    /// Run the daemon: the cleanup loop (removes what finished and failed operations left)
+    /// Run the daemon: the PostgreSQL endpoint for applications, background jobs, stream
+    /// refreshes, cleanup and metrics
     Serve(ServeArgs),
     /// Stream tables: query results over distributed tables, kept up to date incrementally
     #[command(subcommand)]
@@ -184,7 +185,17 @@ pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
     Ok(std::time::Duration::from_secs_f64(seconds))
 }
 
+/// Applications connect to the endpoint (`--listen`) with any PostgreSQL driver, as to the
+/// coordinator: same database, users and passwords. Statements that one shard group answers run
+/// on its node at the client's isolation level; transactions that write on several servers
+/// commit with two-phase commit (and are resolved after a crash); everything else runs on the
+/// coordinator.
 #[derive(Debug, Args)]
+#[command(after_help = "Examples:\n  \
+    shoal serve\n  \
+    psql 'postgresql://app@127.0.0.1:6432/shop'\n  \
+    shoal serve --listen 0.0.0.0:6432 --http off\n  \
+    curl -s http://127.0.0.1:9187/metrics | grep shoal_endpoint")]
 pub struct ServeArgs {
     /// Seconds between two cleanup passes
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
@@ -193,9 +204,13 @@ pub struct ServeArgs {
     /// warning)
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(i32).range(1..=10000))]
     pub worker_retry_ticks: i32,
+    /// Address of Shoal's PostgreSQL endpoint, which applications connect to like to the
+    /// coordinator (same database, users and passwords); `off` disables it
+    #[arg(long, default_value = "127.0.0.1:6432")]
+    pub listen: String,
     /// Address of the HTTP endpoint (/metrics for Prometheus, /status as JSON); `off` disables it
     #[arg(long, default_value = "127.0.0.1:9187")]
-    pub listen: String,
+    pub http: String,
     #[command(flatten)]
     pub executor: crate::rebalance::ExecutorArgs,
 }

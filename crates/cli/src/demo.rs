@@ -507,7 +507,7 @@ async fn add_worker_and_rebalance(
     let file =
         std::fs::File::create(&log).with_context(|| format!("cannot create {}", log.display()))?;
     let child = std::process::Command::new(std::env::current_exe()?)
-        .args(["serve", "--listen", "off"])
+        .args(["serve", "--listen", "off", "--http", "off"])
         .env("SHOAL_COORDINATOR", uri)
         .env_remove("SHOAL_FAILPOINTS")
         .stdin(std::process::Stdio::null())

@@ -4,6 +4,7 @@
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -11,10 +12,12 @@ use tokio::net::TcpListener;
 use crate::serve::Shutdown;
 use shoal_catalog::ConnectParams;
 use shoal_cluster::Cluster;
+use shoal_endpoint::shared::Shared;
 
 pub async fn serve(
     address: SocketAddr,
     params: ConnectParams,
+    endpoint: Option<Arc<Shared>>,
     mut shutdown: Shutdown,
 ) -> anyhow::Result<()> {
     let listener = TcpListener::bind(address).await?;
@@ -25,6 +28,7 @@ pub async fn serve(
             _ = shutdown.changed() => return Ok(()),
         };
         let params = params.clone();
+        let endpoint = endpoint.clone();
         tokio::spawn(async move {
             let mut request = vec![0u8; 2048];
             let n = socket.read(&mut request).await.unwrap_or(0);
@@ -42,7 +46,12 @@ pub async fn serve(
                 ),
                 Ok(cluster) => match path {
                     "/metrics" => match metrics(&cluster).await {
-                        Ok(text) => ("200 OK", "text/plain; version=0.0.4", text),
+                        Ok(mut text) => {
+                            if let Some(endpoint) = &endpoint {
+                                text.push_str(&endpoint_metrics(endpoint));
+                            }
+                            ("200 OK", "text/plain; version=0.0.4", text)
+                        }
                         Err(error) => (
                             "500 Internal Server Error",
                             "text/plain",
@@ -71,6 +80,23 @@ pub async fn serve(
             let _ = socket.write_all(response.as_bytes()).await;
         });
     }
+}
+
+/// This daemon's endpoint: counters since it started.
+fn endpoint_metrics(endpoint: &Shared) -> String {
+    let mut out = String::new();
+    for (name, help, value) in endpoint.metrics.render(&endpoint.pool) {
+        let kind = if name.ends_with("_total") {
+            "counter"
+        } else {
+            "gauge"
+        };
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}.\n# TYPE {name} {kind}\n{name} {value}"
+        );
+    }
+    out
 }
 
 /// Escapes a Prometheus label value.

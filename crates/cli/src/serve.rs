@@ -2,7 +2,8 @@
 //! - the stream scheduler: follows the topology, captures every node's changes and refreshes
 //!   the stream tables that are due, each under a lease;
 //! - the executor of background jobs (rebalances, drains), see `shoal-jobs`;
-//! - the HTTP endpoint: `/metrics` (Prometheus) and `/status` (JSON);
+//! - Shoal's PostgreSQL endpoint (`--listen`), see `shoal-endpoint`;
+//! - the HTTP endpoint (`--http`): `/metrics` (Prometheus) and `/status` (JSON);
 //! - the cleanup loop, which removes what finished operations left for later (a source shard
 //!   still being read when its move completed) and what failed ones could not remove at once
 //!   (a node that was down).
@@ -78,16 +79,30 @@ pub async fn run(params: ConnectParams, args: &ServeArgs) -> anyhow::Result<()> 
          Ctrl-C or SIGTERM stops it",
         args.cleanup_interval
     );
+    let mut endpoint = None;
     if args.listen != "off" {
-        let address: std::net::SocketAddr = args.listen.parse().map_err(|_| {
+        let (started, duty) = shoal_endpoint::start(params.clone(), &args.listen, shutdown.clone())
+            .await
+            .map_err(|e| anyhow::anyhow!("the PostgreSQL endpoint did not start: {e}"))?;
+        eprintln!(
+            "shoal serve: applications connect to postgresql://{}/{} (same users and passwords as the coordinator)",
+            started.address, params.dbname
+        );
+        endpoint = Some(started.shared.clone());
+        duties.spawn(async move {
+            let _ = duty.await;
+        });
+    }
+    if args.http != "off" {
+        let address: std::net::SocketAddr = args.http.parse().map_err(|_| {
             anyhow::anyhow!(
-                "invalid --listen {}; use HOST:PORT (e.g. 127.0.0.1:9187) or off",
-                args.listen
+                "invalid --http {}; use HOST:PORT (e.g. 127.0.0.1:9187) or off",
+                args.http
             )
         })?;
         let (params, shutdown) = (params.clone(), shutdown.clone());
         duties.spawn(async move {
-            if let Err(error) = crate::http::serve(address, params, shutdown).await {
+            if let Err(error) = crate::http::serve(address, params, endpoint, shutdown).await {
                 tracing::warn!(%error, "the HTTP endpoint stopped");
             }
         });

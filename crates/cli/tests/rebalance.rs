@@ -171,7 +171,15 @@ fn daemon(shoal: &Shoal, env: &[(&str, &str)]) -> Child {
     let log = std::fs::File::create(shoal.pg.run_dir().join(format!("serve-{n}.log"))).unwrap();
     let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_shoal"));
     command
-        .args(["serve", "--cleanup-interval", "1", "--listen", "off"])
+        .args([
+            "serve",
+            "--cleanup-interval",
+            "1",
+            "--listen",
+            "off",
+            "--http",
+            "off",
+        ])
         .env("SHOAL_COORDINATOR", shoal.pg.coordinator_uri())
         .env("SHOAL_LOG", "info,tokio_postgres=warn")
         .env_remove("SHOAL_CONFIG")

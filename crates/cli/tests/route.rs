@@ -114,7 +114,10 @@ async fn routed_statements_answer_on_their_node_as_the_coordinator_does() {
         let target = plan(sql, &topology)
             .and_then(|p| p.bind(&bound, &topology))
             .unwrap_or_else(|e| panic!("{sql}: {e}"));
-        let node = nodes.iter().find(|n| n.node_id == target.node).unwrap();
+        let node = nodes
+            .iter()
+            .find(|n| shoal_route::Place::Node(n.node_id) == target.place)
+            .unwrap();
         let on_node = shoal.cluster.node_client(node, "test route").await.unwrap();
         let expected = rows(&coordinator, sql, params).await;
         assert!(!expected.is_empty(), "{sql} returns rows");
@@ -127,7 +130,10 @@ async fn routed_statements_answer_on_their_node_as_the_coordinator_does() {
     let target = plan(insert, &topology)
         .and_then(|p| p.bind(&[Param::Text("33")], &topology))
         .unwrap();
-    let node = nodes.iter().find(|n| n.node_id == target.node).unwrap();
+    let node = nodes
+        .iter()
+        .find(|n| shoal_route::Place::Node(n.node_id) == target.place)
+        .unwrap();
     let on_node = shoal.cluster.node_client(node, "test route").await.unwrap();
     on_node.execute(&target.sql, &[&33i64]).await.unwrap();
     let status: String = coordinator

@@ -382,7 +382,7 @@ async fn two_daemons_never_refresh_one_stream_table_at_once() {
     // Two real daemons against one coordinator under writes: results stay exact.
     let spawn = || {
         tokio::process::Command::new(env!("CARGO_BIN_EXE_shoal"))
-            .args(["serve", "--cleanup-interval", "5"])
+            .args(["serve", "--cleanup-interval", "5", "--listen", "off"])
             .env("SHOAL_COORDINATOR", shoal.pg.coordinator_uri())
             .kill_on_drop(true)
             .spawn()
@@ -433,7 +433,7 @@ async fn the_daemon_serves_metrics_and_status() {
     };
     let address = format!("127.0.0.1:{port}");
     let mut daemon = tokio::process::Command::new(env!("CARGO_BIN_EXE_shoal"))
-        .args(["serve", "--listen", &address])
+        .args(["serve", "--listen", "off", "--http", &address])
         .env("SHOAL_COORDINATOR", shoal.pg.coordinator_uri())
         .kill_on_drop(true)
         .spawn()

@@ -797,7 +797,7 @@ async fn a_source_shard_still_being_read_is_removed_later_by_the_daemon() {
         .get(0);
     assert!(records >= 1, "the source shard waits for cleanup");
     let mut daemon = tokio::process::Command::new(env!("CARGO_BIN_EXE_shoal"))
-        .args(["serve", "--cleanup-interval", "1"])
+        .args(["serve", "--cleanup-interval", "1", "--listen", "off"])
         .env("SHOAL_COORDINATOR", shoal.pg.coordinator_uri())
         .kill_on_drop(true)
         .spawn()

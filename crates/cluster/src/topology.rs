@@ -2,6 +2,7 @@
 //! coordinator's own catalogs.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use tokio_postgres::GenericClient;
 
@@ -18,13 +19,16 @@ pub async fn load_topology(
     search_path: Vec<String>,
 ) -> Result<Topology, ClusterError> {
     let mut tables = HashMap::new();
+    // Row security policies are the coordinator's to apply: such tables are never routed.
+    let mut row_security = HashSet::new();
     for row in client
         .query(
             "SELECT n.nspname::text, c.relname::text,
                     coalesce(array_agg(a.attname::text ORDER BY a.attnum)
                              FILTER (WHERE a.attnum IS NOT NULL), '{}'),
                     coalesce(array_agg(a.attname::text ORDER BY a.attnum)
-                             FILTER (WHERE a.atthasdef OR a.attidentity <> '' OR a.attgenerated <> ''), '{}')
+                             FILTER (WHERE a.atthasdef OR a.attidentity <> '' OR a.attgenerated <> ''), '{}'),
+                    c.relrowsecurity
              FROM pg_catalog.pg_class c
              JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
              LEFT JOIN pg_catalog.pg_attribute a
@@ -32,13 +36,17 @@ pub async fn load_topology(
              WHERE c.relkind IN ('r', 'p', 'f')
                AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast', 'shoal')
                AND n.nspname NOT LIKE 'pg\\_temp\\_%' AND n.nspname NOT LIKE 'pg\\_toast\\_temp\\_%'
-             GROUP BY 1, 2",
+             GROUP BY 1, 2, c.relrowsecurity",
             &[],
         )
         .await?
     {
+        let name = QualifiedName::new(row.get::<_, String>(0), row.get::<_, String>(1));
+        if row.get::<_, bool>(4) {
+            row_security.insert(name.clone());
+        }
         tables.insert(
-            QualifiedName::new(row.get::<_, String>(0), row.get::<_, String>(1)),
+            name,
             Table {
                 columns: row.get(2),
                 with_defaults: row.get(3),
@@ -48,6 +56,9 @@ pub async fn load_topology(
     }
     let placements = model::all_placements(client).await?;
     for table in model::list_tables(client).await? {
+        if row_security.contains(&table.name) {
+            continue;
+        }
         let Some(entry) = tables.get_mut(&table.name) else {
             continue;
         };
@@ -109,8 +120,8 @@ pub async fn load_topology(
         .collect();
     Ok(Topology {
         search_path,
-        tables,
-        builtin_functions,
+        tables: Arc::new(tables),
+        builtin_functions: Arc::new(builtin_functions),
     })
 }
 

@@ -63,6 +63,9 @@ fn base_settings(port: u16) -> Vec<(&'static str, String)> {
         // default 5s would dominate shard moves.
         ("wal_retrieve_retry_interval", "100ms".into()),
         ("max_connections", "200".into()),
+        // Shoal's endpoint commits transactions that wrote on several servers with
+        // two-phase commit: one prepared transaction per connection at most.
+        ("max_prepared_transactions", "200".into()),
         ("logging_collector", "off".into()),
     ]
 }

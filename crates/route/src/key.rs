@@ -52,6 +52,25 @@ pub enum KeyValue {
 }
 
 impl KeyType {
+    /// The key type of a built-in type by its OID (fixed in every PostgreSQL), for parameters
+    /// a client binds in binary with a declared type.
+    pub fn from_builtin_oid(oid: u32) -> Option<KeyType> {
+        Some(match oid {
+            21 => KeyType::Int2,
+            23 => KeyType::Int4,
+            20 => KeyType::Int8,
+            26 => KeyType::Oid,
+            16 => KeyType::Bool,
+            25 | 1043 => KeyType::Text,
+            1042 => KeyType::Bpchar,
+            2950 => KeyType::Uuid,
+            17 => KeyType::Bytea,
+            1082 => KeyType::Date,
+            1114 | 1184 => KeyType::Timestamp,
+            _ => return None,
+        })
+    }
+
     /// The type of a column as `format_type` names it (`integer`, `character varying(20)`, ...).
     pub fn from_type_name(name: &str) -> Result<KeyType, KeyError> {
         let base = name.split('(').next().unwrap_or(name).trim();

@@ -47,9 +47,37 @@ pub enum Param<'a> {
 /// Where a statement runs, and what it says there.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
-    pub node: i32,
+    pub place: Place,
     pub shard_index: u32,
     pub sql: String,
+}
+
+/// A node by its id, or the coordinator for a statement that writes (or locks rows of)
+/// reference tables only: their authoritative copies are there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Place {
+    Coordinator,
+    Node(i32),
+}
+
+/// The privilege a statement needs on a relation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Privilege {
+    Select,
+    Insert,
+    Update,
+    Delete,
+}
+
+impl Privilege {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Privilege::Select => "SELECT",
+            Privilege::Insert => "INSERT",
+            Privilege::Update => "UPDATE",
+            Privilege::Delete => "DELETE",
+        }
+    }
 }
 
 /// Where a key's value comes from, and the type it is read as (a cast's, else the column's).
@@ -87,6 +115,11 @@ pub struct Plan {
     shard_count: usize,
     /// Every key must land on the same shard.
     keys: Vec<Key>,
+    /// Writes reference tables only: runs on the coordinator, names as they are.
+    on_coordinator: bool,
+    /// The privileges the statement needs, checked for the client's role before it runs
+    /// as Shoal's.
+    accesses: Vec<(QualifiedName, Privilege)>,
 }
 
 /// Looks at `sql` once: `Ok` when its shard depends only on its keys.
@@ -107,7 +140,9 @@ pub fn plan(sql: &str, topology: &Topology) -> Result<Plan, NotRoutable> {
         relations: Vec::new(),
         classes: Vec::new(),
         keys: Vec::new(),
+        writes_reference: false,
     };
+    let mut write = None;
     let expected_selects = match &statement {
         NodeEnum::SelectStmt(select) => {
             check_select(select)?;
@@ -120,6 +155,7 @@ pub fn plan(sql: &str, topology: &Topology) -> Result<Plan, NotRoutable> {
                 return refuse("it has a WITH clause");
             }
             let target = planner.target(insert.relation.as_ref())?;
+            write = Some((target, Privilege::Insert));
             planner.insert_keys(target, insert)?;
             if let Some(conflict) = &insert.on_conflict_clause {
                 planner.keeps_key(target, &conflict.target_list)?;
@@ -131,6 +167,7 @@ pub fn plan(sql: &str, topology: &Topology) -> Result<Plan, NotRoutable> {
                 return refuse("it has a WITH clause");
             }
             let target = planner.target(update.relation.as_ref())?;
+            write = Some((target, Privilege::Update));
             planner.keeps_key(target, &update.target_list)?;
             planner.read_from_clause(&update.from_clause)?;
             planner.where_clause(update.where_clause.as_deref())?;
@@ -140,7 +177,8 @@ pub fn plan(sql: &str, topology: &Topology) -> Result<Plan, NotRoutable> {
             if delete.with_clause.is_some() {
                 return refuse("it has a WITH clause");
             }
-            planner.target(delete.relation.as_ref())?;
+            let target = planner.target(delete.relation.as_ref())?;
+            write = Some((target, Privilege::Delete));
             planner.read_from_clause(&delete.using_clause)?;
             planner.where_clause(delete.where_clause.as_deref())?;
             0
@@ -151,12 +189,27 @@ pub fn plan(sql: &str, topology: &Topology) -> Result<Plan, NotRoutable> {
         return refuse("it nests queries");
     }
     let references = planner.relations.iter().any(|r| !r.distributed);
-    if census.locking && references {
+    let distributed = planner.relations.iter().any(|r| r.distributed);
+    if census.locking && references && distributed {
         return refuse(
             "it locks rows of a reference table, whose authoritative copy is on the coordinator",
         );
     }
-    planner.finish(statement)
+    // Every relation is read (SELECT is asked of a written table too, since WHERE, SET and
+    // RETURNING usually read it; a role without it goes to the coordinator, which decides).
+    let mut accesses: Vec<(QualifiedName, Privilege)> = planner
+        .relations
+        .iter()
+        .map(|r| (r.name.clone(), Privilege::Select))
+        .collect();
+    if let Some((target, privilege)) = write {
+        accesses.push((planner.relations[target].name.clone(), privilege));
+    }
+    accesses.dedup();
+    let on_coordinator = !distributed && (planner.writes_reference || census.locking);
+    let mut plan = planner.finish(statement, on_coordinator)?;
+    plan.accesses = accesses;
+    Ok(plan)
 }
 
 fn check_select(select: &SelectStmt) -> Result<(), NotRoutable> {
@@ -179,6 +232,7 @@ struct Planner<'a> {
     classes: Vec<usize>,
     /// Keys with the relation they pin.
     keys: Vec<(usize, Key)>,
+    writes_reference: bool,
 }
 
 impl Planner<'_> {
@@ -213,15 +267,13 @@ impl Planner<'_> {
         Ok(index)
     }
 
-    /// The relation an UPDATE, DELETE or INSERT writes: a distributed table.
+    /// The relation an UPDATE, DELETE or INSERT writes: a distributed table, or a reference
+    /// table (the statement then runs on the coordinator, if it names no distributed table).
     fn target(&mut self, range: Option<&RangeVar>) -> Result<usize, NotRoutable> {
         let range = range.ok_or_else(|| NotRoutable("it has no target".into()))?;
         let index = self.relation(range)?;
         if !self.relations[index].distributed {
-            return refuse(format!(
-                "it writes reference table {}, whose authoritative copy is on the coordinator",
-                self.relations[index].name
-            ));
+            self.writes_reference = true;
         }
         Ok(index)
     }
@@ -448,6 +500,12 @@ impl Planner<'_> {
     ) -> Result<(), NotRoutable> {
         let relation = self.relations[target].clone();
         let table: &Table = &self.topology.tables[&relation.name];
+        // A reference table is written where it is authoritative, defaults and all.
+        let with_defaults: &[String] = if relation.distributed {
+            &table.with_defaults
+        } else {
+            &[]
+        };
         let columns: Vec<String> = if insert.cols.is_empty() {
             relation.columns.clone()
         } else {
@@ -460,7 +518,7 @@ impl Planner<'_> {
                 })
                 .collect::<Result<_, _>>()?
         };
-        if let Some(missing) = table.with_defaults.iter().find(|c| !columns.contains(c)) {
+        if let Some(missing) = with_defaults.iter().find(|c| !columns.contains(c)) {
             return refuse(format!(
                 "column {missing} takes the coordinator's default (shard tables have none)"
             ));
@@ -496,12 +554,29 @@ impl Planner<'_> {
         Ok(())
     }
 
-    fn finish(mut self, statement: NodeEnum) -> Result<Plan, NotRoutable> {
+    fn finish(mut self, statement: NodeEnum, on_coordinator: bool) -> Result<Plan, NotRoutable> {
         let distributed: Vec<usize> = (0..self.relations.len())
             .filter(|&r| self.relations[r].distributed)
             .collect();
+        if on_coordinator {
+            return Ok(Plan {
+                statement,
+                relations: self.relations,
+                colocation: -1,
+                shard_count: 0,
+                keys: Vec::new(),
+                on_coordinator: true,
+                accesses: Vec::new(),
+            });
+        }
         if distributed.is_empty() {
             return refuse("it names no distributed table");
+        }
+        if self.writes_reference {
+            return refuse(
+                "it writes a reference table, whose authoritative copy is on the coordinator, \
+                 and reads distributed tables",
+            );
         }
         let mut colocations = distributed.iter().map(|&r| {
             match &self.topology.tables[&self.relations[r].name].placement {
@@ -532,6 +607,8 @@ impl Planner<'_> {
             colocation,
             shard_count,
             keys: self.keys.into_iter().map(|(_, k)| k).collect(),
+            on_coordinator: false,
+            accesses: Vec::new(),
         })
     }
 }
@@ -646,6 +723,14 @@ impl Plan {
     /// when a key cannot be read here, the keys disagree, or the topology changed under the
     /// plan (plan again).
     pub fn bind(&self, params: &[Param<'_>], topology: &Topology) -> Result<Target, NotRoutable> {
+        if self.on_coordinator {
+            let names: Vec<QualifiedName> = self.relations.iter().map(|r| r.name.clone()).collect();
+            return Ok(Target {
+                place: Place::Coordinator,
+                shard_index: 0,
+                sql: rewrite::rewrite(&self.statement, &self.relations, &names)?,
+            });
+        }
         let mut index = None;
         for key in &self.keys {
             let value = match &key.source {
@@ -692,10 +777,26 @@ impl Plan {
         }
         let sql = rewrite::rewrite(&self.statement, &self.relations, &names)?;
         Ok(Target {
-            node: node.expect("a plan has a distributed table"),
+            place: Place::Node(node.expect("a plan has a distributed table")),
             shard_index: index,
             sql,
         })
+    }
+
+    /// The privileges the statement needs, relation by relation.
+    pub fn accesses(&self) -> &[(QualifiedName, Privilege)] {
+        &self.accesses
+    }
+
+    /// Whether it reads a reference table on a node (its replica there lags the coordinator's
+    /// uncommitted writes).
+    pub fn reads_reference_replica(&self) -> bool {
+        !self.on_coordinator && self.relations.iter().any(|r| !r.distributed)
+    }
+
+    /// Whether it writes (or locks) reference tables on the coordinator.
+    pub fn writes_reference(&self) -> bool {
+        self.on_coordinator
     }
 }
 

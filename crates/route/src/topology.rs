@@ -3,6 +3,7 @@
 //! it changes); the router only reads it.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use crate::KeyType;
 use shoal_sql::QualifiedName;
@@ -12,10 +13,11 @@ pub struct Topology {
     /// Schemas searched for unqualified names, in order (`pg_temp` first when the session has
     /// temporary tables, as PostgreSQL searches it).
     pub search_path: Vec<String>,
-    /// Every table of the coordinator database, managed by Shoal or not.
-    pub tables: HashMap<QualifiedName, Table>,
+    /// Every table of the coordinator database, managed by Shoal or not (shared by every
+    /// session's view, which differ in their search paths).
+    pub tables: Arc<HashMap<QualifiedName, Table>>,
     /// Functions the nodes have exactly as the coordinator does (`pg_catalog`'s).
-    pub builtin_functions: HashSet<String>,
+    pub builtin_functions: Arc<HashSet<String>>,
 }
 
 #[derive(Debug, Clone)]

@@ -15,7 +15,7 @@ use tokio_postgres::NoTls;
 
 use shoal_local::{LocalError, PgBinaries, StopMode};
 
-mod ports;
+pub mod ports;
 mod secure;
 mod sweep;
 mod template;

@@ -18,7 +18,7 @@ use shoal_local::{InitOptions, PgBinaries, RunAs, StopMode};
 pub const DBNAME: &str = "shoal";
 
 /// Bump when the template's contents or settings change, so old templates are not reused.
-const TEMPLATE_FORMAT: &str = "1";
+const TEMPLATE_FORMAT: &str = "2";
 
 /// Settings for throwaway test servers: durability off, small memory.
 pub fn test_settings() -> Vec<(String, String)> {

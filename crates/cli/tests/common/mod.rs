@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod endpoint;
+
 use std::process::Output;
 
 use tokio_postgres::Client;

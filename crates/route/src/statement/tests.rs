@@ -1,4 +1,5 @@
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use super::*;
 use crate::topology::{Distribution, Shard};
@@ -115,11 +116,13 @@ fn topology() -> Topology {
     );
     Topology {
         search_path: vec!["public".into()],
-        tables,
-        builtin_functions: ["count", "sum", "lower", "now", "coalesce", "nextval"]
-            .into_iter()
-            .map(String::from)
-            .collect::<HashSet<_>>(),
+        tables: Arc::new(tables),
+        builtin_functions: Arc::new(
+            ["count", "sum", "lower", "now", "coalesce", "nextval"]
+                .into_iter()
+                .map(String::from)
+                .collect::<HashSet<_>>(),
+        ),
     }
 }
 
@@ -155,7 +158,7 @@ fn a_key_lookup_goes_to_its_shard_renamed() {
     let index = index_of(KeyValue::Int8(42));
     let target = routed("SELECT id, amount FROM orders WHERE customer_id = 42", &[]);
     assert_eq!(target.shard_index, index);
-    assert_eq!(target.node, 1 + (index % 2) as i32);
+    assert_eq!(target.place, Place::Node(1 + (index % 2) as i32));
     assert_eq!(
         target.sql,
         format!(
@@ -271,11 +274,53 @@ fn reference_tables_are_read_on_the_node() {
         "SELECT * FROM items i JOIN kinds k ON k.id = i.kind WHERE i.customer_id = 3 FOR UPDATE",
         "locks rows of a reference table",
     );
-    planned_not(
-        "UPDATE kinds SET name = 'x' WHERE id = 1",
-        "writes reference table",
-    );
     planned_not("SELECT * FROM kinds WHERE id = 1", "no distributed table");
+}
+
+#[test]
+fn reference_writes_run_on_the_coordinator_where_they_are_authoritative() {
+    let target = routed(
+        "UPDATE kinds SET name = $1 WHERE id = 1",
+        &[Param::Text("x")],
+    );
+    assert_eq!(target.place, Place::Coordinator);
+    assert_eq!(
+        target.sql,
+        "UPDATE public.kinds kinds SET name = $1 WHERE id = 1"
+    );
+    let target = routed("SELECT name FROM kinds WHERE id = 1 FOR UPDATE", &[]);
+    assert_eq!(target.place, Place::Coordinator);
+    planned_not(
+        "UPDATE kinds k SET name = 'x' FROM orders o WHERE o.customer_id = 1 AND k.id = o.id",
+        "writes a reference table",
+    );
+    let plan = plan("DELETE FROM kinds WHERE id = 2", &topology()).unwrap();
+    assert!(plan.writes_reference());
+    assert_eq!(
+        plan.accesses(),
+        &[
+            (name("public", "kinds"), Privilege::Select),
+            (name("public", "kinds"), Privilege::Delete)
+        ]
+    );
+}
+
+#[test]
+fn a_plan_names_the_privileges_it_needs() {
+    let plan = plan(
+        "UPDATE items i SET qty = 1 FROM kinds k WHERE k.id = i.kind AND i.customer_id = 3",
+        &topology(),
+    )
+    .unwrap();
+    assert!(plan.reads_reference_replica());
+    assert_eq!(
+        plan.accesses(),
+        &[
+            (name("public", "items"), Privilege::Select),
+            (name("public", "kinds"), Privilege::Select),
+            (name("public", "items"), Privilege::Update)
+        ]
+    );
 }
 
 #[test]
@@ -416,8 +461,7 @@ fn a_moved_shard_group_needs_no_new_plan_but_a_changed_table_does() {
     let plan = plan(sql, &topology).unwrap();
     let index = index_of(KeyValue::Int8(4)) as usize;
     for table in ["orders", "items"] {
-        if let Placement::Distributed(d) = &mut topology
-            .tables
+        if let Placement::Distributed(d) = &mut Arc::make_mut(&mut topology.tables)
             .get_mut(&name("public", table))
             .unwrap()
             .placement
@@ -425,10 +469,9 @@ fn a_moved_shard_group_needs_no_new_plan_but_a_changed_table_does() {
             d.shards[index].node = 7;
         }
     }
-    assert_eq!(plan.bind(&[], &topology).unwrap().node, 7);
+    assert_eq!(plan.bind(&[], &topology).unwrap().place, Place::Node(7));
     // Half moved (the catalog read between the two rows' updates) is refused, not guessed.
-    if let Placement::Distributed(d) = &mut topology
-        .tables
+    if let Placement::Distributed(d) = &mut Arc::make_mut(&mut topology.tables)
         .get_mut(&name("public", "items"))
         .unwrap()
         .placement
@@ -436,7 +479,7 @@ fn a_moved_shard_group_needs_no_new_plan_but_a_changed_table_does() {
         d.shards[index].node = 8;
     }
     assert!(plan.bind(&[], &topology).is_err());
-    topology.tables.remove(&name("public", "items"));
+    Arc::make_mut(&mut topology.tables).remove(&name("public", "items"));
     assert!(plan.bind(&[], &topology).is_err());
 }
 

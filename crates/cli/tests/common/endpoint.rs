@@ -1,0 +1,141 @@
+//! Shoal's endpoint in tests: `shoal serve` listening on a free port, and pgbench through it.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::process::{Child, Command};
+use tokio_postgres::Client;
+
+use super::Shoal;
+
+/// A running `shoal serve` with its PostgreSQL endpoint; killed when dropped.
+pub struct Endpoint {
+    pub child: Child,
+    pub port: u16,
+    pub http_port: u16,
+    pub uri: String,
+}
+
+impl Shoal {
+    /// Starts `shoal serve` with its endpoint on a free port and waits until it accepts.
+    pub async fn start_endpoint(&self) -> Endpoint {
+        let port = shoal_testkit::ports::reserve();
+        let http_port = shoal_testkit::ports::reserve();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_shoal"))
+            .args([
+                "serve",
+                "--http",
+                &format!("127.0.0.1:{http_port}"),
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+            ])
+            .env("SHOAL_COORDINATOR", self.pg.coordinator_uri())
+            .env_remove("SHOAL_CONFIG")
+            .env("SHOAL_LOG", "shoal_endpoint=debug")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("shoal serve starts");
+        let coordinator = url::Url::parse(&self.pg.coordinator_uri()).unwrap();
+        let mut uri = coordinator.clone();
+        uri.set_port(Some(port)).unwrap();
+        for _ in 0..200 {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("shoal serve exited: {status}");
+            }
+            if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+            {
+                return Endpoint {
+                    child,
+                    port,
+                    http_port,
+                    uri: uri.to_string(),
+                };
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the endpoint did not start listening on {port}");
+    }
+}
+
+impl Endpoint {
+    pub async fn connect(&self) -> Client {
+        let (client, connection) = tokio_postgres::connect(&self.uri, tokio_postgres::NoTls)
+            .await
+            .expect("connect through the endpoint");
+        tokio::spawn(connection);
+        client
+    }
+
+    /// The endpoint's counters from `/metrics`, by name.
+    pub async fn metrics(&self) -> std::collections::HashMap<String, u64> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut socket = tokio::net::TcpStream::connect(("127.0.0.1", self.http_port))
+            .await
+            .expect("the HTTP endpoint answers");
+        socket
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .await
+            .unwrap();
+        let mut body = String::new();
+        socket.read_to_string(&mut body).await.unwrap();
+        body.lines()
+            .filter(|l| l.starts_with("shoal_endpoint_"))
+            .filter_map(|l| {
+                let (name, value) = l.split_once(' ')?;
+                Some((name.to_string(), value.trim().parse().ok()?))
+            })
+            .collect()
+    }
+
+    /// Kills the process at once (as a crash would).
+    pub async fn kill(&mut self) {
+        let _ = self.child.kill().await;
+        shoal_testkit::ports::release(self.port);
+    }
+}
+
+/// What a pgbench run reported.
+#[derive(Debug)]
+pub struct PgbenchRun {
+    pub processed: u64,
+    pub failed: u64,
+    pub output: String,
+}
+
+/// Runs pgbench with `args` against `uri`; panics with its output if it failed.
+pub async fn pgbench(uri: &str, args: &[&str]) -> PgbenchRun {
+    let pgbench = shoal_testkit::binaries().program("pgbench");
+    let output = Command::new(&pgbench)
+        .args(args)
+        .arg(uri)
+        .output()
+        .await
+        .expect("pgbench runs");
+    let text = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.status.success(), "pgbench failed:\n{text}");
+    let number = |label: &str| {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(label))
+            .and_then(|rest| {
+                rest.trim()
+                    .split(|c: char| !c.is_ascii_digit())
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or(0)
+    };
+    PgbenchRun {
+        processed: number("number of transactions actually processed:"),
+        failed: number("number of failed transactions:"),
+        output: text,
+    }
+}

@@ -1,0 +1,138 @@
+//! Starting the endpoint: its instance lock, the router's view and the pools' targets kept
+//! current, recovery of in-doubt transactions, and the listener.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_postgres::Client;
+
+use crate::error::EndpointError;
+use crate::shared::Shared;
+use crate::{listener, twophase};
+use shoal_catalog::{model, ConnectParams};
+use shoal_route::Place;
+
+/// How often the router's view is read again from the catalog.
+const TOPOLOGY_INTERVAL: Duration = Duration::from_millis(500);
+/// How often recovery looks for in-doubt prepared transactions.
+const RECOVERY_INTERVAL: Duration = Duration::from_secs(5);
+
+/// A running endpoint.
+pub struct Endpoint {
+    pub shared: Arc<Shared>,
+    pub address: SocketAddr,
+}
+
+/// Binds `listen`, takes the instance lock, loads the cluster, resolves what earlier
+/// endpoints left in doubt, and serves until `shutdown` changes.
+pub async fn start(
+    params: ConnectParams,
+    listen: &str,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(Endpoint, tokio::task::JoinHandle<()>), EndpointError> {
+    let listener = TcpListener::bind(listen).await.map_err(|e| {
+        EndpointError::Protocol(format!(
+            "cannot listen on {listen}: {e}; choose another address with --listen HOST:PORT"
+        ))
+    })?;
+    let address = listener.local_addr()?;
+    let instance = rand::random::<i32>().abs().max(1);
+    let lock = shoal_catalog::connect(&params, "shoal endpoint").await?;
+    lock.execute(
+        "SELECT pg_catalog.pg_advisory_lock($1, $2)",
+        &[&twophase::INSTANCE_LOCK_CLASS, &instance],
+    )
+    .await?;
+    let shared = Arc::new(Shared::new(params.clone(), instance));
+    shared.lock_held.store(true, Ordering::SeqCst);
+    let mut servers = Servers::default();
+    refresh(&shared, &lock).await?;
+    recover(&shared, &lock, &mut servers).await;
+    let accept = tokio::spawn(listener::accept(shared.clone(), listener, shutdown.clone()));
+    let duties = {
+        let shared = shared.clone();
+        let mut shutdown = shutdown;
+        tokio::spawn(async move {
+            let mut last_recovery = Instant::now();
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(TOPOLOGY_INTERVAL) => {}
+                    _ = shutdown.changed() => break,
+                }
+                if lock.is_closed() {
+                    shared.lock_held.store(false, Ordering::SeqCst);
+                    tracing::error!("the endpoint lost its coordinator connection; it commits no more multi-server transactions");
+                    continue;
+                }
+                if let Err(error) = refresh(&shared, &lock).await {
+                    tracing::warn!(%error, "reading the cluster's topology");
+                }
+                if last_recovery.elapsed() >= RECOVERY_INTERVAL {
+                    recover(&shared, &lock, &mut servers).await;
+                    last_recovery = Instant::now();
+                }
+            }
+            accept.abort();
+        })
+    };
+    Ok((Endpoint { shared, address }, duties))
+}
+
+/// Reads the router's view and the servers again.
+async fn refresh(shared: &Shared, client: &Client) -> Result<(), EndpointError> {
+    let topology = shoal_cluster::topology::load_topology(client, Vec::new()).await?;
+    *shared.topology.write().expect("topology lock") = Arc::new(topology);
+    let mut targets = HashMap::new();
+    targets.insert(Place::Coordinator, shared.coordinator.clone());
+    for node in model::list_nodes(client).await? {
+        targets.insert(
+            Place::Node(node.node_id),
+            shared
+                .coordinator
+                .with_target(&node.host, node.port, &node.dbname),
+        );
+    }
+    shared.pool.set_targets(targets);
+    Ok(())
+}
+
+/// Shoal's connections for recovery, opened as needed.
+#[derive(Default)]
+struct Servers {
+    clients: HashMap<Place, Client>,
+}
+
+async fn recover(shared: &Arc<Shared>, coordinator: &Client, servers: &mut Servers) {
+    servers.clients.retain(|_, c| !c.is_closed());
+    for (place, params) in shared.pool.nodes() {
+        if place == Place::Coordinator || servers.clients.contains_key(&place) {
+            continue;
+        }
+        match shoal_catalog::connect(&params, "shoal endpoint recovery").await {
+            Ok(client) => {
+                servers.clients.insert(place, client);
+            }
+            Err(error) => tracing::warn!(?place, %error, "recovery cannot reach a node"),
+        }
+    }
+    let mut list: Vec<(Place, &Client)> = vec![(Place::Coordinator, coordinator)];
+    list.extend(servers.clients.iter().map(|(p, c)| (*p, c)));
+    let in_flight = |transaction: &str| shared.is_in_flight(transaction);
+    match twophase::recover(coordinator, &list, shared.instance, &in_flight).await {
+        Ok((committed, rolled_back)) => {
+            let metrics = &shared.metrics;
+            metrics
+                .in_doubt_committed
+                .fetch_add(committed, Ordering::Relaxed);
+            metrics
+                .in_doubt_rolled_back
+                .fetch_add(rolled_back, Ordering::Relaxed);
+        }
+        Err(error) => tracing::warn!(%error, "recovering in-doubt transactions"),
+    }
+}

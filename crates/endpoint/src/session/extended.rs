@@ -1,0 +1,365 @@
+//! The extended query protocol: Parse, Bind, Describe, Execute, Close, Flush.
+//!
+//! A statement the router may send to a node, or transaction control, is parsed by the
+//! endpoint alone (ParseComplete answered at once); its server is known at Bind, from the
+//! parameters, and the node gets Parse (of the rewritten text), Bind and what follows. Any
+//! other statement is parsed on the coordinator session as the client wrote it. A statement
+//! the coordinator must answer after all (or describe before any Bind) is parsed there when
+//! that happens.
+
+use pgwire::messages::data::{NoData, ParameterDescription};
+use pgwire::messages::extendedquery::{
+    Bind, BindComplete, Close, CloseComplete, Describe, Execute, Parse, ParseComplete,
+};
+use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
+
+use super::{params, Await, Dest, Route, Session};
+use crate::control::{self, Control};
+use crate::error::EndpointError;
+use shoal_route::{NotRoutable, Plan};
+
+pub struct Prepared {
+    sql: String,
+    types: Vec<u32>,
+    control: Control,
+    /// The router's plan, when the statement may go to a node.
+    plan: Option<Plan>,
+    /// Parsed on the coordinator session under the client's name.
+    on_coordinator: bool,
+}
+
+pub enum Portal {
+    /// Bound on a server under the client's portal name.
+    Server(Dest),
+    /// Transaction control, run by the endpoint at Execute.
+    Control(Control, String),
+}
+
+fn name(name: &Option<String>) -> String {
+    name.clone().unwrap_or_default()
+}
+
+impl Session {
+    pub(super) async fn extended(
+        &mut self,
+        message: PgWireFrontendMessage,
+    ) -> Result<(), EndpointError> {
+        match message {
+            PgWireFrontendMessage::Parse(parse) => self.parse(parse).await,
+            PgWireFrontendMessage::Bind(bind) => self.bind(bind).await,
+            PgWireFrontendMessage::Describe(describe) => self.describe(describe).await,
+            PgWireFrontendMessage::Execute(execute) => self.execute(execute).await,
+            PgWireFrontendMessage::Close(close) => self.close(close).await,
+            PgWireFrontendMessage::Flush(_) => {
+                self.complete_segment().await?;
+                self.client.flush().await
+            }
+            _ => Ok(()),
+        }
+    }
+
+    async fn parse(&mut self, parse: Parse) -> Result<(), EndpointError> {
+        let statement = name(&parse.name);
+        let control = control::classify(&parse.query);
+        let plan = match control {
+            Control::Statement => shoal_route::plan(&parse.query, &self.topology()).ok(),
+            _ => None,
+        };
+        let deferred = plan.is_some()
+            || matches!(
+                control,
+                Control::Begin { .. }
+                    | Control::Commit
+                    | Control::Rollback
+                    | Control::Savepoint(_)
+                    | Control::Release(_)
+                    | Control::RollbackTo(_)
+            );
+        let prepared = Prepared {
+            sql: parse.query.clone(),
+            types: parse.type_oids.clone(),
+            control,
+            plan,
+            on_coordinator: !deferred,
+        };
+        if deferred {
+            if !statement.is_empty() && self.statements.contains_key(&statement) {
+                let error = crate::error::ServerError::new(
+                    "42P05",
+                    format!("prepared statement \"{statement}\" already exists"),
+                );
+                return self.local_error(error).await;
+            }
+            self.statements.insert(statement, prepared);
+            return self
+                .local(PgWireBackendMessage::ParseComplete(ParseComplete::new()))
+                .await;
+        }
+        self.statements.insert(statement, prepared);
+        self.send(
+            Dest::Session,
+            PgWireFrontendMessage::Parse(parse),
+            Some(Await::Parse),
+            true,
+        )
+        .await
+    }
+
+    /// Parses a deferred statement on the coordinator session, answers swallowed.
+    async fn parse_on_coordinator(&mut self, statement: &str) -> Result<(), EndpointError> {
+        let Some(prepared) = self.statements.get_mut(statement) else {
+            return Ok(());
+        };
+        if prepared.on_coordinator {
+            return Ok(());
+        }
+        prepared.on_coordinator = true;
+        let parse = Parse::new(
+            (!statement.is_empty()).then(|| statement.to_string()),
+            prepared.sql.clone(),
+            prepared.types.clone(),
+        );
+        self.send(
+            Dest::Session,
+            PgWireFrontendMessage::Parse(parse),
+            Some(Await::Parse),
+            false,
+        )
+        .await
+    }
+
+    async fn bind(&mut self, bind: Bind) -> Result<(), EndpointError> {
+        let statement = name(&bind.statement_name);
+        let portal = name(&bind.portal_name);
+        let Some(prepared) = self.statements.get(&statement) else {
+            // Unknown here: the coordinator answers with PostgreSQL's error.
+            self.portals.insert(portal, Portal::Server(Dest::Session));
+            return self
+                .send(
+                    Dest::Session,
+                    PgWireFrontendMessage::Bind(bind),
+                    Some(Await::Bind),
+                    true,
+                )
+                .await;
+        };
+        let coordinator_path =
+            matches!(&self.txn, Some(t) if t.path == crate::transaction::Path::Coordinator);
+        if prepared.plan.is_none() && !coordinator_path && prepared.control != Control::Statement {
+            if let Control::Begin { .. }
+            | Control::Commit
+            | Control::Rollback
+            | Control::Savepoint(_)
+            | Control::Release(_)
+            | Control::RollbackTo(_) = prepared.control
+            {
+                let (control, sql) = (prepared.control.clone(), prepared.sql.clone());
+                self.portals.insert(portal, Portal::Control(control, sql));
+                return self
+                    .local(PgWireBackendMessage::BindComplete(BindComplete::new()))
+                    .await;
+            }
+        }
+        let routed = match &prepared.plan {
+            Some(plan) => {
+                let values = params(
+                    &bind.parameters,
+                    &bind.parameter_format_codes,
+                    &prepared.types,
+                );
+                plan.bind(&values, &self.topology())
+                    .map(|t| (t, plan.clone()))
+            }
+            None => Err(NotRoutable("it goes to the coordinator".into())),
+        };
+        let types = prepared.types.clone();
+        let target = routed.as_ref().ok().map(|(t, _)| t.clone());
+        let route = match &routed {
+            Ok((target, plan)) => self.route(Ok((target.clone(), plan))).await?,
+            Err(reason) => self.route(Err(reason.clone())).await?,
+        };
+        match route {
+            Route::Refused(error) => {
+                self.shared.metrics.refused();
+                self.local_error(error).await
+            }
+            Route::Coordinator { begin_first } => {
+                self.shared.metrics.to_coordinator();
+                if begin_first {
+                    self.begin_on_coordinator().await?;
+                }
+                self.parse_on_coordinator(&statement).await?;
+                self.portals.insert(portal, Portal::Server(Dest::Session));
+                self.send(
+                    Dest::Session,
+                    PgWireFrontendMessage::Bind(bind),
+                    Some(Await::Bind),
+                    true,
+                )
+                .await
+            }
+            Route::Participant { place, join } => {
+                self.shared.metrics.routed();
+                if join {
+                    self.complete_segment().await?;
+                    if let Err(error) = self.join(place).await? {
+                        return self.local_error(error).await;
+                    }
+                } else if let Err(error) = self.hold(place).await {
+                    return self
+                        .local_error(super::connect_failure(place, &error))
+                        .await;
+                }
+                let target = target.expect("a routed statement has its target");
+                let dest = Dest::Shoal(place);
+                let parse = Parse::new(None, target.sql, types);
+                self.send(
+                    dest,
+                    PgWireFrontendMessage::Parse(parse),
+                    Some(Await::Parse),
+                    false,
+                )
+                .await?;
+                let mut bind = bind;
+                bind.statement_name = None;
+                self.portals.insert(portal, Portal::Server(dest));
+                self.send(
+                    dest,
+                    PgWireFrontendMessage::Bind(bind),
+                    Some(Await::Bind),
+                    true,
+                )
+                .await
+            }
+        }
+    }
+
+    async fn describe(&mut self, describe: Describe) -> Result<(), EndpointError> {
+        let target = name(&describe.name);
+        if describe.target_type == b'S' {
+            let control = self
+                .statements
+                .get(&target)
+                .map(|p| (p.plan.is_none(), p.on_coordinator));
+            if let Some((true, false)) = control {
+                // Transaction control: no parameters, no rows.
+                self.local(PgWireBackendMessage::ParameterDescription(
+                    ParameterDescription::new(vec![]),
+                ))
+                .await?;
+                return self
+                    .local(PgWireBackendMessage::NoData(NoData::new()))
+                    .await;
+            }
+            self.parse_on_coordinator(&target).await?;
+            return self
+                .send(
+                    Dest::Session,
+                    PgWireFrontendMessage::Describe(describe),
+                    Some(Await::Describe),
+                    true,
+                )
+                .await;
+        }
+        match self.portals.get(&target) {
+            Some(Portal::Control(..)) => {
+                self.local(PgWireBackendMessage::NoData(NoData::new()))
+                    .await
+            }
+            Some(Portal::Server(dest)) => {
+                let dest = *dest;
+                self.send(
+                    dest,
+                    PgWireFrontendMessage::Describe(describe),
+                    Some(Await::Describe),
+                    true,
+                )
+                .await
+            }
+            None => {
+                self.send(
+                    Dest::Session,
+                    PgWireFrontendMessage::Describe(describe),
+                    Some(Await::Describe),
+                    true,
+                )
+                .await
+            }
+        }
+    }
+
+    async fn execute(&mut self, execute: Execute) -> Result<(), EndpointError> {
+        let portal = name(&execute.name);
+        match self.portals.get(&portal) {
+            Some(Portal::Control(control, sql)) => {
+                let (control, sql) = (control.clone(), sql.clone());
+                if !self.run_control(&control, &sql).await? {
+                    // Bound before an earlier statement of the same batch gave the
+                    // transaction to the coordinator.
+                    let error = crate::error::ServerError::new(
+                        "0A000",
+                        "transaction control bound before the transaction moved to the \
+                         coordinator; send it again",
+                    );
+                    self.local_error(error).await?;
+                }
+                Ok(())
+            }
+            Some(Portal::Server(dest)) => {
+                let dest = *dest;
+                self.send(
+                    dest,
+                    PgWireFrontendMessage::Execute(execute),
+                    Some(Await::Execute),
+                    true,
+                )
+                .await
+            }
+            None => {
+                self.send(
+                    Dest::Session,
+                    PgWireFrontendMessage::Execute(execute),
+                    Some(Await::Execute),
+                    true,
+                )
+                .await
+            }
+        }
+    }
+
+    async fn close(&mut self, close: Close) -> Result<(), EndpointError> {
+        let target = name(&close.name);
+        let dest = if close.target_type == b'S' {
+            match self.statements.remove(&target) {
+                Some(p) if !p.on_coordinator => None,
+                _ => Some(Dest::Session),
+            }
+        } else {
+            match self.portals.remove(&target) {
+                Some(Portal::Server(dest)) => Some(dest),
+                Some(Portal::Control(..)) => None,
+                None => Some(Dest::Session),
+            }
+        };
+        match dest {
+            // A participant released since then has closed its portals with its transaction.
+            Some(Dest::Shoal(place)) if !self.held.contains_key(&place) => {
+                self.local(PgWireBackendMessage::CloseComplete(CloseComplete::new()))
+                    .await
+            }
+            Some(dest) => {
+                self.send(
+                    dest,
+                    PgWireFrontendMessage::Close(close),
+                    Some(Await::Close),
+                    true,
+                )
+                .await
+            }
+            None => {
+                self.local(PgWireBackendMessage::CloseComplete(CloseComplete::new()))
+                    .await
+            }
+        }
+    }
+}

@@ -1,0 +1,278 @@
+//! Reading a server's answers and passing them on: rows and descriptions unchanged, the
+//! endpoint's own injected statements swallowed, COPY data streamed both ways.
+
+use std::collections::VecDeque;
+
+use pgwire::messages::extendedquery::{Bind, Close, Execute, Parse};
+use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
+
+use super::{Await, Dest, Session};
+use crate::error::EndpointError;
+
+/// Reserved names for statements the endpoint injects into a client's batch.
+const INJECTED: &str = "__shoal_injected";
+
+impl Session {
+    /// Queues an extended-protocol message for `dest`, answering with `awaits` (relayed to
+    /// the client when `relay`); flushes another server's pending messages first.
+    pub(super) async fn send(
+        &mut self,
+        dest: Dest,
+        message: PgWireFrontendMessage,
+        awaits: Option<Await>,
+        relay: bool,
+    ) -> Result<(), EndpointError> {
+        if self.segment.as_ref().is_some_and(|(d, _)| *d != dest) {
+            self.complete_segment().await?;
+        }
+        if !self.touched.contains(&dest) {
+            self.touched.push(dest);
+        }
+        self.conn(dest).framed.queue_frontend(&message)?;
+        let segment = self.segment.get_or_insert_with(|| (dest, VecDeque::new()));
+        if let Some(awaits) = awaits {
+            segment.1.push_back((awaits, relay));
+        }
+        Ok(())
+    }
+
+    /// Runs one statement of the endpoint's own inside the client's open batch on `dest`,
+    /// answers swallowed (an error still reaches the client, and ends the batch).
+    pub(super) async fn inject(&mut self, dest: Dest, sql: &str) -> Result<(), EndpointError> {
+        let name = Some(INJECTED.to_string());
+        let messages = [
+            (
+                PgWireFrontendMessage::Parse(Parse::new(name.clone(), sql.to_string(), vec![])),
+                Await::Parse,
+            ),
+            (
+                PgWireFrontendMessage::Bind(Bind::new(
+                    name.clone(),
+                    name.clone(),
+                    vec![],
+                    vec![],
+                    vec![],
+                )),
+                Await::Bind,
+            ),
+            (
+                PgWireFrontendMessage::Execute(Execute::new(name.clone(), 0)),
+                Await::Execute,
+            ),
+            (
+                PgWireFrontendMessage::Close(Close::new(b'P', name.clone())),
+                Await::Close,
+            ),
+            (
+                PgWireFrontendMessage::Close(Close::new(b'S', name)),
+                Await::Close,
+            ),
+        ];
+        for (message, awaits) in messages {
+            self.send(dest, message, Some(awaits), false).await?;
+        }
+        Ok(())
+    }
+
+    /// Flushes the pending server and relays what it owes the client.
+    pub(super) async fn complete_segment(&mut self) -> Result<(), EndpointError> {
+        let Some((dest, awaits)) = self.segment.as_ref() else {
+            return Ok(());
+        };
+        let dest = *dest;
+        if awaits.is_empty() {
+            self.segment = None;
+            return Ok(());
+        }
+        let conn = self.conn(dest);
+        conn.framed.queue_frontend(&PgWireFrontendMessage::Flush(
+            pgwire::messages::extendedquery::Flush::new(),
+        ))?;
+        conn.framed.flush().await?;
+        self.pump(dest, false).await
+    }
+
+    /// Reads `dest`'s answers: until it owes nothing more (`until_ready` false), or until
+    /// its ReadyForQuery (after a Sync or a simple query).
+    pub(super) async fn pump(
+        &mut self,
+        dest: Dest,
+        until_ready: bool,
+    ) -> Result<(), EndpointError> {
+        self.set_running(dest).await;
+        let result = self.pump_inner(dest, until_ready).await;
+        *self.running.lock().expect("cancel lock") = None;
+        if result.is_err() {
+            if let Dest::Shoal(place) = dest {
+                if let Some(pooled) = self.held.get_mut(&place) {
+                    pooled.reusable = false;
+                }
+            }
+        }
+        result
+    }
+
+    async fn pump_inner(&mut self, dest: Dest, until_ready: bool) -> Result<(), EndpointError> {
+        loop {
+            let owed = self
+                .segment
+                .as_ref()
+                .filter(|(d, _)| *d == dest)
+                .map_or(0, |(_, a)| a.len());
+            if !until_ready && owed == 0 {
+                self.segment = None;
+                return Ok(());
+            }
+            let message = self.conn(dest).framed.read_backend().await?;
+            let front = self
+                .segment
+                .as_ref()
+                .filter(|(d, _)| *d == dest)
+                .and_then(|(_, a)| a.front().copied());
+            let relay_front = front.is_none_or(|(_, relay)| relay);
+            let mut completes = None;
+            let relay = match &message {
+                PgWireBackendMessage::ReadyForQuery(ready) => {
+                    self.conn(dest).status = crate::server::status_byte(ready);
+                    if until_ready {
+                        if self.segment.as_ref().is_some_and(|(d, _)| *d == dest) {
+                            self.segment = None;
+                        }
+                        return Ok(());
+                    }
+                    false
+                }
+                PgWireBackendMessage::ErrorResponse(_) => {
+                    // The server skips the rest until Sync; so does the session.
+                    if let Some((d, awaits)) = self.segment.as_mut() {
+                        if *d == dest {
+                            awaits.clear();
+                        }
+                    }
+                    self.after_error();
+                    true
+                }
+                PgWireBackendMessage::ParseComplete(_) => {
+                    completes = Some(Await::Parse);
+                    relay_front
+                }
+                PgWireBackendMessage::BindComplete(_) => {
+                    completes = Some(Await::Bind);
+                    relay_front
+                }
+                PgWireBackendMessage::CloseComplete(_) => {
+                    completes = Some(Await::Close);
+                    relay_front
+                }
+                PgWireBackendMessage::ParameterDescription(_) => relay_front,
+                PgWireBackendMessage::RowDescription(_) | PgWireBackendMessage::NoData(_) => {
+                    if front.is_some_and(|(a, _)| a == Await::Describe) {
+                        completes = Some(Await::Describe);
+                    }
+                    relay_front
+                }
+                PgWireBackendMessage::CommandComplete(_)
+                | PgWireBackendMessage::EmptyQueryResponse(_)
+                | PgWireBackendMessage::PortalSuspended(_) => {
+                    if front.is_some_and(|(a, _)| a == Await::Execute) {
+                        completes = Some(Await::Execute);
+                    }
+                    relay_front
+                }
+                PgWireBackendMessage::ParameterStatus(_) => dest == Dest::Session,
+                PgWireBackendMessage::CopyInResponse(_) => {
+                    self.queue(message)?;
+                    self.client.flush().await?;
+                    self.copy_in(dest).await?;
+                    continue;
+                }
+                _ => relay_front,
+            };
+            if let Some(kind) = completes {
+                if let Some((d, awaits)) = self.segment.as_mut() {
+                    if *d == dest && awaits.front().is_some_and(|(a, _)| *a == kind) {
+                        awaits.pop_front();
+                    }
+                }
+            }
+            if relay {
+                self.queue(message)?;
+            }
+        }
+    }
+
+    /// Streams the client's COPY data to `dest` until the client ends it.
+    async fn copy_in(&mut self, dest: Dest) -> Result<(), EndpointError> {
+        loop {
+            let Some(message) = self.client.read_frontend().await? else {
+                return Err(EndpointError::Closed);
+            };
+            let last = matches!(
+                message,
+                PgWireFrontendMessage::CopyDone(_) | PgWireFrontendMessage::CopyFail(_)
+            );
+            if matches!(
+                message,
+                PgWireFrontendMessage::CopyData(_)
+                    | PgWireFrontendMessage::CopyDone(_)
+                    | PgWireFrontendMessage::CopyFail(_)
+            ) {
+                self.conn(dest).framed.queue_frontend(&message)?;
+            }
+            if last {
+                self.conn(dest).framed.flush().await?;
+                return Ok(());
+            }
+            if self.conn(dest).framed.pending_output() > 256 * 1024 {
+                self.conn(dest).framed.flush().await?;
+            }
+        }
+    }
+
+    /// A simple query on `dest`, its answers relayed (its ReadyForQuery kept for ours).
+    pub(super) async fn relay_simple(
+        &mut self,
+        dest: Dest,
+        sql: &str,
+    ) -> Result<(), EndpointError> {
+        self.settle(dest).await?;
+        let conn = self.conn(dest);
+        conn.framed.queue_frontend(&PgWireFrontendMessage::Query(
+            pgwire::messages::simplequery::Query::new(sql.to_string()),
+        ))?;
+        conn.framed.flush().await?;
+        self.pump(dest, true).await
+    }
+
+    /// The client's Sync: every server its batch reached ends the batch, then the client
+    /// gets one ReadyForQuery with the transaction's status.
+    pub(super) async fn sync(&mut self) -> Result<(), EndpointError> {
+        let touched = std::mem::take(&mut self.touched);
+        let current = self.segment.as_ref().map(|(d, _)| *d);
+        // The pending server reads its Sync with its messages, in one round trip.
+        let mut order: Vec<Dest> = touched
+            .iter()
+            .copied()
+            .filter(|d| Some(*d) != current)
+            .collect();
+        order.extend(current);
+        for dest in &order {
+            let conn = self.conn(*dest);
+            conn.framed.queue_frontend(&PgWireFrontendMessage::Sync(
+                pgwire::messages::extendedquery::Sync::new(),
+            ))?;
+            conn.framed.flush().await?;
+        }
+        for dest in order {
+            self.pump(dest, true).await?;
+        }
+        self.segment = None;
+        self.skipping = false;
+        self.ready().await
+    }
+
+    async fn set_running(&mut self, dest: Dest) {
+        let handle = self.conn(dest).cancel_handle().await;
+        *self.running.lock().expect("cancel lock") = handle;
+    }
+}
