@@ -102,3 +102,272 @@ async fn tpc_b_through_the_endpoint_fails_nothing_and_keeps_its_balances() {
         assert_eq!(prepared, 0);
     }
 }
+
+/// The ids of `table` (distributed by `id`) each worker holds.
+async fn ids_by_worker(shoal: &common::Shoal, table: &str) -> Vec<Vec<i64>> {
+    let mut by_worker = Vec::new();
+    for worker in &shoal.pg.workers {
+        let client = worker.connect().await;
+        let shards: Vec<String> = client
+            .query(
+                "SELECT quote_ident(relname) FROM pg_class
+                 WHERE relname ~ ('^' || $1 || '_[0-9]+$') AND relkind = 'r'",
+                &[&table],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let mut ids = Vec::new();
+        for shard in shards {
+            for row in client
+                .query(&format!("SELECT id FROM {shard}"), &[])
+                .await
+                .unwrap()
+            {
+                ids.push(row.get::<_, i64>(0));
+            }
+        }
+        ids.sort();
+        by_worker.push(ids);
+    }
+    by_worker
+}
+
+async fn prepared_anywhere(shoal: &common::Shoal) -> i64 {
+    let mut total = 0;
+    for server in shoal.pg.servers() {
+        if let Ok((client, connection)) =
+            tokio_postgres::connect(&server.uri(), tokio_postgres::NoTls).await
+        {
+            tokio::spawn(connection);
+            if let Ok(row) = client
+                .query_one("SELECT count(*) FROM pg_prepared_xacts", &[])
+                .await
+            {
+                total += row.get::<_, i64>(0);
+            }
+        }
+    }
+    total
+}
+
+#[tokio::test]
+async fn a_commit_refused_on_either_node_leaves_nothing_anywhere() {
+    let shoal = common::start(2).await;
+    let sql = shoal.coordinator().await;
+    sql.batch_execute(
+        "CREATE TABLE kinds (id int PRIMARY KEY); INSERT INTO kinds VALUES (1);
+         CREATE TABLE items (id bigint PRIMARY KEY, kind int NOT NULL);
+         INSERT INTO items SELECT g, 1 FROM generate_series(1, 20) g;",
+    )
+    .await
+    .unwrap();
+    shoal
+        .cli(&["table", "reference", "kinds"])
+        .await
+        .assert_ok();
+    shoal
+        .cli(&[
+            "table",
+            "distribute",
+            "items",
+            "--column",
+            "id",
+            "--shards",
+            "4",
+        ])
+        .await
+        .assert_ok();
+    shoal
+        .cli(&[
+            "ddl",
+            "ALTER TABLE items ADD CONSTRAINT items_kind FOREIGN KEY (kind) REFERENCES kinds (id) \
+             DEFERRABLE INITIALLY DEFERRED",
+        ])
+        .await
+        .assert_ok();
+    // One id on each worker; the rows go, the ids keep their shards.
+    let by_worker = ids_by_worker(&shoal, "items").await;
+    let (a, b) = (by_worker[0][0], by_worker[1][0]);
+    sql.batch_execute("DELETE FROM items").await.unwrap();
+    let endpoint = shoal.start_endpoint().await;
+    let app = endpoint.connect().await;
+    // The key check runs when each node prepares: the first one to prepare fails, then the
+    // second.
+    for (first_kind, second_kind) in [(1, 999), (999, 1)] {
+        app.batch_execute("BEGIN").await.unwrap();
+        app.batch_execute(&format!("INSERT INTO items VALUES ({a}, {first_kind})"))
+            .await
+            .unwrap();
+        app.batch_execute(&format!("INSERT INTO items VALUES ({b}, {second_kind})"))
+            .await
+            .unwrap();
+        let error = app.batch_execute("COMMIT").await.unwrap_err();
+        let db = error.as_db_error().expect("a server error");
+        assert_eq!(db.code().code(), "23503", "{db:?}");
+        let rows: i64 = sql
+            .query_one("SELECT count(*) FROM items", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(rows, 0, "kinds {first_kind}, {second_kind}");
+        assert_eq!(prepared_anywhere(&shoal).await, 0);
+    }
+    app.batch_execute("BEGIN").await.unwrap();
+    for id in [a, b] {
+        app.batch_execute(&format!("INSERT INTO items VALUES ({id}, 1)"))
+            .await
+            .unwrap();
+    }
+    app.batch_execute("COMMIT").await.unwrap();
+    let rows: i64 = sql
+        .query_one("SELECT count(*) FROM items", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, 2);
+    assert!(endpoint.metrics().await["shoal_endpoint_two_phase_commits_total"] >= 3);
+}
+
+/// Clients moving one unit between two random accounts through the endpoint until `stop`;
+/// they reconnect after errors. Returns how many transfers were acknowledged.
+fn start_transfers(
+    uri: String,
+    accounts: i64,
+    clients: usize,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<u64>> {
+    use std::sync::atomic::Ordering;
+    (0..clients)
+        .map(|seed| {
+            let (uri, stop) = (uri.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(seed as u64);
+                let mut acknowledged = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let Ok((mut client, connection)) =
+                        tokio_postgres::connect(&uri, tokio_postgres::NoTls).await
+                    else {
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    };
+                    tokio::spawn(connection);
+                    while !stop.load(Ordering::Relaxed) {
+                        let from: i64 = rand::Rng::gen_range(&mut rng, 1..=accounts);
+                        let to: i64 = rand::Rng::gen_range(&mut rng, 1..=accounts);
+                        let result: Result<(), tokio_postgres::Error> = async {
+                            let tx = client.transaction().await?;
+                            tx.execute(
+                                "UPDATE accounts SET balance = balance - 1 WHERE id = $1",
+                                &[&from],
+                            )
+                            .await?;
+                            tx.execute(
+                                "UPDATE accounts SET balance = balance + 1 WHERE id = $1",
+                                &[&to],
+                            )
+                            .await?;
+                            tx.commit().await
+                        }
+                        .await;
+                        match result {
+                            Ok(()) => acknowledged += 1,
+                            Err(_) if client.is_closed() => break,
+                            Err(_) => {}
+                        }
+                    }
+                }
+                acknowledged
+            })
+        })
+        .collect()
+}
+
+async fn total_balance(shoal: &common::Shoal) -> i64 {
+    shoal
+        .coordinator()
+        .await
+        .query_one("SELECT sum(balance)::bigint FROM accounts", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test]
+async fn crashes_of_a_worker_the_coordinator_and_the_endpoint_lose_no_transfer_half() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Duration;
+
+    const ACCOUNTS: i64 = 200;
+    let shoal = common::start(2).await;
+    shoal
+        .coordinator()
+        .await
+        .batch_execute(&format!(
+            "CREATE TABLE accounts (id bigint PRIMARY KEY, balance bigint NOT NULL);
+             INSERT INTO accounts SELECT g, 1000 FROM generate_series(1, {ACCOUNTS}) g;"
+        ))
+        .await
+        .unwrap();
+    shoal
+        .cli(&[
+            "table",
+            "distribute",
+            "accounts",
+            "--column",
+            "id",
+            "--shards",
+            "4",
+        ])
+        .await
+        .assert_ok();
+    let (port, http_port) = (
+        shoal_testkit::ports::reserve(),
+        shoal_testkit::ports::reserve(),
+    );
+    let mut endpoint = shoal.start_endpoint_at(port, http_port).await;
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let clients = start_transfers(endpoint.uri.clone(), ACCOUNTS, 4, stop.clone());
+    let pause = Duration::from_millis(1500);
+
+    tokio::time::sleep(pause).await;
+    shoal.pg.workers[0].crash();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    shoal.pg.workers[0].restart();
+    tokio::time::sleep(pause).await;
+    shoal.pg.coordinator.crash();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    shoal.pg.coordinator.restart();
+    tokio::time::sleep(pause).await;
+    endpoint.kill().await;
+    endpoint = shoal.start_endpoint_at(port, http_port).await;
+    tokio::time::sleep(pause).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut acknowledged = 0;
+    for client in clients {
+        acknowledged += client.await.unwrap();
+    }
+    assert!(
+        acknowledged > 50,
+        "only {acknowledged} transfers went through"
+    );
+
+    // Recovery (every 5 s) settles whatever the crashes left prepared.
+    let mut left = prepared_anywhere(&shoal).await;
+    for _ in 0..300 {
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        left = prepared_anywhere(&shoal).await;
+    }
+    assert_eq!(left, 0, "prepared transactions remain");
+    assert_eq!(total_balance(&shoal).await, ACCOUNTS * 1000);
+    let metrics = endpoint.metrics().await;
+    assert!(
+        metrics["shoal_endpoint_connections_total"] > 0,
+        "{metrics:?}"
+    );
+}

@@ -42,12 +42,7 @@ pub async fn start(
     })?;
     let address = listener.local_addr()?;
     let instance = rand::random::<i32>().abs().max(1);
-    let lock = shoal_catalog::connect(&params, "shoal endpoint").await?;
-    lock.execute(
-        "SELECT pg_catalog.pg_advisory_lock($1, $2)",
-        &[&twophase::INSTANCE_LOCK_CLASS, &instance],
-    )
-    .await?;
+    let lock = lock_instance(&params, instance).await?;
     let shared = Arc::new(Shared::new(params.clone(), instance));
     shared.lock_held.store(true, Ordering::SeqCst);
     let mut servers = Servers::default();
@@ -58,22 +53,37 @@ pub async fn start(
         let shared = shared.clone();
         let mut shutdown = shutdown;
         tokio::spawn(async move {
+            let mut lock = Some(lock);
             let mut last_recovery = Instant::now();
             loop {
                 tokio::select! {
                     _ = tokio::time::sleep(TOPOLOGY_INTERVAL) => {}
                     _ = shutdown.changed() => break,
                 }
-                if lock.is_closed() {
+                if lock.as_ref().is_none_or(Client::is_closed) {
+                    // The coordinator restarted (or the connection broke): the instance lock
+                    // is gone until it is taken again. Decisions stay safe meanwhile (the
+                    // decision row's key orders a commit against another endpoint's recovery).
                     shared.lock_held.store(false, Ordering::SeqCst);
-                    tracing::error!("the endpoint lost its coordinator connection; it commits no more multi-server transactions");
-                    continue;
+                    match lock_instance(&params, instance).await {
+                        Ok(client) => {
+                            lock = Some(client);
+                            shared.lock_held.store(true, Ordering::SeqCst);
+                            tracing::info!("the endpoint reconnected to the coordinator");
+                        }
+                        Err(error) => {
+                            lock = None;
+                            tracing::warn!(%error, "the coordinator is unreachable; will retry");
+                            continue;
+                        }
+                    }
                 }
-                if let Err(error) = refresh(&shared, &lock).await {
+                let client = lock.as_ref().expect("connected above");
+                if let Err(error) = refresh(&shared, client).await {
                     tracing::warn!(%error, "reading the cluster's topology");
                 }
                 if last_recovery.elapsed() >= RECOVERY_INTERVAL {
-                    recover(&shared, &lock, &mut servers).await;
+                    recover(&shared, client, &mut servers).await;
                     last_recovery = Instant::now();
                 }
             }
@@ -81,6 +91,17 @@ pub async fn start(
         })
     };
     Ok((Endpoint { shared, address }, duties))
+}
+
+/// A coordinator connection holding this instance's advisory lock for as long as it lives.
+async fn lock_instance(params: &ConnectParams, instance: i32) -> Result<Client, EndpointError> {
+    let lock = shoal_catalog::connect(params, "shoal endpoint").await?;
+    lock.execute(
+        "SELECT pg_catalog.pg_advisory_lock($1, $2)",
+        &[&twophase::INSTANCE_LOCK_CLASS, &instance],
+    )
+    .await?;
+    Ok(lock)
 }
 
 /// Reads the router's view and the servers again.
@@ -109,6 +130,7 @@ struct Servers {
 
 async fn recover(shared: &Arc<Shared>, coordinator: &Client, servers: &mut Servers) {
     servers.clients.retain(|_, c| !c.is_closed());
+    let mut every_server = true;
     for (place, params) in shared.pool.nodes() {
         if place == Place::Coordinator || servers.clients.contains_key(&place) {
             continue;
@@ -117,13 +139,24 @@ async fn recover(shared: &Arc<Shared>, coordinator: &Client, servers: &mut Serve
             Ok(client) => {
                 servers.clients.insert(place, client);
             }
-            Err(error) => tracing::warn!(?place, %error, "recovery cannot reach a node"),
+            Err(error) => {
+                every_server = false;
+                tracing::warn!(?place, %error, "recovery cannot reach a node");
+            }
         }
     }
     let mut list: Vec<(Place, &Client)> = vec![(Place::Coordinator, coordinator)];
     list.extend(servers.clients.iter().map(|(p, c)| (*p, c)));
     let in_flight = |transaction: &str| shared.is_in_flight(transaction);
-    match twophase::recover(coordinator, &list, shared.instance, &in_flight).await {
+    match twophase::recover(
+        coordinator,
+        &list,
+        every_server,
+        shared.instance,
+        &in_flight,
+    )
+    .await
+    {
         Ok((committed, rolled_back)) => {
             let metrics = &shared.metrics;
             metrics

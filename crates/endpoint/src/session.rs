@@ -65,6 +65,9 @@ pub struct Session {
     segment: Option<(Dest, VecDeque<(Await, bool)>)>,
     /// Servers that got extended-protocol messages since the last Sync.
     touched: Vec<Dest>,
+    /// Statements whose Describe went to the coordinator, in order: their parameter types
+    /// come back with it (a client that binds binary values often declares none).
+    describing: VecDeque<String>,
     /// An error was reported: client messages are dropped until Sync.
     skipping: bool,
     /// What a cancel request from the client interrupts.
@@ -98,6 +101,7 @@ impl Session {
             portals: HashMap::new(),
             segment: None,
             touched: Vec::new(),
+            describing: VecDeque::new(),
             skipping: false,
             running,
         };

@@ -4,7 +4,8 @@
 //! the decision), or, with no coordinator participant, records the decision in a transaction
 //! of its own; then every node commits its prepared part. After a crash anywhere, recovery
 //! commits the prepared parts whose decision is recorded and rolls back the rest, once their
-//! endpoint is gone (it held an advisory lock for its lifetime).
+//! endpoint is gone (it holds an advisory lock for its lifetime), after recording that
+//! decision: the decision row's key makes a late commit and recovery exclude each other.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -63,18 +64,20 @@ pub fn resolve(decided: bool, owner_alive: bool) -> Resolution {
     }
 }
 
-/// One pass of recovery over every server (Shoal's connections). A transaction of this
+/// One pass of recovery over the servers (Shoal's connections; `every_server` false when some
+/// could not be reached, so that no decision they may still need is removed). A transaction of this
 /// endpoint (`instance`) may still be decided while `in_flight` says so; another endpoint's
 /// while it holds its advisory lock. Returns how many prepared parts were committed and
 /// rolled back.
 pub async fn recover(
     coordinator: &Client,
     servers: &[(Place, &Client)],
+    every_server: bool,
     instance: i32,
     in_flight: &(dyn Fn(&str) -> bool + Send + Sync),
 ) -> Result<(u64, u64), EndpointError> {
     let mut prepared: BTreeMap<String, Vec<(Place, String)>> = BTreeMap::new();
-    let mut unreachable = false;
+    let mut unreachable = !every_server;
     for (place, client) in servers {
         let rows = match client
             .query(
@@ -98,16 +101,19 @@ pub async fn recover(
             }
         }
     }
-    let decided: BTreeSet<String> = coordinator
-        .query("SELECT transaction_id FROM shoal.commit_decision", &[])
+    let decisions: BTreeMap<String, bool> = coordinator
+        .query(
+            "SELECT transaction_id, committed FROM shoal.commit_decision",
+            &[],
+        )
         .await?
         .iter()
-        .map(|r| r.get(0))
+        .map(|r| (r.get(0), r.get(1)))
         .collect();
     let mut live = BTreeMap::new();
     let instances: BTreeSet<i32> = prepared
         .keys()
-        .chain(decided.iter())
+        .chain(decisions.keys())
         .filter_map(|t| t.split(':').nth(1).and_then(|i| i.parse().ok()))
         .collect();
     for other in instances {
@@ -145,7 +151,14 @@ pub async fn recover(
         let Some((_, owner)) = parse_gid(&parts[0].1) else {
             continue;
         };
-        let action = resolve(decided.contains(transaction), alive(transaction, owner));
+        if alive(transaction, owner) {
+            continue;
+        }
+        let decided = match decisions.get(transaction) {
+            Some(committed) => *committed,
+            None => decide_rollback(coordinator, transaction).await?,
+        };
+        let action = resolve(decided, false);
         let verb = match action {
             Resolution::Leave => continue,
             Resolution::Commit => "COMMIT PREPARED",
@@ -172,7 +185,7 @@ pub async fn recover(
     }
     // A decision is kept while any part may still be prepared somewhere.
     if !unreachable {
-        for transaction in decided.difference(&prepared.keys().cloned().collect()) {
+        for transaction in decisions.keys().filter(|t| !prepared.contains_key(*t)) {
             let owner = transaction
                 .split(':')
                 .nth(1)
@@ -189,6 +202,26 @@ pub async fn recover(
         }
     }
     Ok((committed, rolled_back))
+}
+
+/// Records the decision to roll back a transaction nobody decided, unless its commit got there
+/// first (the primary key orders the two: a commit in progress makes this wait for it).
+/// Returns whether the transaction committed.
+async fn decide_rollback(coordinator: &Client, transaction: &str) -> Result<bool, EndpointError> {
+    coordinator
+        .execute(
+            "INSERT INTO shoal.commit_decision (transaction_id, participants, committed)
+             VALUES ($1, '{}', false) ON CONFLICT (transaction_id) DO NOTHING",
+            &[&transaction],
+        )
+        .await?;
+    let row = coordinator
+        .query_one(
+            "SELECT committed FROM shoal.commit_decision WHERE transaction_id = $1",
+            &[&transaction],
+        )
+        .await?;
+    Ok(row.get(0))
 }
 
 #[cfg(test)]

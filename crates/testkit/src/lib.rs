@@ -88,6 +88,56 @@ impl TestServer {
         }
     }
 
+    /// Kills the postmaster and every process it started with SIGKILL, as a crash would, and
+    /// waits until they are gone. [`TestServer::restart`] runs crash recovery.
+    pub fn crash(&self) {
+        let pid_file = fs::read_to_string(self.data_dir.join("postmaster.pid")).unwrap_or_default();
+        let Some(pid) = pid_file
+            .lines()
+            .next()
+            .and_then(|l| l.trim().parse::<u32>().ok())
+        else {
+            panic!("shoal-testkit: {} is not running", self.name);
+        };
+        let mut pids = vec![pid];
+        if let Ok(entries) = fs::read_dir("/proc") {
+            for entry in entries.flatten() {
+                let stat = fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+                // pid (comm) state ppid ...: the command may hold spaces, so split after ')'.
+                let ppid = stat
+                    .rsplit_once(')')
+                    .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                    .and_then(|p| p.parse::<u32>().ok());
+                if ppid == Some(pid) {
+                    if let Ok(child) = entry.file_name().to_string_lossy().parse::<u32>() {
+                        pids.push(child);
+                    }
+                }
+            }
+        }
+        let _ = std::process::Command::new("kill")
+            .arg("-9")
+            .args(pids.iter().map(u32::to_string))
+            .status();
+        for _ in 0..500 {
+            if pids
+                .iter()
+                .all(|p| !Path::new(&format!("/proc/{p}")).exists())
+            {
+                return;
+            }
+            thread::sleep(std::time::Duration::from_millis(10));
+        }
+        panic!("shoal-testkit: {} did not die", self.name);
+    }
+
+    /// Starts it again on its port, after a stop or a crash.
+    pub fn restart(&self) {
+        if let Err(e) = shoal_local::start(&self.bins, &self.data_dir, &self.log_file) {
+            panic!("shoal-testkit: could not restart {}: {e}", self.name);
+        }
+    }
+
     fn stop(&self, mode: StopMode) -> Result<(), LocalError> {
         shoal_local::stop(&self.bins, &self.data_dir, mode)
     }

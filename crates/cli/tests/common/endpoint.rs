@@ -21,6 +21,11 @@ impl Shoal {
     pub async fn start_endpoint(&self) -> Endpoint {
         let port = shoal_testkit::ports::reserve();
         let http_port = shoal_testkit::ports::reserve();
+        self.start_endpoint_at(port, http_port).await
+    }
+
+    /// Starts `shoal serve` with its endpoint on `port` (and HTTP on `http_port`).
+    pub async fn start_endpoint_at(&self, port: u16, http_port: u16) -> Endpoint {
         let mut child = Command::new(env!("CARGO_BIN_EXE_shoal"))
             .args([
                 "serve",
@@ -91,10 +96,9 @@ impl Endpoint {
             .collect()
     }
 
-    /// Kills the process at once (as a crash would).
+    /// Kills the process at once with SIGKILL, as a crash would.
     pub async fn kill(&mut self) {
         let _ = self.child.kill().await;
-        shoal_testkit::ports::release(self.port);
     }
 }
 

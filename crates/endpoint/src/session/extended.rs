@@ -20,7 +20,8 @@ use shoal_route::{NotRoutable, Plan};
 
 pub struct Prepared {
     sql: String,
-    types: Vec<u32>,
+    /// As declared at Parse, completed by the coordinator's ParameterDescription.
+    pub(super) types: Vec<u32>,
     control: Control,
     /// The router's plan, when the statement may go to a node.
     plan: Option<Plan>,
@@ -252,6 +253,7 @@ impl Session {
                     .await;
             }
             self.parse_on_coordinator(&target).await?;
+            self.describing.push_back(target);
             return self
                 .send(
                     Dest::Session,

@@ -149,6 +149,9 @@ impl Session {
                             awaits.clear();
                         }
                     }
+                    if dest == Dest::Session {
+                        self.describing.clear();
+                    }
                     self.after_error();
                     true
                 }
@@ -164,7 +167,12 @@ impl Session {
                     completes = Some(Await::Close);
                     relay_front
                 }
-                PgWireBackendMessage::ParameterDescription(_) => relay_front,
+                PgWireBackendMessage::ParameterDescription(description) => {
+                    if dest == Dest::Session {
+                        self.learn_parameter_types(&description.types);
+                    }
+                    relay_front
+                }
                 PgWireBackendMessage::RowDescription(_) | PgWireBackendMessage::NoData(_) => {
                     if front.is_some_and(|(a, _)| a == Await::Describe) {
                         completes = Some(Await::Describe);
@@ -269,6 +277,23 @@ impl Session {
         self.segment = None;
         self.skipping = false;
         self.ready().await
+    }
+
+    /// The coordinator described a statement: its parameter types, where the client
+    /// declared none, say how binary parameters read.
+    fn learn_parameter_types(&mut self, types: &[u32]) {
+        let Some(name) = self.describing.pop_front() else {
+            return;
+        };
+        if let Some(prepared) = self.statements.get_mut(&name) {
+            let mut learned = types.to_vec();
+            for (i, declared) in prepared.types.iter().enumerate() {
+                if *declared != 0 && i < learned.len() {
+                    learned[i] = *declared;
+                }
+            }
+            prepared.types = learned;
+        }
     }
 
     async fn set_running(&mut self, dest: Dest) {
