@@ -32,10 +32,7 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "ddl propagation",
         include_str!("../migrations/0007_ddl_propagation.sql"),
     ),
-    (
-        "commit decisions",
-        include_str!("../migrations/0008_commit_decisions.sql"),
-    ),
+    ("endpoint", include_str!("../migrations/0008_endpoint.sql")),
 ];
 
 pub const LATEST_VERSION: i32 = MIGRATIONS.len() as i32;

@@ -371,3 +371,66 @@ async fn crashes_of_a_worker_the_coordinator_and_the_endpoint_lose_no_transfer_h
         "{metrics:?}"
     );
 }
+
+#[tokio::test]
+async fn a_parallel_rebalance_under_tpc_b_through_the_endpoint_fails_nothing() {
+    let mut shoal = pgbench_cluster("1").await;
+    let endpoint = shoal.start_endpoint().await;
+    let address = shoal.pg.add_worker().await.host_port();
+    shoal.cli(&["node", "add", &address]).await.assert_ok();
+    let uri = endpoint.uri.clone();
+    let load = tokio::spawn(async move {
+        pgbench(
+            &uri,
+            &[
+                "-c",
+                "4",
+                "-j",
+                "2",
+                "-T",
+                "25",
+                "--no-vacuum",
+                "-M",
+                "prepared",
+            ],
+        )
+        .await
+    });
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let started = std::time::Instant::now();
+    shoal
+        .cli(&[
+            "rebalance",
+            "start",
+            "--parallel-colocated",
+            "--parallel-reference",
+        ])
+        .await
+        .assert_ok();
+    let out = shoal.cli(&["rebalance", "wait"]).await;
+    assert!(out.success, "wait: {}{}", out.stdout, out.stderr);
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(20),
+        "the rebalance must end while pgbench still runs"
+    );
+    let run = load.await.unwrap();
+    assert_eq!(run.failed, 0, "{}", run.output);
+    assert!(run.processed > 100, "{}", run.output);
+    let sql = shoal.coordinator().await;
+    let (accounts, tellers, branches, history, rows) = balances(&sql).await;
+    assert_eq!(accounts, history);
+    assert_eq!(tellers, history);
+    assert_eq!(branches, history);
+    assert_eq!(rows, run.processed as i64);
+    let placed: i64 = sql
+        .query_one(
+            "SELECT count(DISTINCT node_id) FROM shoal.placement p JOIN shoal.shard s USING (shard_id)
+             JOIN shoal.distributed_table t USING (table_id) WHERE t.kind = 'hash'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(placed, 3, "the new worker holds shards");
+    assert_eq!(prepared_anywhere(&shoal).await, 0);
+}

@@ -16,7 +16,7 @@ use shoal_catalog::model::{self, CleanupObject, CleanupRecord};
 use shoal_sql::{quote_ident, QualifiedName};
 
 /// First key of the two-key advisory locks that mark running operations.
-const OPERATION_LOCK_CLASS: i32 = 0x5348_4f41;
+pub(crate) const OPERATION_LOCK_CLASS: i32 = 0x5348_4f41;
 
 /// Starts an operation: allocates its id and takes its lock on the catalog session.
 pub async fn begin_operation(cluster: &Cluster) -> Result<i64, ClusterError> {

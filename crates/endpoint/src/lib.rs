@@ -6,13 +6,14 @@
 //!
 //! - pure: `control` (what a statement means for the transaction), `transaction` (the path a
 //!   transaction takes and its participants), `twophase`'s naming and resolution rules,
-//!   `session::settings`;
+//!   `gate` (shard groups closed by a move's fence), `session::settings`;
 //! - the shell: `wire` (framing with `pgwire`'s message types), `server` (connections to the
 //!   servers), `pool`, `session` (one client), `listener` (accepting clients, cancel
 //!   requests), `twophase::recover`, `runtime` (start, topology refresh, recovery loop).
 
 pub mod control;
 pub mod error;
+pub mod gate;
 pub mod listener;
 pub mod pool;
 pub mod runtime;

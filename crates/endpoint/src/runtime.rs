@@ -12,9 +12,11 @@ use tokio::sync::watch;
 use tokio_postgres::Client;
 
 use crate::error::EndpointError;
+use crate::gate::Group;
 use crate::shared::Shared;
 use crate::{listener, twophase};
 use shoal_catalog::{model, ConnectParams};
+use shoal_cluster::fence;
 use shoal_route::Place;
 
 /// How often the router's view is read again from the catalog.
@@ -48,6 +50,14 @@ pub async fn start(
     let mut servers = Servers::default();
     refresh(&shared, &lock).await?;
     recover(&shared, &lock, &mut servers).await;
+    // Moves wait for this endpoint from now on: its fence watcher runs before any client.
+    let advertised = address.to_string();
+    fence::register_instance(&lock, instance, &advertised).await?;
+    tokio::spawn(watch_fences(
+        shared.clone(),
+        params.clone(),
+        shutdown.clone(),
+    ));
     let accept = tokio::spawn(listener::accept(shared.clone(), listener, shutdown.clone()));
     let duties = {
         let shared = shared.clone();
@@ -65,7 +75,14 @@ pub async fn start(
                     // is gone until it is taken again. Decisions stay safe meanwhile (the
                     // decision row's key orders a commit against another endpoint's recovery).
                     shared.lock_held.store(false, Ordering::SeqCst);
-                    match lock_instance(&params, instance).await {
+                    let locked = match lock_instance(&params, instance).await {
+                        Ok(client) => fence::register_instance(&client, instance, &advertised)
+                            .await
+                            .map(|()| client)
+                            .map_err(EndpointError::from),
+                        Err(error) => Err(error),
+                    };
+                    match locked {
                         Ok(client) => {
                             lock = Some(client);
                             shared.lock_held.store(true, Ordering::SeqCst);
@@ -88,9 +105,72 @@ pub async fn start(
                 }
             }
             accept.abort();
+            if let Some(client) = &lock {
+                let _ = fence::unregister_instance(client, instance).await;
+            }
         })
     };
     Ok((Endpoint { shared, address }, duties))
+}
+
+/// How often the fence watcher reads the fences: a move's cutover waits about this long for
+/// this endpoint, on top of the time its transactions in the group take to end.
+const FENCE_INTERVAL: Duration = Duration::from_millis(10);
+
+/// Closes the shard groups that moves fence, acknowledges each once no session works in it,
+/// and reopens a group once its fence is lowered and its new placement read.
+async fn watch_fences(
+    shared: Arc<Shared>,
+    params: ConnectParams,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut client: Option<Client> = None;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(FENCE_INTERVAL) => {}
+            _ = shutdown.changed() => return,
+        }
+        if client.as_ref().is_none_or(Client::is_closed) {
+            client = shoal_catalog::connect(&params, "shoal endpoint fences")
+                .await
+                .ok();
+        }
+        let Some(connected) = &client else {
+            continue;
+        };
+        if let Err(error) = watch_once(&shared, connected).await {
+            tracing::warn!(%error, "reading the moves' fences");
+        }
+    }
+}
+
+async fn watch_once(shared: &Shared, client: &Client) -> Result<(), EndpointError> {
+    let fences = fence::raised(client, shared.instance).await?;
+    let raised: HashMap<Group, i64> = fences
+        .iter()
+        .map(|(f, _)| {
+            (
+                (i64::from(f.colocation_id), f.shard_index as u32),
+                f.operation_id,
+            )
+        })
+        .collect();
+    shared.gate.close(&raised);
+    if shared.gate.has_closed_outside(&raised) {
+        // The move committed (or gave up): read where the group is before anyone goes there.
+        refresh(shared, client).await?;
+        shared.gate.reopen_all_but(&raised);
+    }
+    for (group, operation) in shared.gate.drained() {
+        let acknowledged = fences.iter().any(|(f, ack)| {
+            *ack && f.operation_id == operation
+                && (i64::from(f.colocation_id), f.shard_index as u32) == group
+        });
+        if raised.contains_key(&group) && !acknowledged {
+            fence::acknowledge(client, operation, shared.instance).await?;
+        }
+    }
+    Ok(())
 }
 
 /// A coordinator connection holding this instance's advisory lock for as long as it lives.

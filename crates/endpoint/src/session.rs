@@ -22,6 +22,7 @@ use tokio::net::TcpStream;
 use self::settings::SessionSettings;
 use crate::control::{self, Control};
 use crate::error::{EndpointError, ServerError};
+use crate::gate::Group;
 use crate::pool::Pooled;
 use crate::server::{CancelHandle, ServerConn};
 use crate::shared::Shared;
@@ -72,6 +73,8 @@ pub struct Session {
     skipping: bool,
     /// What a cancel request from the client interrupts.
     running: Arc<Mutex<Option<CancelHandle>>>,
+    /// Shard groups the transaction (or the autocommit statement) works in.
+    entered: Vec<Group>,
 }
 
 /// A statement's destination, decided before it is sent.
@@ -104,6 +107,7 @@ impl Session {
             describing: VecDeque::new(),
             skipping: false,
             running,
+            entered: Vec::new(),
         };
         session.refresh_settings().await?;
         Ok(session)
@@ -201,11 +205,44 @@ impl Session {
     async fn ready(&mut self) -> Result<(), EndpointError> {
         if self.txn.is_none() {
             self.release_autocommit();
+            self.leave_groups();
         }
         let status = self.status();
         self.queue(PgWireBackendMessage::ReadyForQuery(ReadyForQuery::new(
             status,
         )))
+    }
+
+    fn leave_groups(&mut self) {
+        for group in self.entered.drain(..) {
+            self.shared.gate.leave(group);
+        }
+    }
+
+    /// Binds `plan` and enters its shard group, waiting while a move's fence closes it (then
+    /// binding again: the group may have moved).
+    async fn bind_entered(
+        &mut self,
+        plan: &Plan,
+        params: &[Param<'_>],
+    ) -> Result<Target, NotRoutable> {
+        loop {
+            let target = plan.bind(params, &self.topology())?;
+            if target.place == Place::Coordinator {
+                return Ok(target);
+            }
+            let group = (target.colocation, target.shard_index);
+            if self.entered.contains(&group) {
+                return Ok(target);
+            }
+            if self.shared.gate.try_enter(group) {
+                self.entered.push(group);
+                return Ok(target);
+            }
+            while self.shared.gate.is_closed(group) {
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
+        }
     }
 
     fn release_autocommit(&mut self) {
@@ -390,12 +427,11 @@ impl Session {
         let control = control::classify(sql);
         match control {
             Control::Statement => {
-                let topology = self.topology();
-                let planned = shoal_route::plan(sql, &topology);
-                let routed = planned
-                    .as_ref()
-                    .map_err(Clone::clone)
-                    .and_then(|plan| plan.bind(&[], &topology).map(|t| (t, plan)));
+                let planned = shoal_route::plan(sql, &self.topology());
+                let routed = match &planned {
+                    Ok(plan) => self.bind_entered(plan, &[]).await.map(|t| (t, plan)),
+                    Err(reason) => Err(reason.clone()),
+                };
                 let target_sql = routed.as_ref().ok().map(|(t, _)| t.sql.clone());
                 let route = self.route(routed).await?;
                 self.simple_routed(route, sql, target_sql).await?;
@@ -755,6 +791,7 @@ impl Session {
         if let Some(txn) = self.txn.take() {
             self.end_participants(&txn, false).await;
         }
+        self.leave_groups();
         let places: Vec<Place> = self.held.keys().copied().collect();
         for place in places {
             if let Some(mut pooled) = self.held.remove(&place) {

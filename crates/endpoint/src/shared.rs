@@ -5,6 +5,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
+use crate::gate::Gate;
 use crate::pool::Pool;
 use crate::server::CancelHandle;
 use crate::twophase;
@@ -31,6 +32,8 @@ pub struct Shared {
     /// False once the connection holding this instance's advisory lock is lost: another
     /// endpoint's recovery may then resolve this one's transactions, so no more begin.
     pub lock_held: AtomicBool,
+    /// Shard groups open to this endpoint's statements (moves close them at cutover).
+    pub gate: Gate,
 }
 
 impl Shared {
@@ -45,6 +48,7 @@ impl Shared {
             metrics: Metrics::default(),
             cancels: Mutex::new(HashMap::new()),
             lock_held: AtomicBool::new(false),
+            gate: Gate::default(),
         }
     }
 

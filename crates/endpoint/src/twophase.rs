@@ -12,10 +12,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use tokio_postgres::Client;
 
 use crate::error::EndpointError;
-use shoal_route::Place;
-
 /// Advisory lock class of endpoint instances (`pg_advisory_lock(CLASS, instance)`).
-pub const INSTANCE_LOCK_CLASS: i32 = 0x5348_4f45;
+pub use shoal_cluster::fence::INSTANCE_LOCK_CLASS;
+use shoal_route::Place;
 
 /// The id of a transaction: `shoal:<instance>:<serial>`.
 pub fn transaction_id(instance: i32, serial: u64) -> String {

@@ -48,6 +48,8 @@ pub enum Param<'a> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
     pub place: Place,
+    /// The shard group: its colocation group (-1 on the coordinator) and shard index.
+    pub colocation: i64,
     pub shard_index: u32,
     pub sql: String,
 }
@@ -727,6 +729,7 @@ impl Plan {
             let names: Vec<QualifiedName> = self.relations.iter().map(|r| r.name.clone()).collect();
             return Ok(Target {
                 place: Place::Coordinator,
+                colocation: -1,
                 shard_index: 0,
                 sql: rewrite::rewrite(&self.statement, &self.relations, &names)?,
             });
@@ -778,6 +781,7 @@ impl Plan {
         let sql = rewrite::rewrite(&self.statement, &self.relations, &names)?;
         Ok(Target {
             place: Place::Node(node.expect("a plan has a distributed table")),
+            colocation: self.colocation,
             shard_index: index,
             sql,
         })

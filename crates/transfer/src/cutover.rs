@@ -15,7 +15,7 @@ use tokio_postgres::{Client, Transaction};
 use crate::engine::{applied_lsn, Transfer};
 use crate::{CancelToken, Context, TransferError};
 use shoal_catalog::model::{self, CleanupObject, CleanupPolicy};
-use shoal_cluster::layout;
+use shoal_cluster::{fence, layout};
 use shoal_sql::QualifiedName;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,6 +55,7 @@ pub async fn lock_with_retry(
         .map(|r| r.get(0))
         .collect();
     let tuning = transfer.tuning().clone();
+    fence_endpoints(transfer, cancel).await?;
     let lock = format!("LOCK TABLE {} IN {} MODE", ordered.join(", "), mode.sql());
     let mut backoff = Duration::from_millis(10);
     for attempt in 1..=tuning.cutover_attempts {
@@ -89,6 +90,48 @@ pub async fn lock_with_retry(
         tuning.cutover_attempts
     )))
 }
+
+/// Shoal's endpoints send the group's statements to its node directly: they must stop before
+/// the group is locked here, and have finished what they run there (see `shoal_cluster::fence`).
+/// Like the locks, each attempt is short: an endpoint transaction that keeps the group busy
+/// gets the fence lowered again (its statements, and everyone's, flow on) and a later retry.
+async fn fence_endpoints(
+    transfer: &Transfer<'_>,
+    cancel: &CancelToken,
+) -> Result<(), TransferError> {
+    let group = transfer.group_ref();
+    let operation_id = transfer.operation_id_internal();
+    let client = transfer.cluster().client();
+    let fence = fence::Fence {
+        operation_id,
+        colocation_id: group.colocation_id,
+        shard_index: group.shard_index,
+    };
+    let tuning = transfer.tuning().clone();
+    let mut backoff = Duration::from_millis(10);
+    for attempt in 1..=tuning.cutover_attempts {
+        transfer.check_cancel(cancel).await?;
+        fence::raise(client, fence, FENCE_TTL).await?;
+        if fence::wait_acknowledged(client, operation_id, tuning.cutover_lock_timeout).await? {
+            return Ok(());
+        }
+        fence::lower(client, operation_id).await?;
+        tracing::info!(
+            attempt,
+            "an endpoint transaction keeps the shard group busy at cutover; retrying"
+        );
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_millis(500));
+    }
+    Err(TransferError::Timeout(format!(
+        "a transaction through Shoal's endpoint kept using the shard group at each of {} cutover \
+         attempts; try again later",
+        tuning.cutover_attempts
+    )))
+}
+
+/// How long a fence holds if its move vanished without lowering it and its lock lingers.
+const FENCE_TTL: Duration = Duration::from_secs(3600);
 
 async fn lock_holder(client: &Client, names: &[String]) -> Option<i32> {
     client
@@ -149,6 +192,7 @@ impl<'a> Transfer<'a> {
                 tx.commit()
                     .await
                     .context(|| "committing the cutover".to_string())?;
+                let _ = fence::lower(self.cluster().client(), self.operation_id_internal()).await;
                 (blocked_at.elapsed().as_secs_f64() * 1000.0, lsn)
             }
             None => {
@@ -179,6 +223,7 @@ impl<'a> Transfer<'a> {
                 tx.commit()
                     .await
                     .context(|| "committing the cutover".to_string())?;
+                let _ = fence::lower(self.cluster().client(), self.operation_id_internal()).await;
                 tracing::debug!(
                     marked_ms = marked.as_secs_f64() * 1000.0,
                     caught_up_ms = caught_up.as_secs_f64() * 1000.0,

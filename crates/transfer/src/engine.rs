@@ -382,6 +382,7 @@ impl<'a> Transfer<'a> {
                 Err(error)
             }
         };
+        let _ = shoal_cluster::fence::lower(self.cluster.client(), self.operation_id).await;
         release_group_locks(self.cluster, &self.group).await;
         end_operation(self.cluster, self.operation_id).await;
         outcome?;

@@ -161,19 +161,17 @@ impl Session {
                     .await;
             }
         }
-        let routed = match &prepared.plan {
+        let types = prepared.types.clone();
+        let plan = prepared.plan.clone();
+        let routed = match &plan {
             Some(plan) => {
-                let values = params(
-                    &bind.parameters,
-                    &bind.parameter_format_codes,
-                    &prepared.types,
-                );
-                plan.bind(&values, &self.topology())
+                let values = params(&bind.parameters, &bind.parameter_format_codes, &types);
+                self.bind_entered(plan, &values)
+                    .await
                     .map(|t| (t, plan.clone()))
             }
             None => Err(NotRoutable("it goes to the coordinator".into())),
         };
-        let types = prepared.types.clone();
         let target = routed.as_ref().ok().map(|(t, _)| t.clone());
         let route = match &routed {
             Ok((target, plan)) => self.route(Ok((target.clone(), plan))).await?,
