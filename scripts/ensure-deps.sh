@@ -261,6 +261,19 @@ pg_bin() {
     echo "${bin}"
 }
 
+# The endpoint's client tests run node-postgres from npm.
+ensure_node() {
+    if command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1; then
+        return 0
+    fi
+    if command -v dpkg-query >/dev/null 2>&1 && is_root; then
+        apt_install nodejs npm
+        command -v npm >/dev/null 2>&1 && return 0
+    fi
+    say "Node.js and npm are needed by the endpoint's client tests (Debian: apt-get install nodejs npm)"
+    return 1
+}
+
 version_ge() {
     # version_ge A B: true when dotted version A >= B.
     [ "$(printf '%s\n%s\n' "$2" "$1" | sort -V | head -n1)" = "$2" ]
@@ -310,6 +323,7 @@ main() {
     fi
     ensure_rust || ok=1
     ensure_pip || ok=1
+    ensure_node || ok=1
     if [ "${ok}" -ne 0 ]; then
         say "dependencies: missing (see above)"
         exit 1

@@ -103,38 +103,6 @@ async fn tpc_b_through_the_endpoint_fails_nothing_and_keeps_its_balances() {
     }
 }
 
-/// The ids of `table` (distributed by `id`) each worker holds.
-async fn ids_by_worker(shoal: &common::Shoal, table: &str) -> Vec<Vec<i64>> {
-    let mut by_worker = Vec::new();
-    for worker in &shoal.pg.workers {
-        let client = worker.connect().await;
-        let shards: Vec<String> = client
-            .query(
-                "SELECT quote_ident(relname) FROM pg_class
-                 WHERE relname ~ ('^' || $1 || '_[0-9]+$') AND relkind = 'r'",
-                &[&table],
-            )
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
-        let mut ids = Vec::new();
-        for shard in shards {
-            for row in client
-                .query(&format!("SELECT id FROM {shard}"), &[])
-                .await
-                .unwrap()
-            {
-                ids.push(row.get::<_, i64>(0));
-            }
-        }
-        ids.sort();
-        by_worker.push(ids);
-    }
-    by_worker
-}
-
 async fn prepared_anywhere(shoal: &common::Shoal) -> i64 {
     let mut total = 0;
     for server in shoal.pg.servers() {
@@ -189,7 +157,7 @@ async fn a_commit_refused_on_either_node_leaves_nothing_anywhere() {
         .await
         .assert_ok();
     // One id on each worker; the rows go, the ids keep their shards.
-    let by_worker = ids_by_worker(&shoal, "items").await;
+    let by_worker = shoal.ids_by_worker("items").await;
     let (a, b) = (by_worker[0][0], by_worker[1][0]);
     sql.batch_execute("DELETE FROM items").await.unwrap();
     let endpoint = shoal.start_endpoint().await;

@@ -66,6 +66,40 @@ impl Shoal {
     }
 }
 
+impl Shoal {
+    /// The ids of `table` (distributed by `id`) each worker holds.
+    pub async fn ids_by_worker(&self, table: &str) -> Vec<Vec<i64>> {
+        let mut by_worker = Vec::new();
+        for worker in &self.pg.workers {
+            let client = worker.connect().await;
+            let shards: Vec<String> = client
+                .query(
+                    "SELECT quote_ident(relname) FROM pg_class
+                     WHERE relname ~ ('^' || $1 || '_[0-9]+$') AND relkind = 'r'",
+                    &[&table],
+                )
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            let mut ids = Vec::new();
+            for shard in shards {
+                for row in client
+                    .query(&format!("SELECT id FROM {shard}"), &[])
+                    .await
+                    .unwrap()
+                {
+                    ids.push(row.get::<_, i64>(0));
+                }
+            }
+            ids.sort();
+            by_worker.push(ids);
+        }
+        by_worker
+    }
+}
+
 impl Endpoint {
     pub async fn connect(&self) -> Client {
         let (client, connection) = tokio_postgres::connect(&self.uri, tokio_postgres::NoTls)
