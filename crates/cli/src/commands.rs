@@ -303,6 +303,9 @@ async fn node(cluster: &Cluster, command: NodeCommand) -> anyhow::Result<()> {
                 node.address(),
                 node.dbname
             );
+            if let Some(warning) = nodes::endpoint_warning(cluster, &node).await? {
+                eprintln!("warning: {warning}");
+            }
         }
         NodeCommand::List(json) => {
             let nodes = model::list_nodes(cluster.client()).await?;

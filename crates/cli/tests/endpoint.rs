@@ -402,3 +402,26 @@ async fn a_parallel_rebalance_under_tpc_b_through_the_endpoint_fails_nothing() {
     assert_eq!(placed, 3, "the new worker holds shards");
     assert_eq!(prepared_anywhere(&shoal).await, 0);
 }
+
+#[tokio::test]
+async fn node_add_says_when_a_node_cannot_prepare_transactions() {
+    let mut shoal = common::start(1).await;
+    let worker = shoal.pg.add_worker().await;
+    worker
+        .connect()
+        .await
+        .batch_execute("ALTER SYSTEM SET max_prepared_transactions = 0")
+        .await
+        .unwrap();
+    let address = worker.host_port();
+    shoal.pg.workers.last().unwrap().crash();
+    shoal.pg.workers.last().unwrap().restart();
+    let out = shoal.cli(&["node", "add", &address]).await;
+    out.assert_ok();
+    assert!(
+        out.stderr.contains("max_prepared_transactions = 0")
+            && out.stderr.contains("postgresql.conf"),
+        "{}",
+        out.stderr
+    );
+}

@@ -313,9 +313,46 @@ pub async fn set_node_flags(
         .unwrap_or(node))
 }
 
+/// What Shoal's endpoint needs of a node and it lacks, in words for the operator: a
+/// transaction that writes on several nodes prepares on each (`max_prepared_transactions`).
+pub async fn endpoint_warning(
+    cluster: &Cluster,
+    node: &Node,
+) -> Result<Option<String>, ClusterError> {
+    let client = cluster.node_client(node, "shoal node add").await?;
+    let prepared: i32 = client
+        .query_one(
+            "SELECT current_setting('max_prepared_transactions')::int",
+            &[],
+        )
+        .await
+        .context(|| format!("reading the settings of {}", node.address()))?
+        .get(0);
+    Ok(endpoint_readiness(&node.address(), prepared))
+}
+
+/// The warning for a node with `max_prepared_transactions = prepared`, if any.
+pub fn endpoint_readiness(address: &str, prepared: i32) -> Option<String> {
+    (prepared == 0).then(|| {
+        format!(
+            "node {address} has max_prepared_transactions = 0: transactions through Shoal's \
+             endpoint that write on it and another server will fail at COMMIT; set \
+             max_prepared_transactions (e.g. to max_connections) in its postgresql.conf and \
+             restart it"
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_node_without_prepared_transactions_is_named_with_the_setting() {
+        let warning = endpoint_readiness("db1:5432", 0).unwrap();
+        assert!(warning.contains("db1:5432") && warning.contains("max_prepared_transactions"));
+        assert_eq!(endpoint_readiness("db1:5432", 100), None);
+    }
 
     #[test]
     fn node_settings_are_checked() {
