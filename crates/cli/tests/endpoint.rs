@@ -425,3 +425,92 @@ async fn node_add_says_when_a_node_cannot_prepare_transactions() {
         out.stderr
     );
 }
+
+#[tokio::test]
+async fn create_index_concurrently_through_the_endpoint_builds_it_on_every_shard() {
+    let shoal = common::start(2).await;
+    shoal
+        .coordinator()
+        .await
+        .batch_execute(
+            "CREATE SCHEMA \"my shop\";
+             CREATE TABLE \"my shop\".\"Order \"\"Items\"\"\" (id bigint PRIMARY KEY, note text);
+             INSERT INTO \"my shop\".\"Order \"\"Items\"\"\" SELECT g, 'n' || g FROM generate_series(1, 100) g;
+             CREATE TABLE plain (id int, note text);",
+        )
+        .await
+        .unwrap();
+    shoal
+        .cli(&[
+            "table",
+            "distribute",
+            "\"my shop\".\"Order \"\"Items\"\"\"",
+            "--column",
+            "id",
+            "--shards",
+            "4",
+        ])
+        .await
+        .assert_ok();
+    let endpoint = shoal.start_endpoint().await;
+    let app = endpoint.connect().await;
+    app.batch_execute("SET search_path = \"my shop\", public")
+        .await
+        .unwrap();
+    // Simple protocol, then extended (as a driver's execute sends it).
+    app.batch_execute("CREATE INDEX CONCURRENTLY items_note ON \"Order \"\"Items\"\"\" (note)")
+        .await
+        .unwrap();
+    app.execute("CREATE INDEX CONCURRENTLY plain_note ON plain (note)", &[])
+        .await
+        .unwrap();
+    let indexes_on_shards = || async {
+        let mut count = 0;
+        for worker in &shoal.pg.workers {
+            let n: i64 = worker
+                .connect()
+                .await
+                .query_one(
+                    "SELECT count(*) FROM pg_indexes WHERE schemaname = 'my shop' AND indexname LIKE 'items_note%'",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            count += n;
+        }
+        count
+    };
+    assert_eq!(indexes_on_shards().await, 4);
+    shoal.cli(&["table", "check"]).await.assert_ok();
+    // Inside a transaction block it is the coordinator's, which refuses it as it would for a
+    // client connected to it, and nothing changes.
+    app.batch_execute("BEGIN").await.unwrap();
+    let direct = shoal.coordinator().await;
+    direct
+        .batch_execute("SET search_path = \"my shop\", public; BEGIN")
+        .await
+        .unwrap();
+    let expected = direct
+        .batch_execute("DROP INDEX CONCURRENTLY items_note")
+        .await
+        .unwrap_err();
+    let error = app
+        .batch_execute("DROP INDEX CONCURRENTLY items_note")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        error.as_db_error().unwrap().message(),
+        expected.as_db_error().unwrap().message()
+    );
+    app.batch_execute("ROLLBACK").await.unwrap();
+    assert_eq!(indexes_on_shards().await, 4);
+    app.execute("DROP INDEX CONCURRENTLY items_note", &[])
+        .await
+        .unwrap();
+    assert_eq!(indexes_on_shards().await, 0);
+    app.batch_execute("DROP INDEX CONCURRENTLY plain_note")
+        .await
+        .unwrap();
+    shoal.cli(&["table", "check"]).await.assert_ok();
+}

@@ -23,6 +23,14 @@ pub enum Control {
     /// `SET`, `RESET`, `SET SESSION AUTHORIZATION`, `SET ROLE`, `DISCARD`: the coordinator
     /// session takes it, and the endpoint copies the settings that change results.
     Session,
+    /// `CREATE INDEX CONCURRENTLY` (on the table named) or `DROP INDEX CONCURRENTLY` (of the
+    /// index named): PostgreSQL refuses it on a distributed table, so the endpoint builds it
+    /// shard by shard itself (as `shoal ddl` does) when the table is Shoal's.
+    ConcurrentIndex {
+        create: bool,
+        schema: String,
+        name: String,
+    },
     /// Anything else with a transaction meaning (`PREPARE TRANSACTION`, `COMMIT AND CHAIN`,
     /// `SET TRANSACTION`, `LOCK`, `LISTEN`, `DECLARE CURSOR`...): the coordinator's.
     CoordinatorOnly,
@@ -93,11 +101,53 @@ pub fn classify(sql: &str) -> Control {
             Control::Session
         }
         NodeEnum::DiscardStmt(_) => Control::Session,
+        NodeEnum::IndexStmt(index) if index.concurrent => match &index.relation {
+            Some(range) => Control::ConcurrentIndex {
+                create: true,
+                schema: range.schemaname.clone(),
+                name: range.relname.clone(),
+            },
+            None => Control::CoordinatorOnly,
+        },
+        NodeEnum::DropStmt(drop)
+            if drop.concurrent
+                && drop.remove_type == pg_query::protobuf::ObjectType::ObjectIndex as i32
+                && drop.objects.len() == 1 =>
+        {
+            match dropped_name(&drop.objects[0]) {
+                Some((schema, name)) => Control::ConcurrentIndex {
+                    create: false,
+                    schema,
+                    name,
+                },
+                None => Control::CoordinatorOnly,
+            }
+        }
         NodeEnum::SelectStmt(_)
         | NodeEnum::InsertStmt(_)
         | NodeEnum::UpdateStmt(_)
         | NodeEnum::DeleteStmt(_) => Control::Statement,
         _ => Control::CoordinatorOnly,
+    }
+}
+
+/// `[schema.]name` of a dropped object.
+fn dropped_name(object: &pg_query::Node) -> Option<(String, String)> {
+    let Some(NodeEnum::List(list)) = &object.node else {
+        return None;
+    };
+    let parts: Vec<String> = list
+        .items
+        .iter()
+        .filter_map(|n| match &n.node {
+            Some(NodeEnum::String(s)) => Some(s.sval.clone()),
+            _ => None,
+        })
+        .collect();
+    match parts.as_slice() {
+        [name] => Some((String::new(), name.clone())),
+        [schema, name] => Some((schema.clone(), name.clone())),
+        _ => None,
     }
 }
 
@@ -182,6 +232,34 @@ mod tests {
         assert_eq!(classify("CREATE TABLE t (a int)"), Control::CoordinatorOnly);
         assert_eq!(classify("SELECT 1; SELECT 2"), Control::Unparsed);
         assert_eq!(classify("SELEC 1"), Control::Unparsed);
+    }
+
+    #[test]
+    fn concurrent_index_statements_name_their_table_or_index() {
+        assert_eq!(
+            classify("CREATE INDEX CONCURRENTLY o_note ON shop.\"Orders\" (note)"),
+            Control::ConcurrentIndex {
+                create: true,
+                schema: "shop".into(),
+                name: "Orders".into()
+            }
+        );
+        assert_eq!(
+            classify("DROP INDEX CONCURRENTLY IF EXISTS o_note"),
+            Control::ConcurrentIndex {
+                create: false,
+                schema: String::new(),
+                name: "o_note".into()
+            }
+        );
+        assert_eq!(
+            classify("CREATE INDEX o_note ON orders (note)"),
+            Control::CoordinatorOnly
+        );
+        assert_eq!(
+            classify("DROP INDEX CONCURRENTLY a, b"),
+            Control::CoordinatorOnly
+        );
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! itself) the first server is flushed and its answers relayed. After an error nothing more
 //! runs until the client's Sync, as in PostgreSQL.
 
+mod ddl;
 mod extended;
 mod relay;
 mod settings;
@@ -436,6 +437,17 @@ impl Session {
                 let route = self.route(routed).await?;
                 self.simple_routed(route, sql, target_sql).await?;
             }
+            Control::ConcurrentIndex {
+                create,
+                ref schema,
+                ref name,
+            } => {
+                if !self.concurrent_index(create, schema, name, sql).await? {
+                    let why = NotRoutable("it is not a table of Shoal's".into());
+                    let route = self.route(Err(why)).await?;
+                    self.simple_routed(route, sql, None).await?;
+                }
+            }
             Control::Unparsed | Control::CoordinatorOnly => {
                 let route = self
                     .route(Err(NotRoutable("it is not a routable statement".into())))
@@ -597,6 +609,28 @@ impl Session {
                     _ => unreachable!(),
                 };
                 self.local(complete(tag)).await?;
+                Ok(true)
+            }
+            Control::ConcurrentIndex {
+                create,
+                schema,
+                name,
+            } => {
+                if !self.concurrent_index(*create, schema, name, sql).await? {
+                    self.settle(Dest::Session).await?;
+                    match self.coordinator.simple_query(sql).await {
+                        Ok(_) => {
+                            let tag = if *create {
+                                "CREATE INDEX"
+                            } else {
+                                "DROP INDEX"
+                            };
+                            self.local(complete(tag)).await?;
+                        }
+                        Err(EndpointError::Server(error)) => self.local_error(error).await?,
+                        Err(other) => return Err(other),
+                    }
+                }
                 Ok(true)
             }
             Control::Session => {

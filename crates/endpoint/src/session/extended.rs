@@ -75,6 +75,7 @@ impl Session {
                     | Control::Savepoint(_)
                     | Control::Release(_)
                     | Control::RollbackTo(_)
+                    | Control::ConcurrentIndex { .. }
             );
         let prepared = Prepared {
             sql: parse.query.clone(),
@@ -152,7 +153,8 @@ impl Session {
             | Control::Rollback
             | Control::Savepoint(_)
             | Control::Release(_)
-            | Control::RollbackTo(_) = prepared.control
+            | Control::RollbackTo(_)
+            | Control::ConcurrentIndex { .. } = prepared.control
             {
                 let (control, sql) = (prepared.control.clone(), prepared.sql.clone());
                 self.portals.insert(portal, Portal::Control(control, sql));
