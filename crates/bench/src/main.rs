@@ -3,6 +3,7 @@
 //! next to the anchor they compare with, for BENCHMARKS.md.
 
 mod ddl;
+mod endpoint;
 mod moves;
 mod queries;
 mod rebalance;
@@ -74,6 +75,19 @@ enum Command {
         #[arg(long)]
         only: Option<String>,
     },
+    /// pgbench through Shoal's endpoint, through the coordinator and on one plain server:
+    /// key lookups, one-shard-group and two-order transactions, built-in TPC-B
+    Endpoint {
+        /// Rows of orders (2,000,000 in the reference data set)
+        #[arg(long, default_value_t = 2_000_000)]
+        orders: i64,
+        /// Seconds of each pgbench run
+        #[arg(long, default_value_t = 10)]
+        seconds: u32,
+        /// pgbench clients
+        #[arg(long, default_value_t = 4)]
+        clients: u32,
+    },
     /// Latency of single-row inserts (pgbench --rate) into a shard group during its move
     Stall {
         /// Inserts per second
@@ -85,6 +99,9 @@ enum Command {
         /// How many moves (back and forth) during one pgbench run
         #[arg(long, default_value_t = 4)]
         moves: usize,
+        /// Send the inserts through Shoal's endpoint instead of the coordinator
+        #[arg(long)]
+        endpoint: bool,
     },
 }
 
@@ -109,8 +126,18 @@ fn main() -> anyhow::Result<()> {
                 };
                 rebalance::run(runs, scale, limits).await
             }
-            Command::Stall { rate, mb, moves } => stall::run(rate, mb, moves).await,
+            Command::Stall {
+                rate,
+                mb,
+                moves,
+                endpoint,
+            } => stall::run(rate, mb, moves, endpoint).await,
             Command::Queries { orders, runs, only } => queries::run(orders, runs, only).await,
+            Command::Endpoint {
+                orders,
+                seconds,
+                clients,
+            } => endpoint::run(orders, seconds, clients).await,
             Command::Stream { rows } => streams::run(rows).await,
         }
     })

@@ -67,40 +67,9 @@ const QUERIES: &[(&str, &str, f64)] = &[
 ];
 
 pub async fn run(orders: i64, runs: usize, only: Option<String>) -> anyhow::Result<()> {
-    let load = Instant::now();
-    let single = TestCluster::start(0).await;
+    let (single, pg, _cluster) = load_reference(orders).await?;
     let plain = single.coordinator.connect().await;
-    plain.batch_execute(&dataset_sql(orders)).await?;
-    plain.batch_execute("VACUUM ANALYZE").await?;
-
-    let pg = TestCluster::start(2).await;
-    let cluster = shoal_on(&pg).await?;
     let sql = pg.coordinator.connect().await;
-    sql.batch_execute(&dataset_sql(orders)).await?;
-    shoal_cluster::reference_table(&cluster, "products").await?;
-    shoal_cluster::distribute_table(&cluster, "orders", "id", Some(32), Colocate::Default).await?;
-    shoal_cluster::distribute_table(
-        &cluster,
-        "order_items",
-        "order_id",
-        None,
-        Colocate::With("orders".into()),
-    )
-    .await?;
-    for worker in &pg.workers {
-        worker
-            .connect()
-            .await
-            .batch_execute("VACUUM ANALYZE")
-            .await?;
-    }
-    sql.batch_execute("ANALYZE products").await?;
-    eprintln!(
-        "loaded {orders} orders, {} order items, 100000 products (one server, and Shoal on 2 \
-         workers, 32 shards) in {:.0} s",
-        orders * 2,
-        load.elapsed().as_secs_f64()
-    );
 
     println!("Queries on the reference data set ({orders} orders), medians of {runs} runs, ms");
     println!(
@@ -148,8 +117,50 @@ pub async fn run(orders: i64, runs: usize, only: Option<String>) -> anyhow::Resu
     Ok(())
 }
 
+/// The reference data set on one plain server and on Shoal with 2 workers (32 shards),
+/// vacuumed and analysed.
+pub async fn load_reference(
+    orders: i64,
+) -> anyhow::Result<(TestCluster, TestCluster, shoal_cluster::Cluster)> {
+    let load = Instant::now();
+    let single = TestCluster::start(0).await;
+    let plain = single.coordinator.connect().await;
+    plain.batch_execute(&dataset_sql(orders)).await?;
+    plain.batch_execute("VACUUM ANALYZE").await?;
+
+    let pg = TestCluster::start(2).await;
+    let cluster = shoal_on(&pg).await?;
+    let sql = pg.coordinator.connect().await;
+    sql.batch_execute(&dataset_sql(orders)).await?;
+    shoal_cluster::reference_table(&cluster, "products").await?;
+    shoal_cluster::distribute_table(&cluster, "orders", "id", Some(32), Colocate::Default).await?;
+    shoal_cluster::distribute_table(
+        &cluster,
+        "order_items",
+        "order_id",
+        None,
+        Colocate::With("orders".into()),
+    )
+    .await?;
+    for worker in &pg.workers {
+        worker
+            .connect()
+            .await
+            .batch_execute("VACUUM ANALYZE")
+            .await?;
+    }
+    sql.batch_execute("ANALYZE products").await?;
+    eprintln!(
+        "loaded {orders} orders, {} order items, 100000 products (one server, and Shoal on 2 \
+         workers, 32 shards) in {:.0} s",
+        orders * 2,
+        load.elapsed().as_secs_f64()
+    );
+    Ok((single, pg, cluster))
+}
+
 /// Transactions per second of `script` with 4 clients for 10 s.
-async fn lookups(uri: &str, script: &std::path::Path) -> anyhow::Result<f64> {
+pub async fn lookups(uri: &str, script: &std::path::Path) -> anyhow::Result<f64> {
     let pgbench = shoal_testkit::binaries().bindir.join("pgbench");
     let out = tokio::process::Command::new(pgbench)
         .args(["-n", "-c", "4", "-j", "2", "-T", "10", "-f"])

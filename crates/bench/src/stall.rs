@@ -1,6 +1,7 @@
-//! Write stall: pgbench sends single-row inserts at a steady rate through the coordinator into
-//! a one-shard table while that shard is moved back and forth with force_logical; per-transaction
-//! latencies from pgbench's log are split into before the moves and during them.
+//! Write stall: pgbench sends single-row inserts at a steady rate through the coordinator (or
+//! through Shoal's endpoint, `--endpoint`) into a one-shard table while that shard is moved back
+//! and forth with force_logical; per-transaction latencies from pgbench's log are split into
+//! before the moves and during them.
 
 use std::path::Path;
 use std::process::Stdio;
@@ -20,7 +21,7 @@ fn now_us() -> i64 {
         .unwrap_or(0)
 }
 
-pub async fn run(rate: u32, mb: u64, moves: usize) -> anyhow::Result<()> {
+pub async fn run(rate: u32, mb: u64, moves: usize, endpoint: bool) -> anyhow::Result<()> {
     let pg = TestCluster::start(2).await;
     let cluster = shoal_on(&pg).await?;
     let sql = pg.coordinator.connect().await;
@@ -63,7 +64,32 @@ pub async fn run(rate: u32, mb: u64, moves: usize) -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(format!("shoal-bench-stall-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let script = dir.join("insert.sql");
-    std::fs::write(&script, "INSERT INTO stall (v, pad) VALUES (1, 'x');\n")?;
+    // Through the endpoint the row names its key (a defaulted key is the coordinator's to
+    // fill): random in a range where 10,000 rows collide with odds of about 1 in 10^5.
+    std::fs::write(
+        &script,
+        if endpoint {
+            "\\set id random(100000000000, 999999999999)\n\
+             INSERT INTO stall (id, v, pad) VALUES (:id, 1, 'x');\n"
+        } else {
+            "INSERT INTO stall (v, pad) VALUES (1, 'x');\n"
+        },
+    )?;
+    let (_stop, shutdown) = tokio::sync::watch::channel(false);
+    let port = if endpoint {
+        let params = shoal_catalog::ConnectParams::parse(&pg.coordinator_uri())?;
+        let (started, _duty) = shoal_endpoint::start(params, "127.0.0.1:0", shutdown)
+            .await
+            .map_err(|e| anyhow::anyhow!("the endpoint did not start: {e}"))?;
+        started.address.port()
+    } else {
+        pg.coordinator.port
+    };
+    let path = if endpoint {
+        "Shoal's endpoint"
+    } else {
+        "the coordinator"
+    };
     let duration = 4 + moves as u64 * 3 + 2;
     let pgbench = shoal_testkit::binaries().bindir.join("pgbench");
     let child = tokio::process::Command::new(&pgbench)
@@ -71,7 +97,7 @@ pub async fn run(rate: u32, mb: u64, moves: usize) -> anyhow::Result<()> {
             "-h",
             "127.0.0.1",
             "-p",
-            &pg.coordinator.port.to_string(),
+            &port.to_string(),
             "-U",
             "postgres",
             "-n",
@@ -155,7 +181,7 @@ pub async fn run(rate: u32, mb: u64, moves: usize) -> anyhow::Result<()> {
     let _ = std::fs::remove_dir_all(&dir);
 
     println!(
-        "write stall: pgbench --rate {rate} -c 4, single-row INSERTs through the coordinator into a {mb} MB shard, \
+        "write stall: pgbench --rate {rate} -c 4, single-row INSERTs through {path} into a {mb} MB shard, \
          {moves} force_logical moves during the run"
     );
     println!(

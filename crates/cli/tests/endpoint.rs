@@ -514,3 +514,102 @@ async fn create_index_concurrently_through_the_endpoint_builds_it_on_every_shard
         .unwrap();
     shoal.cli(&["table", "check"]).await.assert_ok();
 }
+
+#[tokio::test]
+async fn cancel_requests_reach_the_server_the_statement_runs_on() {
+    let shoal = common::start(2).await;
+    shoal
+        .coordinator()
+        .await
+        .batch_execute("CREATE TABLE t (id bigint PRIMARY KEY); INSERT INTO t VALUES (1)")
+        .await
+        .unwrap();
+    shoal
+        .cli(&[
+            "table",
+            "distribute",
+            "t",
+            "--column",
+            "id",
+            "--shards",
+            "4",
+        ])
+        .await
+        .assert_ok();
+    let endpoint = shoal.start_endpoint().await;
+    let app = endpoint.connect().await;
+    for sql in [
+        "SELECT pg_sleep(30) FROM t WHERE id = 1",
+        "SELECT pg_sleep(30)",
+    ] {
+        let token = app.cancel_token();
+        let cancel = tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            token.cancel_query(tokio_postgres::NoTls).await.unwrap();
+        });
+        let started = std::time::Instant::now();
+        let error = app.batch_execute(sql).await.unwrap_err();
+        cancel.await.unwrap();
+        assert_eq!(
+            error.as_db_error().unwrap().code().code(),
+            "57014",
+            "{sql}: {error}"
+        );
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "{sql}"
+        );
+        // The session goes on.
+        app.batch_execute("SELECT 1").await.unwrap();
+    }
+    let metrics = endpoint.metrics().await;
+    assert!(
+        metrics["shoal_endpoint_statements_routed_total"] >= 1,
+        "{metrics:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_column_added_through_the_endpoint_gets_its_default_on_the_next_insert() {
+    let shoal = common::start(2).await;
+    shoal
+        .coordinator()
+        .await
+        .batch_execute("CREATE TABLE t (id bigint PRIMARY KEY, v int)")
+        .await
+        .unwrap();
+    shoal
+        .cli(&[
+            "table",
+            "distribute",
+            "t",
+            "--column",
+            "id",
+            "--shards",
+            "4",
+        ])
+        .await
+        .assert_ok();
+    let endpoint = shoal.start_endpoint().await;
+    let app = endpoint.connect().await;
+    app.batch_execute("INSERT INTO t VALUES (1, 1)")
+        .await
+        .unwrap();
+    app.batch_execute("ALTER TABLE t ADD COLUMN flag text NOT NULL DEFAULT 'new'")
+        .await
+        .unwrap();
+    app.batch_execute("INSERT INTO t (id, v) VALUES (2, 2)")
+        .await
+        .unwrap();
+    app.execute("INSERT INTO t (id, v) VALUES ($1, 3)", &[&3i64])
+        .await
+        .unwrap();
+    let flags: Vec<String> = app
+        .query("SELECT flag FROM t ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(flags, vec!["new", "new", "new"]);
+}

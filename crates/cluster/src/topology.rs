@@ -146,3 +146,33 @@ async fn key_type(
         deterministic.then_some(ty)
     }))
 }
+
+/// `topology` with every distributed table's shards where the catalog places them now: one
+/// catalog read, for the moment a move has switched (tables, columns and keys stay as they
+/// were read).
+pub async fn with_current_placements(
+    client: &impl GenericClient,
+    topology: &Topology,
+) -> Result<Topology, ClusterError> {
+    let placements = model::all_placements(client).await?;
+    let mut tables = (*topology.tables).clone();
+    for table in model::list_tables(client).await? {
+        let Some(entry) = tables.get_mut(&table.name) else {
+            continue;
+        };
+        let Placement::Distributed(distribution) = &mut entry.placement else {
+            continue;
+        };
+        for p in placements.iter().filter(|p| p.table_id == table.table_id) {
+            if let Some(shard) = distribution.shards.get_mut(p.shard_index as usize) {
+                shard.node = p.node_id;
+                shard.table = p.shard_table.clone();
+            }
+        }
+    }
+    Ok(Topology {
+        search_path: topology.search_path.clone(),
+        tables: Arc::new(tables),
+        builtin_functions: topology.builtin_functions.clone(),
+    })
+}

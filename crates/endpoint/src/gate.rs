@@ -65,6 +65,10 @@ impl Gate {
         reopened
     }
 
+    pub fn any_closed(&self) -> bool {
+        !self.state.lock().expect("gate lock").closed.is_empty()
+    }
+
     /// Whether a group is closed that `fences` no longer names.
     pub fn has_closed_outside(&self, fences: &HashMap<Group, i64>) -> bool {
         let state = self.state.lock().expect("gate lock");

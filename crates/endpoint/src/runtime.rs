@@ -68,6 +68,7 @@ pub async fn start(
             loop {
                 tokio::select! {
                     _ = tokio::time::sleep(TOPOLOGY_INTERVAL) => {}
+                    _ = shared.refresh_wanted.notified() => {}
                     _ = shutdown.changed() => break,
                 }
                 if lock.as_ref().is_none_or(Client::is_closed) {
@@ -116,6 +117,8 @@ pub async fn start(
 /// How often the fence watcher reads the fences: a move's cutover waits about this long for
 /// this endpoint, on top of the time its transactions in the group take to end.
 const FENCE_INTERVAL: Duration = Duration::from_millis(10);
+/// How often while one of its groups is closed (its writers wait for the fence to go).
+const FENCE_INTERVAL_CLOSED: Duration = Duration::from_millis(1);
 
 /// Closes the shard groups that moves fence, acknowledges each once no session works in it,
 /// and reopens a group once its fence is lowered and its new placement read.
@@ -126,8 +129,14 @@ async fn watch_fences(
 ) {
     let mut client: Option<Client> = None;
     loop {
+        // While a group is closed its writers wait: look often, to reopen it at once.
+        let interval = if shared.gate.any_closed() {
+            FENCE_INTERVAL_CLOSED
+        } else {
+            FENCE_INTERVAL
+        };
         tokio::select! {
-            _ = tokio::time::sleep(FENCE_INTERVAL) => {}
+            _ = tokio::time::sleep(interval) => {}
             _ = shutdown.changed() => return,
         }
         if client.as_ref().is_none_or(Client::is_closed) {
@@ -157,9 +166,13 @@ async fn watch_once(shared: &Shared, client: &Client) -> Result<(), EndpointErro
         .collect();
     shared.gate.close(&raised);
     if shared.gate.has_closed_outside(&raised) {
-        // The move committed (or gave up): read where the group is before anyone goes there.
-        refresh(shared, client).await?;
+        // The move committed (or gave up): read where the group is before anyone goes there
+        // (the placements alone, in one read; the rest follows with the next full read).
+        let current = shared.topology.read().expect("topology lock").clone();
+        let moved = shoal_cluster::topology::with_current_placements(client, &current).await?;
+        *shared.topology.write().expect("topology lock") = Arc::new(moved);
         shared.gate.reopen_all_but(&raised);
+        shared.refresh_wanted.notify_one();
     }
     for (group, operation) in shared.gate.drained() {
         let acknowledged = fences.iter().any(|(f, ack)| {
@@ -186,6 +199,8 @@ async fn lock_instance(params: &ConnectParams, instance: i32) -> Result<Client, 
 
 /// Reads the router's view and the servers again.
 async fn refresh(shared: &Shared, client: &Client) -> Result<(), EndpointError> {
+    // Sessions waiting for a read that starts after their request are released by this one.
+    let generation = *shared.refreshed.borrow() + 1;
     let topology = shoal_cluster::topology::load_topology(client, Vec::new()).await?;
     *shared.topology.write().expect("topology lock") = Arc::new(topology);
     let mut targets = HashMap::new();
@@ -199,6 +214,7 @@ async fn refresh(shared: &Shared, client: &Client) -> Result<(), EndpointError> 
         );
     }
     shared.pool.set_targets(targets);
+    shared.refreshed.send_replace(generation);
     Ok(())
 }
 

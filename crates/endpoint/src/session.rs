@@ -76,6 +76,9 @@ pub struct Session {
     running: Arc<Mutex<Option<CancelHandle>>>,
     /// Shard groups the transaction (or the autocommit statement) works in.
     entered: Vec<Group>,
+    /// The coordinator ran something that may change tables (DDL): the router reads them
+    /// again before this session routes anything more.
+    catalog_may_change: bool,
 }
 
 /// A statement's destination, decided before it is sent.
@@ -109,6 +112,7 @@ impl Session {
             skipping: false,
             running,
             entered: Vec::new(),
+            catalog_may_change: false,
         };
         session.refresh_settings().await?;
         Ok(session)
@@ -209,6 +213,10 @@ impl Session {
             self.leave_groups();
         }
         let status = self.status();
+        if self.catalog_may_change && status == TransactionStatus::Idle {
+            self.catalog_may_change = false;
+            self.shared.refresh_topology().await;
+        }
         self.queue(PgWireBackendMessage::ReadyForQuery(ReadyForQuery::new(
             status,
         )))
@@ -449,6 +457,7 @@ impl Session {
                 }
             }
             Control::Unparsed | Control::CoordinatorOnly => {
+                self.catalog_may_change = true;
                 let route = self
                     .route(Err(NotRoutable("it is not a routable statement".into())))
                     .await?;
@@ -461,6 +470,7 @@ impl Session {
                     self.relay_simple(Dest::Session, sql).await?;
                     if control == Control::Session {
                         self.refresh_settings().await?;
+                        self.apply_settings_to_held().await?;
                     }
                 }
             }
@@ -833,6 +843,20 @@ impl Session {
                 self.shared.pool.put(place, pooled);
             }
         }
+    }
+
+    /// A setting changed mid-transaction reaches the participants already in it.
+    async fn apply_settings_to_held(&mut self) -> Result<(), EndpointError> {
+        let places: Vec<Place> = self.held.keys().copied().collect();
+        for place in places {
+            self.settle(Dest::Shoal(place)).await?;
+            let pooled = self.held.get_mut(&place).expect("held connection");
+            if let Some(sql) = self.settings.apply_sql(&pooled.settings) {
+                pooled.conn.simple_query(&sql).await?;
+                pooled.settings = self.settings.values.clone();
+            }
+        }
+        Ok(())
     }
 
     /// The session settings (and search path) as the coordinator session now has them.

@@ -34,6 +34,10 @@ pub struct Shared {
     pub lock_held: AtomicBool,
     /// Shard groups open to this endpoint's statements (moves close them at cutover).
     pub gate: Gate,
+    /// A session asks for the topology to be read again now (after DDL it ran), and waits
+    /// for `refreshed` to pass the generation it saw.
+    pub refresh_wanted: tokio::sync::Notify,
+    pub refreshed: tokio::sync::watch::Sender<u64>,
 }
 
 impl Shared {
@@ -49,7 +53,24 @@ impl Shared {
             cancels: Mutex::new(HashMap::new()),
             lock_held: AtomicBool::new(false),
             gate: Gate::default(),
+            refresh_wanted: tokio::sync::Notify::new(),
+            refreshed: tokio::sync::watch::channel(0).0,
         }
+    }
+
+    /// Has the topology read again and waits (up to two seconds) until it was.
+    pub async fn refresh_topology(&self) {
+        let mut refreshed = self.refreshed.subscribe();
+        let seen = *refreshed.borrow_and_update();
+        self.refresh_wanted.notify_one();
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async {
+            while *refreshed.borrow_and_update() <= seen {
+                if refreshed.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
+        .await;
     }
 
     pub fn next_transaction(&self) -> String {

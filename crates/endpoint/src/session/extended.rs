@@ -62,6 +62,9 @@ impl Session {
     async fn parse(&mut self, parse: Parse) -> Result<(), EndpointError> {
         let statement = name(&parse.name);
         let control = control::classify(&parse.query);
+        if matches!(control, Control::CoordinatorOnly | Control::Unparsed) {
+            self.catalog_may_change = true;
+        }
         let plan = match control {
             Control::Statement => shoal_route::plan(&parse.query, &self.topology()).ok(),
             _ => None,

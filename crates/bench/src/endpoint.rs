@@ -1,0 +1,194 @@
+//! pgbench through Shoal's endpoint, through the coordinator, and on one plain server holding
+//! the same rows, in one run: key lookups, a transaction on one shard group, a transaction on
+//! two random orders (two workers half the time: two-phase commit through the endpoint), and
+//! pgbench's built-in TPC-B (branches a reference table). Throughput and failed transactions,
+//! next to Citus 13.2's figures on this machine (BRIEF.md).
+
+use tokio::sync::watch;
+
+use crate::moves::shoal_on;
+use crate::queries::load_reference;
+use shoal_catalog::ConnectParams;
+use shoal_cluster::Colocate;
+use shoal_testkit::TestCluster;
+
+/// What one pgbench run reported.
+struct Run {
+    tps: f64,
+    failed: u64,
+}
+
+pub async fn run(orders: i64, seconds: u32, clients: u32) -> anyhow::Result<()> {
+    let (single, pg, _cluster) = load_reference(orders).await?;
+    let (stop, shutdown) = watch::channel(false);
+    let params = ConnectParams::parse(&pg.coordinator_uri())?;
+    let (endpoint, _duty) = shoal_endpoint::start(params, "127.0.0.1:0", shutdown.clone())
+        .await
+        .map_err(|e| anyhow::anyhow!("the endpoint did not start: {e}"))?;
+    let through_endpoint = url_with_port(&pg.coordinator_uri(), endpoint.address.port());
+    let dir = single.run_dir().to_path_buf();
+    let scripts = [
+        (
+            "key lookup",
+            "\\set id random(1, :orders)\nSELECT * FROM orders WHERE id = :id;\n",
+            Some(3349.0),
+        ),
+        (
+            "one shard group: 2 updates, 1 select",
+            "\\set id random(1, :orders)\nBEGIN;\n\
+             UPDATE orders SET amount = amount + 1 WHERE id = :id;\n\
+             UPDATE order_items SET qty = qty + 1 WHERE order_id = :id;\n\
+             SELECT sum(qty) FROM order_items WHERE order_id = :id;\nEND;\n",
+            Some(651.0),
+        ),
+        (
+            "two random orders (2PC when 2 workers)",
+            "\\set a random(1, :orders)\n\\set b random(1, :orders)\nBEGIN;\n\
+             UPDATE orders SET amount = amount - 1 WHERE id = :a;\n\
+             UPDATE orders SET amount = amount + 1 WHERE id = :b;\nEND;\n",
+            Some(1052.0),
+        ),
+    ];
+    println!(
+        "pgbench, {clients} clients, {seconds} s each, simple protocol; tps (failed transactions)"
+    );
+    println!(
+        "{:<40} {:>12} {:>18} {:>18} {:>9} {:>7}",
+        "workload", "one server", "coordinator", "endpoint", "end/coor", "Citus"
+    );
+    for (label, script, citus) in scripts {
+        let file = dir.join(format!(
+            "{}.sql",
+            label.split(':').next().unwrap_or("s").replace(' ', "_")
+        ));
+        std::fs::write(&file, script)?;
+        let args = |uri: &str| -> Vec<String> {
+            vec![
+                "-n".into(),
+                "-c".into(),
+                clients.to_string(),
+                "-j".into(),
+                "2".into(),
+                "-T".into(),
+                seconds.to_string(),
+                "-D".into(),
+                format!("orders={orders}"),
+                "-f".into(),
+                file.display().to_string(),
+                uri.to_string(),
+            ]
+        };
+        let one = pgbench(&args(&single.coordinator_uri())).await?;
+        let coordinator = pgbench(&args(&pg.coordinator_uri())).await?;
+        let endpoint = pgbench(&args(&through_endpoint)).await?;
+        print_row(label, &one, &coordinator, &endpoint, citus);
+    }
+    tpc_b(seconds, clients).await?;
+    let _ = stop.send(true);
+    Ok(())
+}
+
+/// pgbench's TPC-B on fresh servers (its own schema): one plain server, Shoal with branches a
+/// reference table and accounts, tellers and history distributed (history with accounts).
+async fn tpc_b(seconds: u32, clients: u32) -> anyhow::Result<()> {
+    let single = TestCluster::start(0).await;
+    let pg = TestCluster::start(2).await;
+    let cluster = shoal_on(&pg).await?;
+    for uri in [single.coordinator_uri(), pg.coordinator_uri()] {
+        pgbench(&["-i".into(), "-s".into(), "4".into(), "-q".into(), uri]).await?;
+    }
+    shoal_cluster::reference_table(&cluster, "pgbench_branches").await?;
+    shoal_cluster::distribute_table(
+        &cluster,
+        "pgbench_accounts",
+        "aid",
+        Some(32),
+        Colocate::Default,
+    )
+    .await?;
+    shoal_cluster::distribute_table(&cluster, "pgbench_tellers", "tid", Some(32), Colocate::None)
+        .await?;
+    shoal_cluster::distribute_table(
+        &cluster,
+        "pgbench_history",
+        "aid",
+        None,
+        Colocate::With("pgbench_accounts".into()),
+    )
+    .await?;
+    let (stop, shutdown) = watch::channel(false);
+    let params = ConnectParams::parse(&pg.coordinator_uri())?;
+    let (endpoint, _duty) = shoal_endpoint::start(params, "127.0.0.1:0", shutdown)
+        .await
+        .map_err(|e| anyhow::anyhow!("the endpoint did not start: {e}"))?;
+    let through_endpoint = url_with_port(&pg.coordinator_uri(), endpoint.address.port());
+    let args = |uri: &str| -> Vec<String> {
+        vec![
+            "-n".into(),
+            "-c".into(),
+            clients.to_string(),
+            "-j".into(),
+            "2".into(),
+            "-T".into(),
+            seconds.to_string(),
+            "--failures-detailed".into(),
+            uri.to_string(),
+        ]
+    };
+    let one = pgbench(&args(&single.coordinator_uri())).await?;
+    let coordinator = pgbench(&args(&pg.coordinator_uri())).await?;
+    let endpoint = pgbench(&args(&through_endpoint)).await?;
+    print_row(
+        "built-in TPC-B, scale 4",
+        &one,
+        &coordinator,
+        &endpoint,
+        None,
+    );
+    let _ = stop.send(true);
+    Ok(())
+}
+
+fn print_row(label: &str, one: &Run, coordinator: &Run, endpoint: &Run, citus: Option<f64>) {
+    let cell = |r: &Run| format!("{:.0} ({})", r.tps, r.failed);
+    println!(
+        "{label:<40} {:>12} {:>18} {:>18} {:>8.2}x {:>7}",
+        cell(one),
+        cell(coordinator),
+        cell(endpoint),
+        endpoint.tps / coordinator.tps,
+        citus.map_or("-".to_string(), |c| format!("{c:.0}"))
+    );
+}
+
+fn url_with_port(uri: &str, port: u16) -> String {
+    // postgresql://user@127.0.0.1:PORT/db: the test servers' URIs have this shape.
+    let (head, rest) = uri.split_once("@").expect("a URI with a user");
+    let (_, path) = rest.split_once('/').expect("a URI with a database");
+    let host = rest.split(':').next().unwrap_or("127.0.0.1");
+    format!("{head}@{host}:{port}/{path}")
+}
+
+async fn pgbench(args: &[String]) -> anyhow::Result<Run> {
+    let pgbench = shoal_testkit::binaries().bindir.join("pgbench");
+    let out = tokio::process::Command::new(pgbench)
+        .args(args)
+        .output()
+        .await?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    anyhow::ensure!(out.status.success(), "pgbench failed: {text}");
+    let number = |label: &str| -> Option<f64> {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(label))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+    };
+    Ok(Run {
+        tps: number("tps = ").unwrap_or(0.0),
+        failed: number("number of failed transactions:").unwrap_or(0.0) as u64,
+    })
+}
