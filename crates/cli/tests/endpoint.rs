@@ -613,3 +613,213 @@ async fn a_column_added_through_the_endpoint_gets_its_default_on_the_next_insert
         .collect();
     assert_eq!(flags, vec!["new", "new", "new"]);
 }
+
+#[tokio::test]
+async fn clients_log_in_with_scram_and_keep_their_own_privileges() {
+    let shoal = common::start(2).await;
+    shoal
+        .coordinator()
+        .await
+        .batch_execute(
+            "CREATE TABLE t (id bigint PRIMARY KEY, v int, at timestamptz);
+             INSERT INTO t SELECT g, g, '2026-01-01 12:00:00+00' FROM generate_series(1, 20) g;
+             CREATE ROLE app LOGIN PASSWORD 'app s3cret';
+             CREATE ROLE other LOGIN PASSWORD 'other';",
+        )
+        .await
+        .unwrap();
+    shoal
+        .cli(&[
+            "table",
+            "distribute",
+            "t",
+            "--column",
+            "id",
+            "--shards",
+            "4",
+        ])
+        .await
+        .assert_ok();
+    shoal
+        .coordinator()
+        .await
+        .batch_execute("GRANT SELECT ON t TO app")
+        .await
+        .unwrap();
+    // Shoal's own role (postgres) keeps trust; every other role needs its SCRAM password.
+    shoal.pg.coordinator.require_passwords(None);
+    let endpoint = shoal.start_endpoint().await;
+    let uri = |user: &str, password: &str| {
+        format!(
+            "postgresql://{user}:{}@127.0.0.1:{}/{}",
+            password.replace(' ', "%20"),
+            endpoint.port,
+            shoal_testkit::DBNAME
+        )
+    };
+    let wrong = tokio_postgres::connect(&uri("app", "nope"), tokio_postgres::NoTls).await;
+    let error = wrong.err().expect("a wrong password is refused");
+    assert_eq!(
+        error.as_db_error().unwrap().code().code(),
+        "28P01",
+        "{error}"
+    );
+
+    let (app, connection) =
+        tokio_postgres::connect(&uri("app", "app s3cret"), tokio_postgres::NoTls)
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    let v: i32 = app
+        .query_one("SELECT v FROM t WHERE id = $1", &[&7i64])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(v, 7);
+    // Session settings reach the node that answers.
+    app.batch_execute("SET TimeZone = 'Asia/Tokyo'")
+        .await
+        .unwrap();
+    let at: String = app
+        .query_one("SELECT at::text FROM t WHERE id = 7", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(at, "2026-01-01 21:00:00+09");
+    // A write the role may not make is refused as the coordinator refuses it.
+    let error = app
+        .execute("UPDATE t SET v = 0 WHERE id = $1", &[&7i64])
+        .await
+        .unwrap_err();
+    assert_eq!(
+        error.as_db_error().unwrap().code().code(),
+        "42501",
+        "{error}"
+    );
+    let (other, connection) =
+        tokio_postgres::connect(&uri("other", "other"), tokio_postgres::NoTls)
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    let error = other
+        .query_one("SELECT v FROM t WHERE id = 7", &[])
+        .await
+        .unwrap_err();
+    assert_eq!(
+        error.as_db_error().unwrap().code().code(),
+        "42501",
+        "{error}"
+    );
+    let metrics = endpoint.metrics().await;
+    assert!(
+        metrics["shoal_endpoint_statements_routed_total"] >= 2,
+        "{metrics:?}"
+    );
+}
+
+#[tokio::test]
+async fn stream_tables_see_every_transaction_committed_through_the_endpoint() {
+    let shoal = common::start(2).await;
+    let sql = shoal.coordinator().await;
+    sql.batch_execute(
+        "CREATE TABLE accounts (id bigint PRIMARY KEY, balance bigint NOT NULL, g int NOT NULL DEFAULT 0);
+         INSERT INTO accounts SELECT g, 1000, g % 5 FROM generate_series(1, 200) g;",
+    )
+    .await
+    .unwrap();
+    shoal
+        .cli(&[
+            "table",
+            "distribute",
+            "accounts",
+            "--column",
+            "id",
+            "--shards",
+            "4",
+        ])
+        .await
+        .assert_ok();
+    let query = "SELECT g, count(*) AS n, sum(balance) AS total FROM accounts GROUP BY g";
+    shoal
+        .cli(&[
+            "stream",
+            "create",
+            "totals",
+            "--mode",
+            "differential",
+            "--query",
+            query,
+        ])
+        .await
+        .assert_ok();
+    let endpoint = shoal.start_endpoint().await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients = start_transfers(endpoint.uri.clone(), 200, 3, stop.clone());
+    let app = endpoint.connect().await;
+    let by_worker = shoal.ids_by_worker("accounts").await;
+    // Rows on two nodes in one transaction, a rolled back one, and deletes, meanwhile.
+    app.batch_execute("BEGIN").await.unwrap();
+    for id in [by_worker[0][0], by_worker[1][0]] {
+        app.execute(
+            "UPDATE accounts SET balance = balance + 7, g = 9 WHERE id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    }
+    app.batch_execute("COMMIT").await.unwrap();
+    app.batch_execute("BEGIN").await.unwrap();
+    app.execute(
+        "UPDATE accounts SET balance = 0 WHERE id = $1",
+        &[&by_worker[0][1]],
+    )
+    .await
+    .unwrap();
+    app.execute(
+        "UPDATE accounts SET balance = 0 WHERE id = $1",
+        &[&by_worker[1][1]],
+    )
+    .await
+    .unwrap();
+    app.batch_execute("ROLLBACK").await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut acknowledged = 0;
+    for client in clients {
+        acknowledged += client.await.unwrap();
+    }
+    assert!(acknowledged > 20, "{acknowledged}");
+    app.execute("DELETE FROM accounts WHERE id = $1", &[&by_worker[0][2]])
+        .await
+        .unwrap();
+    shoal
+        .cli(&["stream", "refresh", "totals"])
+        .await
+        .assert_ok();
+    let rows = |sql: String| {
+        let sql = sql.clone();
+        let client = &app;
+        async move {
+            client
+                .query(&sql, &[])
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| {
+                    format!(
+                        "{:?} {:?} {:?}",
+                        r.get::<_, i32>(0),
+                        r.get::<_, i64>(1),
+                        r.get::<_, i64>(2)
+                    )
+                })
+                .collect::<Vec<_>>()
+        }
+    };
+    let expected = rows(format!(
+        "SELECT g, n, total::bigint FROM ({query}) q ORDER BY g"
+    ))
+    .await;
+    let stream = rows("SELECT g, n, total::bigint FROM totals ORDER BY g".to_string()).await;
+    assert_eq!(stream, expected);
+}

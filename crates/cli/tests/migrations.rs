@@ -114,13 +114,18 @@ def upgrade():
 
 /// An Alembic project pointing at the cluster's coordinator.
 fn project(shoal: &Shoal) -> PathBuf {
-    let dir = shoal.pg.run_dir().join("alembic");
+    project_at(shoal, shoal.pg.coordinator.port, MIGRATIONS)
+}
+
+/// An Alembic project with `migrations`, pointing at `port` on 127.0.0.1.
+fn project_at(shoal: &Shoal, port: u16, migrations: &[(&str, &str)]) -> PathBuf {
+    let dir = shoal.pg.run_dir().join(format!("alembic-{port}"));
     std::fs::create_dir_all(dir.join("versions")).unwrap();
     std::fs::write(
         dir.join("alembic.ini"),
         format!(
             "[alembic]\nscript_location = %(here)s\nsqlalchemy.url = postgresql+psycopg2://postgres@127.0.0.1:{}/{}\n",
-            shoal.pg.coordinator.port,
+            port,
             shoal_testkit::DBNAME
         ),
     )
@@ -128,7 +133,7 @@ fn project(shoal: &Shoal) -> PathBuf {
     std::fs::write(dir.join("env.py"), ENV_PY).unwrap();
     std::fs::write(dir.join("script.py.mako"), SCRIPT_MAKO).unwrap();
     let mut previous = "None".to_string();
-    for (revision, body) in MIGRATIONS {
+    for (revision, body) in migrations {
         std::fs::write(
             dir.join("versions").join(format!("{revision}.py")),
             format!(
@@ -296,4 +301,87 @@ async fn alembic_migrations_run_against_the_coordinator() {
     assert_eq!(scalar(&sql, "SELECT count(*) FROM shop_orders").await, 2);
     shoal.assert_definitions_match().await;
     shoal.assert_nothing_left_behind().await;
+}
+
+/// Through Shoal's endpoint the same tool runs what the coordinator refuses on a distributed
+/// table among these: an index built concurrently (and dropped so), which the endpoint builds on
+/// every shard.
+const ENDPOINT_MIGRATIONS: &[(&str, &str)] = &[
+    MIGRATIONS[0],
+    MIGRATIONS[1],
+    (
+        "r3",
+        r#"
+def upgrade():
+    with op.get_context().autocommit_block():
+        op.create_index("ix_lines_line", "shop_lines", ["line"], postgresql_concurrently=True)
+        op.drop_index("ix_orders_status", "shop_orders", postgresql_concurrently=True)
+"#,
+    ),
+];
+
+#[tokio::test]
+async fn alembic_migrations_run_through_the_endpoint_unchanged() {
+    let shoal = common::start(2).await;
+    let endpoint = shoal.start_endpoint().await;
+    let dir = project_at(&shoal, endpoint.port, ENDPOINT_MIGRATIONS);
+    alembic(&dir, &["upgrade", "r1"]);
+    shoal
+        .cli(&["table", "reference", "kinds"])
+        .await
+        .assert_ok();
+    shoal
+        .cli(&[
+            "table",
+            "distribute",
+            "shop_orders",
+            "--column",
+            "id",
+            "--shards",
+            "4",
+        ])
+        .await
+        .assert_ok();
+    shoal
+        .cli(&[
+            "table",
+            "distribute",
+            "shop_lines",
+            "--column",
+            "order_id",
+            "--colocate-with",
+            "shop_orders",
+        ])
+        .await
+        .assert_ok();
+    let app = endpoint.connect().await;
+    app.batch_execute(
+        "INSERT INTO shop_orders VALUES (1, 10, 'first'); INSERT INTO shop_lines VALUES (1, 1, 3);",
+    )
+    .await
+    .unwrap();
+    alembic(&dir, &["upgrade", "r2"]);
+    alembic(&dir, &["upgrade", "r3"]);
+    assert!(alembic(&dir, &["current"]).contains("r3"));
+    shoal.assert_definitions_match().await;
+    let mut on_shards = 0;
+    for worker in &shoal.pg.workers {
+        on_shards += scalar(
+            &worker.connect().await,
+            "SELECT count(*) FROM pg_indexes WHERE indexname LIKE 'ix_lines_line%'",
+        )
+        .await;
+    }
+    assert_eq!(on_shards, 4, "the index is on every shard of shop_lines");
+    app.batch_execute("INSERT INTO shop_orders (id, customer_id, memo) VALUES (2, 20, 'second')")
+        .await
+        .unwrap();
+    assert_eq!(
+        scalar(
+            &app,
+            "SELECT count(*) FROM shop_orders WHERE status = 'new'"
+        )
+        .await,
+        2
+    );
 }
