@@ -612,6 +612,94 @@ async fn a_column_added_through_the_endpoint_gets_its_default_on_the_next_insert
         .map(|r| r.get(0))
         .collect();
     assert_eq!(flags, vec!["new", "new", "new"]);
+
+    // A node's error keeps its SQLSTATE and message, without a position in a text the
+    // client never sent.
+    let error = app
+        .batch_execute("SELECT nosuch FROM t WHERE id = 1")
+        .await
+        .unwrap_err();
+    let db = error.as_db_error().unwrap_or_else(|| panic!("{error:?}"));
+    assert_eq!(db.code().code(), "42703", "{db:?}");
+    assert!(db.position().is_none(), "{db:?}");
+
+    // The check an INSERT that leaves columns out runs first on its node: it passes at the
+    // version the endpoint read, and refuses (retryably) any other.
+    let worker = shoal.pg.workers[0].connect().await;
+    let shard: String = worker
+        .query_one(
+            "SELECT quote_ident(relname) FROM pg_class WHERE relname ~ '^t_[0-9]+$' LIMIT 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let check = |delta: i64| {
+        format!(
+            "SELECT shoal_worker.expect_tables(shoal_worker.tables_version() + {delta}, '{shard}')"
+        )
+    };
+    worker.batch_execute(&check(0)).await.unwrap();
+    let error = worker.batch_execute(&check(-1)).await.unwrap_err();
+    assert_eq!(
+        error.as_db_error().unwrap().code().code(),
+        "40001",
+        "{error}"
+    );
+    // Both protocols send it (a stand-in that always refuses shows it), and only for such
+    // INSERTs.
+    for worker in &shoal.pg.workers {
+        worker
+            .connect()
+            .await
+            .batch_execute(
+                "CREATE OR REPLACE FUNCTION shoal_worker.expect_tables(known bigint, shard regclass)
+                 RETURNS boolean LANGUAGE plpgsql AS $$
+                 BEGIN RAISE EXCEPTION 'checked' USING ERRCODE = '40001'; END $$",
+            )
+            .await
+            .unwrap();
+    }
+    let refused = |result: Result<u64, tokio_postgres::Error>| {
+        let error = result.unwrap_err();
+        assert_eq!(
+            error
+                .as_db_error()
+                .unwrap_or_else(|| panic!("{error:?}"))
+                .message(),
+            "checked",
+            "{error}"
+        );
+    };
+    // (v has no default: leaving it out is the shard's NULL; flag's default keeps an INSERT
+    // that leaves it out on the coordinator.)
+    refused(
+        app.execute("INSERT INTO t (id, flag) VALUES ($1, 'x')", &[&10i64])
+            .await,
+    );
+    refused(
+        app.batch_execute("INSERT INTO t (id, flag) VALUES (11, 'x')")
+            .await
+            .map(|()| 0),
+    );
+    app.batch_execute("BEGIN").await.unwrap();
+    refused(
+        app.execute("INSERT INTO t (id, flag) VALUES ($1, 'x')", &[&12i64])
+            .await,
+    );
+    app.batch_execute("ROLLBACK").await.unwrap();
+    app.execute(
+        "INSERT INTO t (id, v, flag) VALUES ($1, 1, 'named')",
+        &[&13i64],
+    )
+    .await
+    .unwrap();
+    let count: i64 = app
+        .query_one("SELECT count(*) FROM t WHERE id >= 10", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(count, 1);
 }
 
 #[tokio::test]

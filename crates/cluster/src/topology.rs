@@ -122,6 +122,7 @@ pub async fn load_topology(
         search_path,
         tables: Arc::new(tables),
         builtin_functions: Arc::new(builtin_functions),
+        node_versions: Arc::default(),
     })
 }
 
@@ -174,5 +175,6 @@ pub async fn with_current_placements(
         search_path: topology.search_path.clone(),
         tables: Arc::new(tables),
         builtin_functions: topology.builtin_functions.clone(),
+        node_versions: topology.node_versions.clone(),
     })
 }

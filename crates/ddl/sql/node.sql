@@ -36,3 +36,26 @@ $fn$;
 DROP TRIGGER IF EXISTS apply_ddl ON shoal_worker.ddl_inbox;
 CREATE TRIGGER apply_ddl BEFORE INSERT ON shoal_worker.ddl_inbox
     FOR EACH ROW EXECUTE FUNCTION shoal_worker.apply_ddl();
+
+-- Shoal's endpoint sends a node an INSERT that leaves columns out (the shard, which keeps no
+-- defaults, gives them NULL) only while its view of the tables is current: it runs this first,
+-- in the INSERT's transaction. The lock is the one the INSERT takes anyway, and DDL on the
+-- shard needs a stronger one, so no DDL lands between this check and the INSERT; every DDL a
+-- node applies adds an inbox row, whose id is the tables' version.
+CREATE OR REPLACE FUNCTION shoal_worker.expect_tables(known bigint, shard regclass)
+RETURNS boolean LANGUAGE plpgsql AS $fn$
+BEGIN
+    EXECUTE format('LOCK TABLE %s IN ROW EXCLUSIVE MODE', shard);
+    IF coalesce((SELECT max(id) FROM shoal_worker.ddl_inbox), 0) <> known THEN
+        RAISE EXCEPTION 'table % changed while Shoal''s endpoint routed this statement', shard
+            USING ERRCODE = '40001', HINT = 'Run the statement again.';
+    END IF;
+    RETURN true;
+END
+$fn$;
+
+-- The tables' version, as the endpoint reads it.
+CREATE OR REPLACE FUNCTION shoal_worker.tables_version() RETURNS bigint
+LANGUAGE sql STABLE AS $fn$
+    SELECT coalesce(max(id), 0) FROM shoal_worker.ddl_inbox
+$fn$;

@@ -201,11 +201,10 @@ async fn lock_instance(params: &ConnectParams, instance: i32) -> Result<Client, 
 async fn refresh(shared: &Shared, client: &Client) -> Result<(), EndpointError> {
     // Sessions waiting for a read that starts after their request are released by this one.
     let generation = *shared.refreshed.borrow() + 1;
-    let topology = shoal_cluster::topology::load_topology(client, Vec::new()).await?;
-    *shared.topology.write().expect("topology lock") = Arc::new(topology);
     let mut targets = HashMap::new();
     targets.insert(Place::Coordinator, shared.coordinator.clone());
-    for node in model::list_nodes(client).await? {
+    let nodes = model::list_nodes(client).await?;
+    for node in &nodes {
         targets.insert(
             Place::Node(node.node_id),
             shared
@@ -214,8 +213,39 @@ async fn refresh(shared: &Shared, client: &Client) -> Result<(), EndpointError> 
         );
     }
     shared.pool.set_targets(targets);
+    // The nodes' tables versions first, the tables then: the view is never older than the
+    // versions it carries (a change in between fails a check, and the next read fixes it).
+    let mut versions = HashMap::new();
+    for node in &nodes {
+        match tables_version(shared, node.node_id).await {
+            Ok(version) => {
+                versions.insert(node.node_id, version);
+            }
+            Err(error) => {
+                tracing::debug!(node = node.node_id, %error, "reading a node's tables version")
+            }
+        }
+    }
+    let mut topology = shoal_cluster::topology::load_topology(client, Vec::new()).await?;
+    topology.node_versions = Arc::new(versions);
+    *shared.topology.write().expect("topology lock") = Arc::new(topology);
     shared.refreshed.send_replace(generation);
     Ok(())
+}
+
+async fn tables_version(shared: &Shared, node: i32) -> Result<i64, EndpointError> {
+    let mut pooled = shared.pool.get(Place::Node(node)).await?;
+    let result = pooled
+        .conn
+        .simple_query("SELECT shoal_worker.tables_version()")
+        .await;
+    pooled.reusable = result.is_ok();
+    shared.pool.put(Place::Node(node), pooled);
+    let rows = result?;
+    rows.first()
+        .and_then(|r| r[0].as_deref())
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| EndpointError::Protocol("no tables version".into()))
 }
 
 /// Shoal's connections for recovery, opened as needed.

@@ -79,6 +79,8 @@ pub struct Session {
     /// The coordinator ran something that may change tables (DDL): the router reads them
     /// again before this session routes anything more.
     catalog_may_change: bool,
+    /// The next result of a simple query is the endpoint's own (a guard): not relayed.
+    swallow_result: bool,
 }
 
 /// A statement's destination, decided before it is sent.
@@ -113,6 +115,7 @@ impl Session {
             running,
             entered: Vec::new(),
             catalog_may_change: false,
+            swallow_result: false,
         };
         session.refresh_settings().await?;
         Ok(session)
@@ -300,6 +303,7 @@ impl Session {
             search_path: self.search_path.clone(),
             tables: shared.tables.clone(),
             builtin_functions: shared.builtin_functions.clone(),
+            node_versions: shared.node_versions.clone(),
         }
     }
 
@@ -441,9 +445,9 @@ impl Session {
                     Ok(plan) => self.bind_entered(plan, &[]).await.map(|t| (t, plan)),
                     Err(reason) => Err(reason.clone()),
                 };
-                let target_sql = routed.as_ref().ok().map(|(t, _)| t.sql.clone());
+                let target = routed.as_ref().ok().map(|(t, _)| t.clone());
                 let route = self.route(routed).await?;
-                self.simple_routed(route, sql, target_sql).await?;
+                self.simple_routed(route, sql, target).await?;
             }
             Control::ConcurrentIndex {
                 create,
@@ -475,6 +479,8 @@ impl Session {
                 }
             }
         }
+        // An error ends a simple query alone; the extended protocol's skipping is for a batch.
+        self.skipping = false;
         self.ready().await
     }
 
@@ -482,7 +488,7 @@ impl Session {
         &mut self,
         route: Route,
         sql: &str,
-        target_sql: Option<String>,
+        target: Option<Target>,
     ) -> Result<(), EndpointError> {
         match route {
             Route::Refused(error) => {
@@ -507,8 +513,27 @@ impl Session {
                 } else if let Err(error) = self.hold(place).await {
                     return self.local_error(connect_failure(place, &error)).await;
                 }
-                let sql = target_sql.expect("a routed statement has its text");
-                self.relay_simple(Dest::Shoal(place), &sql).await
+                let target = target.expect("a routed statement has its target");
+                let dest = Dest::Shoal(place);
+                match &target.guard {
+                    None => self.relay_simple(dest, &target.sql).await,
+                    // In a transaction block the check runs first on its own; alone, in the
+                    // same query string (one implicit transaction), its answer swallowed.
+                    Some(guard) if self.txn.is_some() => {
+                        match self.conn(dest).simple_query(&guard_sql(guard)).await {
+                            Ok(_) => self.relay_simple(dest, &target.sql).await,
+                            Err(EndpointError::Server(error)) => self.local_error(error).await,
+                            Err(other) => Err(other),
+                        }
+                    }
+                    Some(guard) => {
+                        self.swallow_result = true;
+                        let sql = format!("{}; {}", guard_sql(guard), target.sql);
+                        let result = self.relay_simple(dest, &sql).await;
+                        self.swallow_result = false;
+                        result
+                    }
+                }
             }
         }
     }
@@ -874,6 +899,15 @@ impl Session {
         self.privileges.clear();
         Ok(())
     }
+}
+
+/// The check an INSERT that leaves columns out runs first on its node (see `Target::guard`).
+fn guard_sql(guard: &shoal_route::Guard) -> String {
+    format!(
+        "SELECT shoal_worker.expect_tables({}, {})",
+        guard.version,
+        quote_literal(&guard.shard.quoted())
+    )
 }
 
 fn complete(tag: &str) -> PgWireBackendMessage {

@@ -20,7 +20,7 @@ pub mod topology;
 
 pub use hash::{hash_bytes_extended, hash_combine64, hash_uint32_extended, PARTITION_SEED};
 pub use key::{KeyError, KeyType, KeyValue};
-pub use statement::{plan, NotRoutable, Param, Place, Plan, Privilege, Target};
+pub use statement::{plan, Guard, NotRoutable, Param, Place, Plan, Privilege, Target};
 pub use topology::{Distribution, Placement, Shard, Table, Topology};
 
 /// The shard index (the hash partition's remainder) a key belongs to among `shard_count`.

@@ -52,6 +52,18 @@ pub struct Target {
     pub colocation: i64,
     pub shard_index: u32,
     pub sql: String,
+    /// For an INSERT that leaves columns out: shard tables keep no defaults, so the
+    /// statement is right only while the router's view of the table is current (a column
+    /// added with a default since it was read would get NULL); the caller checks that on
+    /// the node, in the statement's transaction.
+    pub guard: Option<Guard>,
+}
+
+/// The shard an INSERT writes and the node's tables version the router's view was read at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Guard {
+    pub shard: QualifiedName,
+    pub version: i64,
 }
 
 /// A node by its id, or the coordinator for a statement that writes (or locks rows of)
@@ -119,6 +131,8 @@ pub struct Plan {
     keys: Vec<Key>,
     /// Writes reference tables only: runs on the coordinator, names as they are.
     on_coordinator: bool,
+    /// The relation an INSERT writes without naming all its columns.
+    omits_columns: Option<usize>,
     /// The privileges the statement needs, checked for the client's role before it runs
     /// as Shoal's.
     accesses: Vec<(QualifiedName, Privilege)>,
@@ -143,6 +157,7 @@ pub fn plan(sql: &str, topology: &Topology) -> Result<Plan, NotRoutable> {
         classes: Vec::new(),
         keys: Vec::new(),
         writes_reference: false,
+        omits_columns: None,
     };
     let mut write = None;
     let expected_selects = match &statement {
@@ -235,6 +250,8 @@ struct Planner<'a> {
     /// Keys with the relation they pin.
     keys: Vec<(usize, Key)>,
     writes_reference: bool,
+    /// The relation an INSERT writes without naming all its columns.
+    omits_columns: Option<usize>,
 }
 
 impl Planner<'_> {
@@ -520,6 +537,9 @@ impl Planner<'_> {
                 })
                 .collect::<Result<_, _>>()?
         };
+        if relation.columns.iter().any(|c| !columns.contains(c)) {
+            self.omits_columns = Some(target);
+        }
         if let Some(missing) = with_defaults.iter().find(|c| !columns.contains(c)) {
             return refuse(format!(
                 "column {missing} takes the coordinator's default (shard tables have none)"
@@ -568,6 +588,7 @@ impl Planner<'_> {
                 shard_count: 0,
                 keys: Vec::new(),
                 on_coordinator: true,
+                omits_columns: None,
                 accesses: Vec::new(),
             });
         }
@@ -610,6 +631,7 @@ impl Planner<'_> {
             shard_count,
             keys: self.keys.into_iter().map(|(_, k)| k).collect(),
             on_coordinator: false,
+            omits_columns: self.omits_columns,
             accesses: Vec::new(),
         })
     }
@@ -732,6 +754,7 @@ impl Plan {
                 colocation: -1,
                 shard_index: 0,
                 sql: rewrite::rewrite(&self.statement, &self.relations, &names)?,
+                guard: None,
             });
         }
         let mut index = None;
@@ -779,11 +802,25 @@ impl Plan {
             names.push(name);
         }
         let sql = rewrite::rewrite(&self.statement, &self.relations, &names)?;
+        let node = node.expect("a plan has a distributed table");
+        let guard = match self.omits_columns {
+            None => None,
+            Some(r) => match topology.node_versions.get(&node) {
+                Some(version) => Some(Guard {
+                    shard: names[r].clone(),
+                    version: *version,
+                }),
+                None => {
+                    return refuse("it leaves columns out and its node's tables version is unknown")
+                }
+            },
+        };
         Ok(Target {
-            place: Place::Node(node.expect("a plan has a distributed table")),
+            place: Place::Node(node),
             colocation: self.colocation,
             shard_index: index,
             sql,
+            guard,
         })
     }
 

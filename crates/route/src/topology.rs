@@ -18,6 +18,9 @@ pub struct Topology {
     pub tables: Arc<HashMap<QualifiedName, Table>>,
     /// Functions the nodes have exactly as the coordinator does (`pg_catalog`'s).
     pub builtin_functions: Arc<HashSet<String>>,
+    /// Each node's tables version (its DDL inbox) read before the tables were: what an INSERT
+    /// that leaves columns out checks on the node (see `Target::guard`).
+    pub node_versions: Arc<HashMap<i32, i64>>,
 }
 
 #[derive(Debug, Clone)]

@@ -216,6 +216,10 @@ impl Session {
                 }
                 let target = target.expect("a routed statement has its target");
                 let dest = Dest::Shoal(place);
+                if let Some(guard) = &target.guard {
+                    // In the statement's transaction, before it (see `Target::guard`).
+                    self.inject(dest, &super::guard_sql(guard)).await?;
+                }
                 let parse = Parse::new(None, target.sql, types);
                 self.send(
                     dest,

@@ -123,13 +123,35 @@ impl Session {
                 self.segment = None;
                 return Ok(());
             }
-            let message = self.conn(dest).framed.read_backend().await?;
+            let mut message = self.conn(dest).framed.read_backend().await?;
+            if let (Dest::Shoal(_), PgWireBackendMessage::ErrorResponse(error)) =
+                (dest, &mut message)
+            {
+                // A position in the node's statement (rewritten names) is not one in the
+                // client's text.
+                error
+                    .fields
+                    .retain(|(code, _)| !matches!(code, b'P' | b'p' | b'q'));
+            }
             let front = self
                 .segment
                 .as_ref()
                 .filter(|(d, _)| *d == dest)
                 .and_then(|(_, a)| a.front().copied());
             let relay_front = front.is_none_or(|(_, relay)| relay);
+            if self.swallow_result {
+                match &message {
+                    PgWireBackendMessage::RowDescription(_) | PgWireBackendMessage::DataRow(_) => {
+                        continue;
+                    }
+                    PgWireBackendMessage::CommandComplete(_) => {
+                        self.swallow_result = false;
+                        continue;
+                    }
+                    PgWireBackendMessage::ErrorResponse(_) => self.swallow_result = false,
+                    _ => {}
+                }
+            }
             let mut completes = None;
             let relay = match &message {
                 PgWireBackendMessage::ReadyForQuery(ready) => {

@@ -123,6 +123,7 @@ fn topology() -> Topology {
                 .map(String::from)
                 .collect::<HashSet<_>>(),
         ),
+        node_versions: Arc::new(HashMap::from([(1, 10), (2, 20), (7, 70), (8, 80)])),
     }
 }
 
@@ -302,6 +303,34 @@ fn reference_writes_run_on_the_coordinator_where_they_are_authoritative() {
             (name("public", "kinds"), Privilege::Select),
             (name("public", "kinds"), Privilege::Delete)
         ]
+    );
+}
+
+#[test]
+fn an_insert_that_leaves_columns_out_names_its_shard() {
+    let full = routed(
+        "INSERT INTO items (customer_id, order_id, kind, qty) VALUES (3, 1, 2, 5)",
+        &[],
+    );
+    let partial = routed(
+        "INSERT INTO items (customer_id, order_id) VALUES (3, 1)",
+        &[],
+    );
+    assert_eq!(full.guard, None, "{}", full.sql);
+    let index = index_of(KeyValue::Int8(3));
+    let Place::Node(node) = partial.place else {
+        panic!("on a node")
+    };
+    assert_eq!(
+        partial.guard,
+        Some(Guard {
+            shard: name("public", &format!("items_{}", 200 + index)),
+            version: i64::from(node) * 10,
+        })
+    );
+    assert_eq!(
+        routed("SELECT * FROM orders WHERE customer_id = 3", &[]).guard,
+        None
     );
 }
 
