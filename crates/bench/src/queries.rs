@@ -1,7 +1,8 @@
 //! The query set of the reference data set (2 workers, 32 shards) through the coordinator,
 //! against the same rows on one plain server started alongside, in one run: medians in
 //! milliseconds, the ratio Shoal / one server, and Citus 13.2's figure measured on this machine
-//! (BRIEF.md) for comparison; then pgbench key lookups (4 clients) on both.
+//! (BRIEF.md) for comparison, and the same through Shoal's endpoint (aggregates split across
+//! the nodes there); then pgbench key lookups (4 clients) on all three.
 
 use std::time::Instant;
 
@@ -70,11 +71,26 @@ pub async fn run(orders: i64, runs: usize, only: Option<String>) -> anyhow::Resu
     let (single, pg, _cluster) = load_reference(orders).await?;
     let plain = single.coordinator.connect().await;
     let sql = pg.coordinator.connect().await;
+    let (_stop, shutdown) = tokio::sync::watch::channel(false);
+    let params = shoal_catalog::ConnectParams::parse(&pg.coordinator_uri())?;
+    let (endpoint, _duty) = shoal_endpoint::start(params, "127.0.0.1:0", shutdown)
+        .await
+        .map_err(|e| anyhow::anyhow!("the endpoint did not start: {e}"))?;
+    let (app, connection) = tokio_postgres::connect(
+        &format!(
+            "host=127.0.0.1 port={} user=postgres dbname={}",
+            endpoint.address.port(),
+            shoal_testkit::DBNAME
+        ),
+        tokio_postgres::NoTls,
+    )
+    .await?;
+    tokio::spawn(connection);
 
     println!("Queries on the reference data set ({orders} orders), medians of {runs} runs, ms");
     println!(
-        "{:<30} {:>11} {:>11} {:>8} {:>10}",
-        "query", "one server", "Shoal", "ratio", "Citus"
+        "{:<30} {:>11} {:>11} {:>8} {:>11} {:>8} {:>10}",
+        "query", "one server", "coordinator", "ratio", "endpoint", "ratio", "Citus"
     );
     for (label, query, citus) in QUERIES {
         if only.as_deref().is_some_and(|o| !label.starts_with(o)) {
@@ -84,17 +100,24 @@ pub async fn run(orders: i64, runs: usize, only: Option<String>) -> anyhow::Resu
         let (expected, got) = (answer(&plain, query).await?, answer(&sql, query).await?);
         anyhow::ensure!(
             expected == got,
-            "{label}: Shoal's answer differs from one server's"
+            "{label}: the coordinator's answer differs from one server's"
         );
-        let (mut one, mut shoal) = (Vec::new(), Vec::new());
+        // Through the endpoint as written (a wrapping subquery would take another path).
+        anyhow::ensure!(
+            simple_answer(&plain, query).await? == simple_answer(&app, query).await?,
+            "{label}: the endpoint's answer differs from one server's"
+        );
+        let (mut one, mut shoal, mut through) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..runs {
             one.push(timed_ms(&plain, query).await?);
             shoal.push(timed_ms(&sql, query).await?);
+            through.push(timed_ms(&app, query).await?);
         }
-        let (one, shoal) = (median(&mut one), median(&mut shoal));
+        let (one, shoal, through) = (median(&mut one), median(&mut shoal), median(&mut through));
         println!(
-            "{label:<30} {one:>11.2} {shoal:>11.2} {:>7.2}x {citus:>10.2}",
-            shoal / one
+            "{label:<30} {one:>11.2} {shoal:>11.2} {:>7.2}x {through:>11.2} {:>7.2}x {citus:>10.2}",
+            shoal / one,
+            through / one
         );
     }
     if only.is_none() {
@@ -103,14 +126,21 @@ pub async fn run(orders: i64, runs: usize, only: Option<String>) -> anyhow::Resu
             &script,
             format!("\\set id random(1, {orders})\nSELECT * FROM orders WHERE id = :id;\n"),
         )?;
-        let (one, shoal) = (
+        let through_endpoint = format!(
+            "postgresql://postgres@127.0.0.1:{}/{}",
+            endpoint.address.port(),
+            shoal_testkit::DBNAME
+        );
+        let (one, shoal, through) = (
             lookups(&single.coordinator_uri(), &script).await?,
             lookups(&pg.coordinator_uri(), &script).await?,
+            lookups(&through_endpoint, &script).await?,
         );
         println!(
-            "{:<30} {one:>11.0} {shoal:>11.0} {:>7.2}x {:>10}",
+            "{:<30} {one:>11.0} {shoal:>11.0} {:>7.2}x {through:>11.0} {:>7.2}x {:>10}",
             "pgbench key lookups, tps",
             shoal / one,
+            through / one,
             "3349"
         );
     }
@@ -179,6 +209,26 @@ pub async fn lookups(uri: &str, script: &std::path::Path) -> anyhow::Result<f64>
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|tps| tps.parse().ok())
         .ok_or_else(|| anyhow::anyhow!("no tps in pgbench's output: {text}"))
+}
+
+/// The query's rows by the simple protocol, as text, sorted.
+async fn simple_answer(client: &Client, query: &str) -> anyhow::Result<Vec<String>> {
+    let mut rows: Vec<String> = client
+        .simple_query(query)
+        .await?
+        .iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(row) => Some(
+                (0..row.len())
+                    .map(|i| format!("{:?}", row.get(i)))
+                    .collect::<Vec<_>>()
+                    .join("|"),
+            ),
+            _ => None,
+        })
+        .collect();
+    rows.sort();
+    Ok(rows)
 }
 
 /// The query's rows as text, sorted (the grouped query has no order).

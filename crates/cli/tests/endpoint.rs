@@ -911,3 +911,113 @@ async fn stream_tables_see_every_transaction_committed_through_the_endpoint() {
     let stream = rows("SELECT g, n, total::bigint FROM totals ORDER BY g".to_string()).await;
     assert_eq!(stream, expected);
 }
+
+/// The rows of `sql` as text, by the simple protocol (`simple`) or the extended one.
+async fn text_rows(client: &tokio_postgres::Client, sql: &str, simple: bool) -> Vec<String> {
+    if simple {
+        client
+            .simple_query(sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+            .iter()
+            .filter_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(row) => Some(
+                    (0..row.len())
+                        .map(|i| format!("{:?}", row.get(i)))
+                        .collect::<Vec<_>>()
+                        .join("|"),
+                ),
+                _ => None,
+            })
+            .collect()
+    } else {
+        // Every output is cast to text by the query itself.
+        client
+            .query(sql, &[])
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+            .iter()
+            .map(|r| {
+                (0..r.len())
+                    .map(|i| format!("{:?}", r.get::<_, Option<String>>(i)))
+                    .collect::<Vec<_>>()
+                    .join("|")
+            })
+            .collect()
+    }
+}
+
+#[tokio::test]
+async fn aggregates_split_across_the_nodes_answer_as_the_coordinator_does() {
+    let shoal = common::start(2).await;
+    let sql = shoal.coordinator().await;
+    sql.batch_execute(
+        "CREATE TABLE orders (id bigint PRIMARY KEY, customer_id bigint, amount numeric, qty int,
+                              price double precision);",
+    )
+    .await
+    .unwrap();
+    shoal
+        .cli(&[
+            "table",
+            "distribute",
+            "orders",
+            "--column",
+            "id",
+            "--shards",
+            "8",
+        ])
+        .await
+        .assert_ok();
+    let endpoint = shoal.start_endpoint().await;
+    let app = endpoint.connect().await;
+    // Each query as written (simple protocol) and with its outputs cast to text (extended).
+    let queries = [
+        ("SELECT count(*) FROM orders", "SELECT count(*)::text FROM orders"),
+        (
+            "SELECT count(amount), sum(amount), avg(amount), min(amount), max(amount) FROM orders",
+            "SELECT count(amount)::text, sum(amount)::text, avg(amount)::text, min(amount)::text, max(amount)::text FROM orders",
+        ),
+        (
+            "SELECT sum(qty), avg(qty), min(price), max(price) FROM orders WHERE qty > 3",
+            "SELECT sum(qty)::text, avg(qty)::text, min(price)::text, max(price)::text FROM orders WHERE qty > 3",
+        ),
+        (
+            "SELECT customer_id % 10, count(*), sum(qty) FROM orders GROUP BY 1 ORDER BY 1",
+            "SELECT (customer_id % 10)::text, count(*)::text, sum(qty)::text FROM orders GROUP BY customer_id % 10 ORDER BY 1",
+        ),
+        (
+            "SELECT customer_id AS c, avg(qty) AS a FROM orders GROUP BY customer_id ORDER BY a DESC NULLS LAST, c LIMIT 5",
+            "SELECT customer_id::text AS c, avg(qty)::text AS a FROM orders GROUP BY customer_id ORDER BY 2 DESC NULLS LAST, 1 LIMIT 5",
+        ),
+        (
+            "SELECT count(*) FROM orders WHERE amount > 50",
+            "SELECT count(*)::text FROM orders WHERE amount > 50",
+        ),
+    ];
+    // Empty, a few rows (most shards empty), then many with NULLs and repeated groups.
+    for fill in [
+        "",
+        "INSERT INTO orders VALUES (1, 1, 10.5, 2, 1.25), (2, NULL, NULL, NULL, NULL), (3, 1, 99, 7, 3.5)",
+        "INSERT INTO orders SELECT g, CASE WHEN g % 7 = 0 THEN NULL ELSE g % 13 END,
+                CASE WHEN g % 5 = 0 THEN NULL ELSE (g * 37 % 100)::numeric / 3 END,
+                CASE WHEN g % 11 = 0 THEN NULL ELSE g % 9 END, g * 0.5
+         FROM generate_series(10, 2000) g",
+    ] {
+        if !fill.is_empty() {
+            sql.batch_execute(fill).await.unwrap();
+        }
+        for (written, cast) in queries {
+            for (query, simple) in [(written, true), (cast, false)] {
+                let expected = text_rows(&sql, query, simple).await;
+                let got = text_rows(&app, query, simple).await;
+                assert_eq!(got, expected, "{query} (simple: {simple}) after {fill:.30}");
+            }
+        }
+    }
+    let metrics = endpoint.metrics().await;
+    assert!(
+        metrics["shoal_endpoint_statements_scattered_total"] >= (queries.len() * 2 * 3) as u64,
+        "{metrics:?}"
+    );
+}

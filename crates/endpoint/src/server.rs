@@ -300,6 +300,38 @@ impl ServerConn {
         }
     }
 
+    /// Like [`ServerConn::simple_query`], with the type OIDs of the last result's columns.
+    pub async fn simple_query_typed(
+        &mut self,
+        sql: &str,
+    ) -> Result<(Vec<u32>, Vec<Vec<Option<String>>>), EndpointError> {
+        self.framed.queue_frontend(&PgWireFrontendMessage::Query(
+            pgwire::messages::simplequery::Query::new(sql.to_string()),
+        ))?;
+        self.framed.flush().await?;
+        let (mut types, mut rows, mut error) = (Vec::new(), Vec::new(), None);
+        loop {
+            match self.framed.read_backend().await? {
+                PgWireBackendMessage::RowDescription(description) => {
+                    types = description.fields.iter().map(|f| f.type_id).collect();
+                    rows.clear();
+                }
+                PgWireBackendMessage::DataRow(row) => rows.push(text_columns(&row)),
+                PgWireBackendMessage::ErrorResponse(e) => {
+                    error = Some(ServerError { fields: e.fields })
+                }
+                PgWireBackendMessage::ReadyForQuery(ready) => {
+                    self.status = status_byte(&ready);
+                    return match error {
+                        Some(e) => Err(e.into()),
+                        None => Ok((types, rows)),
+                    };
+                }
+                _ => {}
+            }
+        }
+    }
+
     /// Sends a cancel request for whatever this connection runs now.
     pub async fn cancel_handle(&self) -> Option<CancelHandle> {
         self.key.map(|(pid, secret)| CancelHandle {

@@ -10,6 +10,7 @@
 mod ddl;
 mod extended;
 mod relay;
+mod scatter;
 mod settings;
 
 use std::collections::{HashMap, VecDeque};
@@ -81,6 +82,8 @@ pub struct Session {
     catalog_may_change: bool,
     /// The next result of a simple query is the endpoint's own (a guard): not relayed.
     swallow_result: bool,
+    /// Merging statements prepared so far (each gets a name of its own).
+    merges: u64,
 }
 
 /// A statement's destination, decided before it is sent.
@@ -116,6 +119,7 @@ impl Session {
             entered: Vec::new(),
             catalog_may_change: false,
             swallow_result: false,
+            merges: 0,
         };
         session.refresh_settings().await?;
         Ok(session)
@@ -313,27 +317,33 @@ impl Session {
     /// coordinator session once per table and privilege).
     async fn allowed(&mut self, plan: &Plan) -> Result<bool, EndpointError> {
         for (name, privilege) in plan.accesses() {
-            let key = (name.clone(), *privilege);
-            let granted = match self.privileges.get(&key) {
-                Some(granted) => *granted,
-                None => {
-                    let sql = format!(
-                        "SELECT pg_catalog.has_table_privilege({}, {})",
-                        quote_literal(&name.to_string()),
-                        quote_literal(privilege.as_str())
-                    );
-                    let rows = self.coordinator.simple_query(&sql).await;
-                    let granted =
-                        matches!(rows.as_deref(), Ok([row]) if row[0].as_deref() == Some("t"));
-                    self.privileges.insert(key, granted);
-                    granted
-                }
-            };
-            if !granted {
+            if !self.may(name, *privilege).await? {
                 return Ok(false);
             }
         }
         Ok(true)
+    }
+
+    /// Whether the client's role holds `privilege` on `name` (asked of its own coordinator
+    /// session once per table and privilege).
+    async fn may(
+        &mut self,
+        name: &QualifiedName,
+        privilege: Privilege,
+    ) -> Result<bool, EndpointError> {
+        let key = (name.clone(), privilege);
+        if let Some(granted) = self.privileges.get(&key) {
+            return Ok(*granted);
+        }
+        let sql = format!(
+            "SELECT pg_catalog.has_table_privilege({}, {})",
+            quote_literal(&name.quoted()),
+            quote_literal(privilege.as_str())
+        );
+        let rows = self.coordinator.simple_query(&sql).await;
+        let granted = matches!(rows.as_deref(), Ok([row]) if row[0].as_deref() == Some("t"));
+        self.privileges.insert(key, granted);
+        Ok(granted)
     }
 
     /// Where a statement goes, given its routing (`target`) or the reason it has none.
@@ -441,6 +451,14 @@ impl Session {
         match control {
             Control::Statement => {
                 let planned = shoal_route::plan(sql, &self.topology());
+                if planned.is_err() && self.txn.is_none() {
+                    if let Ok(scatter) = shoal_route::plan_scatter(sql, &self.topology()) {
+                        if self.scatter_simple(&scatter).await? {
+                            self.skipping = false;
+                            return self.ready().await;
+                        }
+                    }
+                }
                 let routed = match &planned {
                     Ok(plan) => self.bind_entered(plan, &[]).await.map(|t| (t, plan)),
                     Err(reason) => Err(reason.clone()),

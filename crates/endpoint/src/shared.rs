@@ -120,6 +120,7 @@ pub struct Metrics {
     pub statements_routed: AtomicU64,
     pub statements_coordinator: AtomicU64,
     pub statements_refused: AtomicU64,
+    pub statements_scattered: AtomicU64,
     pub participants_joined: AtomicU64,
     pub two_phase_commits: AtomicU64,
     pub in_doubt_committed: AtomicU64,
@@ -132,6 +133,9 @@ impl Metrics {
     }
     pub fn to_coordinator(&self) {
         self.statements_coordinator.fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn scattered(&self) {
+        self.statements_scattered.fetch_add(1, Ordering::Relaxed);
     }
     pub fn refused(&self) {
         self.statements_refused.fetch_add(1, Ordering::Relaxed);
@@ -151,6 +155,7 @@ impl Metrics {
             ("shoal_endpoint_connections_open", "Client connections open", get(&self.connections_open)),
             ("shoal_endpoint_statements_routed_total", "Statements run on one server by the endpoint (single shard group or reference write)", get(&self.statements_routed)),
             ("shoal_endpoint_statements_coordinator_total", "Statements the endpoint passed to the coordinator", get(&self.statements_coordinator)),
+            ("shoal_endpoint_statements_scattered_total", "Aggregates split across every node by the endpoint and merged on the coordinator", get(&self.statements_scattered)),
             ("shoal_endpoint_statements_refused_total", "Statements refused because the transaction's path could not run them", get(&self.statements_refused)),
             ("shoal_endpoint_two_phase_commits_total", "Transactions committed with two-phase commit", get(&self.two_phase_commits)),
             ("shoal_endpoint_in_doubt_committed_total", "Prepared transactions committed by recovery", get(&self.in_doubt_committed)),

@@ -15,11 +15,13 @@
 
 mod hash;
 mod key;
+pub mod scatter;
 pub mod statement;
 pub mod topology;
 
 pub use hash::{hash_bytes_extended, hash_combine64, hash_uint32_extended, PARTITION_SEED};
 pub use key::{KeyError, KeyType, KeyValue};
+pub use scatter::{plan_scatter, Scatter};
 pub use statement::{plan, Guard, NotRoutable, Param, Place, Plan, Privilege, Target};
 pub use topology::{Distribution, Placement, Shard, Table, Topology};
 

@@ -229,6 +229,19 @@ pub fn plan(sql: &str, topology: &Topology) -> Result<Plan, NotRoutable> {
     Ok(plan)
 }
 
+/// The whole-tree scan, for a statement split across shards: one SELECT over one relation,
+/// nothing nested, no row locks, only functions every node answers alike.
+pub(crate) fn scan_for_scatter(
+    statement: &serde_json::Value,
+    topology: &Topology,
+) -> Result<(), NotRoutable> {
+    let census = scan::scan(statement, topology)?;
+    if census.selects != 1 || census.relations != 1 || census.locking {
+        return refuse("it nests queries, reads several relations or locks rows");
+    }
+    Ok(())
+}
+
 fn check_select(select: &SelectStmt) -> Result<(), NotRoutable> {
     if select.op != SetOperation::SetopNone as i32 {
         return refuse("it combines queries (UNION, INTERSECT, EXCEPT)");

@@ -16,7 +16,7 @@ use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 use super::{params, Await, Dest, Route, Session};
 use crate::control::{self, Control};
 use crate::error::EndpointError;
-use shoal_route::{NotRoutable, Plan};
+use shoal_route::{NotRoutable, Plan, Scatter};
 
 pub struct Prepared {
     sql: String,
@@ -25,6 +25,8 @@ pub struct Prepared {
     control: Control,
     /// The router's plan, when the statement may go to a node.
     plan: Option<Plan>,
+    /// Else, an aggregate the endpoint splits across the nodes (outside transaction blocks).
+    scatter: Option<Scatter>,
     /// Parsed on the coordinator session under the client's name.
     on_coordinator: bool,
 }
@@ -32,6 +34,12 @@ pub struct Prepared {
 pub enum Portal {
     /// Bound on a server under the client's portal name.
     Server(Dest),
+    /// A split aggregate, run when the client describes or executes it.
+    Scatter {
+        statement: String,
+        bind: Bind,
+        scatter: Scatter,
+    },
     /// Transaction control, run by the endpoint at Execute.
     Control(Control, String),
 }
@@ -69,7 +77,14 @@ impl Session {
             Control::Statement => shoal_route::plan(&parse.query, &self.topology()).ok(),
             _ => None,
         };
+        let scatter = match (&control, &plan) {
+            (Control::Statement, None) => {
+                shoal_route::plan_scatter(&parse.query, &self.topology()).ok()
+            }
+            _ => None,
+        };
         let deferred = plan.is_some()
+            || scatter.is_some()
             || matches!(
                 control,
                 Control::Begin { .. }
@@ -85,6 +100,7 @@ impl Session {
             types: parse.type_oids.clone(),
             control,
             plan,
+            scatter,
             on_coordinator: !deferred,
         };
         if deferred {
@@ -166,6 +182,21 @@ impl Session {
                     .await;
             }
         }
+        let scatter = match (&prepared.plan, &prepared.scatter, &self.txn) {
+            (None, Some(scatter), None) => Some(scatter.clone()),
+            _ => None,
+        };
+        if let Some(scatter) = scatter {
+            let portal_state = Portal::Scatter {
+                statement: statement.clone(),
+                bind,
+                scatter,
+            };
+            self.portals.insert(portal, portal_state);
+            return self
+                .local(PgWireBackendMessage::BindComplete(BindComplete::new()))
+                .await;
+        }
         let types = prepared.types.clone();
         let plan = prepared.plan.clone();
         let routed = match &plan {
@@ -245,10 +276,12 @@ impl Session {
     async fn describe(&mut self, describe: Describe) -> Result<(), EndpointError> {
         let target = name(&describe.name);
         if describe.target_type == b'S' {
-            let control = self
-                .statements
-                .get(&target)
-                .map(|p| (p.plan.is_none(), p.on_coordinator));
+            let control = self.statements.get(&target).map(|p| {
+                (
+                    p.control != Control::Statement && p.plan.is_none(),
+                    p.on_coordinator,
+                )
+            });
             if let Some((true, false)) = control {
                 // Transaction control: no parameters, no rows.
                 self.local(PgWireBackendMessage::ParameterDescription(
@@ -270,11 +303,13 @@ impl Session {
                 )
                 .await;
         }
+        self.materialize(&target).await?;
         match self.portals.get(&target) {
             Some(Portal::Control(..)) => {
                 self.local(PgWireBackendMessage::NoData(NoData::new()))
                     .await
             }
+            Some(Portal::Scatter { .. }) => unreachable!("materialized above"),
             Some(Portal::Server(dest)) => {
                 let dest = *dest;
                 self.send(
@@ -299,7 +334,9 @@ impl Session {
 
     async fn execute(&mut self, execute: Execute) -> Result<(), EndpointError> {
         let portal = name(&execute.name);
+        self.materialize(&portal).await?;
         match self.portals.get(&portal) {
+            Some(Portal::Scatter { .. }) => unreachable!("materialized above"),
             Some(Portal::Control(control, sql)) => {
                 let (control, sql) = (control.clone(), sql.clone());
                 if !self.run_control(&control, &sql).await? {
@@ -336,6 +373,68 @@ impl Session {
         }
     }
 
+    /// A split aggregate's portal becomes a portal of the coordinator session: over the
+    /// nodes' partials (the merging statement), or, if they could not all answer, over the
+    /// statement itself.
+    async fn materialize(&mut self, portal: &str) -> Result<(), EndpointError> {
+        if !matches!(self.portals.get(portal), Some(Portal::Scatter { .. })) {
+            return Ok(());
+        }
+        let Some(Portal::Scatter {
+            statement,
+            mut bind,
+            scatter,
+        }) = self.portals.remove(portal)
+        else {
+            unreachable!("checked above");
+        };
+        match self.gather(&scatter).await? {
+            Some(merge) => {
+                self.merges += 1;
+                let merge_name = Some(format!("__shoal_merge_{}", self.merges));
+                let parse = Parse::new(merge_name.clone(), merge, Vec::new());
+                self.send(
+                    Dest::Session,
+                    PgWireFrontendMessage::Parse(parse),
+                    Some(Await::Parse),
+                    false,
+                )
+                .await?;
+                bind.statement_name = merge_name.clone();
+                bind.parameters = Vec::new();
+                bind.parameter_format_codes = Vec::new();
+                self.send(
+                    Dest::Session,
+                    PgWireFrontendMessage::Bind(bind),
+                    Some(Await::Bind),
+                    false,
+                )
+                .await?;
+                let close = Close::new(b'S', merge_name);
+                self.send(
+                    Dest::Session,
+                    PgWireFrontendMessage::Close(close),
+                    Some(Await::Close),
+                    false,
+                )
+                .await?;
+            }
+            None => {
+                self.parse_on_coordinator(&statement).await?;
+                self.send(
+                    Dest::Session,
+                    PgWireFrontendMessage::Bind(bind),
+                    Some(Await::Bind),
+                    false,
+                )
+                .await?;
+            }
+        }
+        self.portals
+            .insert(portal.to_string(), Portal::Server(Dest::Session));
+        Ok(())
+    }
+
     async fn close(&mut self, close: Close) -> Result<(), EndpointError> {
         let target = name(&close.name);
         let dest = if close.target_type == b'S' {
@@ -346,7 +445,7 @@ impl Session {
         } else {
             match self.portals.remove(&target) {
                 Some(Portal::Server(dest)) => Some(dest),
-                Some(Portal::Control(..)) => None,
+                Some(Portal::Control(..)) | Some(Portal::Scatter { .. }) => None,
                 None => Some(Dest::Session),
             }
         };

@@ -1,0 +1,115 @@
+//! Aggregates over every shard, through the endpoint (`shoal_route::scatter`): each node
+//! aggregates its shards on one of Shoal's connections, all nodes at once, and the client's
+//! coordinator session merges the partial rows, so the client gets PostgreSQL's own types,
+//! names and output. Taken only outside transaction blocks; whatever fails before the merge
+//! leaves the statement to the coordinator, nothing having reached the client.
+
+use super::{Dest, Session};
+use crate::error::EndpointError;
+use shoal_route::{Place, Privilege, Scatter};
+
+/// Type names of the OIDs partial columns can have (built-in, fixed in every PostgreSQL).
+fn type_name(oid: u32) -> Option<&'static str> {
+    Some(match oid {
+        16 => "boolean",
+        20 => "bigint",
+        21 => "smallint",
+        23 => "integer",
+        25 => "text",
+        26 => "oid",
+        700 => "real",
+        701 => "double precision",
+        790 => "money",
+        1042 => "bpchar",
+        1043 => "varchar",
+        1082 => "date",
+        1083 => "time",
+        1114 => "timestamp",
+        1184 => "timestamptz",
+        1186 => "interval",
+        1700 => "numeric",
+        2950 => "uuid",
+        _ => return None,
+    })
+}
+
+impl Session {
+    /// The merging statement for `scatter`, once every node answered; `None` when the
+    /// coordinator should run the statement instead.
+    pub(super) async fn gather(
+        &mut self,
+        scatter: &Scatter,
+    ) -> Result<Option<String>, EndpointError> {
+        if !self.may(&scatter.table, Privilege::Select).await? {
+            return Ok(None);
+        }
+        let mut running = Vec::new();
+        for (node, sql) in &scatter.per_node {
+            let place = Place::Node(*node);
+            let mut pooled = match self.shared.pool.get(place).await {
+                Ok(pooled) => pooled,
+                Err(_) => return Ok(None),
+            };
+            let settings = self.settings.apply_sql(&pooled.settings);
+            let values = self.settings.values.clone();
+            let sql = sql.clone();
+            running.push(tokio::spawn(async move {
+                if let Some(apply) = settings {
+                    if let Err(error) = pooled.conn.simple_query(&apply).await {
+                        pooled.reusable = false;
+                        return (place, pooled, Err(error));
+                    }
+                    pooled.settings = values;
+                }
+                let result = pooled.conn.simple_query_typed(&sql).await;
+                (place, pooled, result)
+            }));
+        }
+        let (mut types, mut rows, mut failed) = (None, Vec::new(), false);
+        for task in running {
+            let Ok((place, mut pooled, result)) = task.await else {
+                failed = true;
+                continue;
+            };
+            match result {
+                Ok((oids, partial)) => {
+                    types.get_or_insert(oids);
+                    rows.extend(partial);
+                }
+                Err(error) => {
+                    tracing::debug!(?place, %error, "a node could not answer its part");
+                    pooled.reusable =
+                        !matches!(error, EndpointError::Io(_) | EndpointError::Closed);
+                    failed = true;
+                }
+            }
+            self.shared.pool.put(place, pooled);
+        }
+        let Some(oids) = types.filter(|_| !failed) else {
+            return Ok(None);
+        };
+        let Some(names) = oids
+            .iter()
+            .map(|oid| type_name(*oid).map(String::from))
+            .collect::<Option<Vec<String>>>()
+        else {
+            return Ok(None);
+        };
+        self.shared.metrics.scattered();
+        Ok(Some(scatter.merge_sql(&names, &rows)))
+    }
+
+    /// A simple query split across shards; `false` when it was left to the caller.
+    pub(super) async fn scatter_simple(
+        &mut self,
+        scatter: &Scatter,
+    ) -> Result<bool, EndpointError> {
+        match self.gather(scatter).await? {
+            Some(merge) => {
+                self.relay_simple(Dest::Session, &merge).await?;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+}
