@@ -994,6 +994,12 @@ async fn aggregates_split_across_the_nodes_answer_as_the_coordinator_does() {
             "SELECT count(*) FROM orders WHERE amount > 50",
             "SELECT count(*)::text FROM orders WHERE amount > 50",
         ),
+        // A sorted limit splits only when its outputs are not cast (the shards sort what the
+        // merge sorts): by the simple protocol only here, its extended form being typed.
+        (
+            "SELECT id, amount FROM orders ORDER BY amount DESC NULLS LAST, id LIMIT 7 OFFSET 2",
+            "",
+        ),
     ];
     // Empty, a few rows (most shards empty), then many with NULLs and repeated groups.
     for fill in [
@@ -1009,6 +1015,9 @@ async fn aggregates_split_across_the_nodes_answer_as_the_coordinator_does() {
         }
         for (written, cast) in queries {
             for (query, simple) in [(written, true), (cast, false)] {
+                if query.is_empty() {
+                    continue;
+                }
                 let expected = text_rows(&sql, query, simple).await;
                 let got = text_rows(&app, query, simple).await;
                 assert_eq!(got, expected, "{query} (simple: {simple}) after {fill:.30}");
@@ -1017,7 +1026,8 @@ async fn aggregates_split_across_the_nodes_answer_as_the_coordinator_does() {
     }
     let metrics = endpoint.metrics().await;
     assert!(
-        metrics["shoal_endpoint_statements_scattered_total"] >= (queries.len() * 2 * 3) as u64,
+        metrics["shoal_endpoint_statements_scattered_total"]
+            >= ((queries.len() * 2 - 1) * 3) as u64,
         "{metrics:?}"
     );
 }

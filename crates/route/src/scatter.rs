@@ -130,11 +130,32 @@ pub fn plan_scatter(sql: &str, topology: &Topology) -> Result<Scatter, NotRoutab
     let mut names = Vec::new();
     // A cast of an output applies to its merged value.
     let mut casts: Vec<Option<String>> = Vec::new();
+    // No aggregate, no grouping, a sorted limit: each shard's first rows, merged (top-k).
+    let top_k = groups.is_empty()
+        && !select.sort_clause.is_empty()
+        && select
+            .limit_count
+            .as_deref()
+            .is_some_and(|l| integer(l).is_some())
+        && targets
+            .iter()
+            .all(|t| t.val.as_deref().is_some_and(|v| !contains_aggregate(v)));
     for target in &targets {
         let written = target
             .val
             .as_deref()
             .ok_or_else(|| NotRoutable("empty output".into()))?;
+        if top_k {
+            if matches!(written.node, Some(NodeEnum::TypeCast(_))) {
+                // The shards would sort the value before the cast, the merge after it.
+                return refuse("a sorted limit of cast outputs");
+            }
+            names.push(output_name(target)?);
+            casts.push(None);
+            partials.push(written.clone());
+            outputs.push(Output::Group(partials.len() - 1));
+            continue;
+        }
         names.push(output_name(target)?);
         let value = match &written.node {
             Some(NodeEnum::TypeCast(cast)) => {
@@ -189,9 +210,17 @@ pub fn plan_scatter(sql: &str, topology: &Topology) -> Result<Scatter, NotRoutab
         };
         outputs.push(Output::Aggregate(merge));
     }
-    if !outputs.iter().any(|o| matches!(o, Output::Aggregate(_))) {
+    if !top_k && !outputs.iter().any(|o| matches!(o, Output::Aggregate(_))) {
         return refuse("it aggregates nothing");
     }
+    let order = order_keys(&select, &targets, &names)?;
+    // A top-k's shards return their first LIMIT + OFFSET rows.
+    let shard_limit = if top_k {
+        let value = |n: &Option<Box<Node>>| n.as_deref().and_then(integer).unwrap_or(0);
+        Some(value(&select.limit_count) + value(&select.limit_offset))
+    } else {
+        None
+    };
 
     // Each shard's partial statement, one per node over its shards.
     let mut per_node: Vec<(i32, Vec<String>)> = Vec::new();
@@ -224,9 +253,12 @@ pub fn plan_scatter(sql: &str, topology: &Topology) -> Result<Scatter, NotRoutab
         partial.limit_count = None;
         partial.limit_offset = None;
         partial.limit_option = pg_query::protobuf::LimitOption::Default as i32;
-        let sql = NodeEnum::SelectStmt(Box::new(partial))
+        let mut sql = NodeEnum::SelectStmt(Box::new(partial))
             .deparse(Default::default())
             .map_err(|e| NotRoutable(format!("could not write the partial statement: {e}")))?;
+        if let (Some(limit), Some(keys)) = (shard_limit, &order) {
+            sql = format!("({sql} ORDER BY {keys} LIMIT {limit})");
+        }
         match per_node.iter_mut().find(|(n, _)| *n == shard.node) {
             Some((_, list)) => list.push(sql),
             None => per_node.push((shard.node, vec![sql])),
@@ -268,46 +300,8 @@ pub fn plan_scatter(sql: &str, topology: &Topology) -> Result<Scatter, NotRoutab
         let keys: Vec<String> = (0..groups.len()).map(column).collect();
         merge.push_str(&format!(" GROUP BY {}", keys.join(", ")));
     }
-    if !select.sort_clause.is_empty() {
-        let mut keys = Vec::new();
-        for item in &select.sort_clause {
-            let Some(NodeEnum::SortBy(sort)) = &item.node else {
-                return refuse("an unreadable ORDER BY");
-            };
-            if !sort.use_op.is_empty() {
-                return refuse("ORDER BY ... USING");
-            }
-            let node = sort
-                .node
-                .as_deref()
-                .ok_or_else(|| NotRoutable("empty ORDER BY".into()))?;
-            let at = match position(node) {
-                Some(p) if p >= 1 && p <= targets.len() => p,
-                Some(_) => return refuse("ORDER BY position out of range"),
-                None => match output_reference(node, &names) {
-                    Some(p) => p,
-                    None => targets
-                        .iter()
-                        .position(|t| t.val.as_deref().is_some_and(|v| same(v, node)))
-                        .map(|p| p + 1)
-                        .ok_or_else(|| {
-                            NotRoutable("ORDER BY something not in the output".into())
-                        })?,
-                },
-            };
-            let direction = match sort.sortby_dir {
-                2 => " ASC",
-                3 => " DESC",
-                _ => "",
-            };
-            let nulls = match sort.sortby_nulls {
-                2 => " NULLS FIRST",
-                3 => " NULLS LAST",
-                _ => "",
-            };
-            keys.push(format!("{at}{direction}{nulls}"));
-        }
-        merge.push_str(&format!(" ORDER BY {}", keys.join(", ")));
+    if let Some(keys) = &order {
+        merge.push_str(&format!(" ORDER BY {keys}"));
     }
     for (clause, value) in [
         ("LIMIT", &select.limit_count),
@@ -360,6 +354,54 @@ impl Scatter {
         }
         sql
     }
+}
+
+/// ORDER BY as output positions, for the merge (and a top-k's partials).
+fn order_keys(
+    select: &pg_query::protobuf::SelectStmt,
+    targets: &[ResTarget],
+    names: &[String],
+) -> Result<Option<String>, NotRoutable> {
+    if select.sort_clause.is_empty() {
+        return Ok(None);
+    }
+    let mut keys = Vec::new();
+    for item in &select.sort_clause {
+        let Some(NodeEnum::SortBy(sort)) = &item.node else {
+            return refuse("an unreadable ORDER BY");
+        };
+        if !sort.use_op.is_empty() {
+            return refuse("ORDER BY ... USING");
+        }
+        let node = sort
+            .node
+            .as_deref()
+            .ok_or_else(|| NotRoutable("empty ORDER BY".into()))?;
+        let at = match position(node) {
+            Some(p) if p >= 1 && p <= targets.len() => p,
+            Some(_) => return refuse("ORDER BY position out of range"),
+            None => match output_reference(node, names) {
+                Some(p) => p,
+                None => targets
+                    .iter()
+                    .position(|t| t.val.as_deref().is_some_and(|v| same(v, node)))
+                    .map(|p| p + 1)
+                    .ok_or_else(|| NotRoutable("ORDER BY something not in the output".into()))?,
+            },
+        };
+        let direction = match sort.sortby_dir {
+            2 => " ASC",
+            3 => " DESC",
+            _ => "",
+        };
+        let nulls = match sort.sortby_nulls {
+            2 => " NULLS FIRST",
+            3 => " NULLS LAST",
+            _ => "",
+        };
+        keys.push(format!("{at}{direction}{nulls}"));
+    }
+    Ok(Some(keys.join(", ")))
 }
 
 /// A type name as written (deparsed through a cast of NULL).
@@ -680,6 +722,35 @@ mod tests {
             scatter.merge,
             "SELECT (sum(p.c0)::bigint)::text AS \"count\", \
              ((sum(p.c1) / nullif(sum(p.c2), 0)))::numeric(10, 2) AS \"a\" FROM {partials}"
+        );
+    }
+
+    #[test]
+    fn a_sorted_limit_takes_each_shards_first_rows_and_merges_them() {
+        let scatter = plan_scatter(
+            "SELECT id, amount AS a FROM orders WHERE amount > 1 ORDER BY a DESC, id LIMIT 10 OFFSET 2",
+            &topology(),
+        )
+        .unwrap();
+        assert!(
+            scatter.per_node[0].1.starts_with(
+                "(SELECT id AS c0, amount AS c1 FROM public.orders_100 orders WHERE amount > 1 \
+                 ORDER BY 2 DESC, 1 LIMIT 12) UNION ALL (SELECT"
+            ),
+            "{}",
+            scatter.per_node[0].1
+        );
+        assert_eq!(
+            scatter.merge,
+            "SELECT p.c0 AS \"id\", p.c1 AS \"a\" FROM {partials} ORDER BY 2 DESC, 1 LIMIT 10 OFFSET 2"
+        );
+        assert!(plan_scatter(
+            "SELECT id::text FROM orders ORDER BY 1 LIMIT 3",
+            &topology()
+        )
+        .is_err());
+        assert!(
+            plan_scatter("SELECT id FROM orders ORDER BY amount LIMIT 3", &topology()).is_err()
         );
     }
 
