@@ -170,7 +170,11 @@ async fn watch_once(shared: &Shared, client: &Client) -> Result<(), EndpointErro
         // (the placements alone, in one read; the rest follows with the next full read).
         let current = shared.topology.read().expect("topology lock").clone();
         let moved = shoal_cluster::topology::with_current_placements(client, &current).await?;
-        *shared.topology.write().expect("topology lock") = Arc::new(moved);
+        {
+            let mut topology = shared.topology.write().expect("topology lock");
+            *topology = Arc::new(moved);
+            shared.placements_epoch.fetch_add(1, Ordering::SeqCst);
+        }
         shared.gate.reopen_all_but(&raised);
         shared.refresh_wanted.notify_one();
     }
@@ -201,6 +205,7 @@ async fn lock_instance(params: &ConnectParams, instance: i32) -> Result<Client, 
 async fn refresh(shared: &Shared, client: &Client) -> Result<(), EndpointError> {
     // Sessions waiting for a read that starts after their request are released by this one.
     let generation = *shared.refreshed.borrow() + 1;
+    let epoch = shared.placements_epoch.load(Ordering::SeqCst);
     let mut targets = HashMap::new();
     targets.insert(Place::Coordinator, shared.coordinator.clone());
     let nodes = model::list_nodes(client).await?;
@@ -228,7 +233,15 @@ async fn refresh(shared: &Shared, client: &Client) -> Result<(), EndpointError> 
     }
     let mut topology = shoal_cluster::topology::load_topology(client, Vec::new()).await?;
     topology.node_versions = Arc::new(versions);
-    *shared.topology.write().expect("topology lock") = Arc::new(topology);
+    {
+        let mut current = shared.topology.write().expect("topology lock");
+        // A move switched a group while this was read: the watcher's view is newer.
+        if shared.placements_epoch.load(Ordering::SeqCst) != epoch {
+            shared.refresh_wanted.notify_one();
+            return Ok(());
+        }
+        *current = Arc::new(topology);
+    }
     shared.refreshed.send_replace(generation);
     Ok(())
 }

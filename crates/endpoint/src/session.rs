@@ -242,16 +242,24 @@ impl Session {
         plan: &Plan,
         params: &[Param<'_>],
     ) -> Result<Target, NotRoutable> {
+        use std::sync::atomic::Ordering::SeqCst;
         loop {
+            let epoch = self.shared.placements_epoch.load(SeqCst);
             let target = plan.bind(params, &self.topology())?;
             if target.place == Place::Coordinator {
                 return Ok(target);
             }
             let group = (target.colocation, target.shard_index);
             if self.entered.contains(&group) {
+                // Working in the group already: no move can switch it meanwhile.
                 return Ok(target);
             }
             if self.shared.gate.try_enter(group) {
+                // A move may have switched the group between the binding and the entry.
+                if self.shared.placements_epoch.load(SeqCst) != epoch {
+                    self.shared.gate.leave(group);
+                    continue;
+                }
                 self.entered.push(group);
                 return Ok(target);
             }

@@ -34,6 +34,9 @@ pub struct Shared {
     pub lock_held: AtomicBool,
     /// Shard groups open to this endpoint's statements (moves close them at cutover).
     pub gate: Gate,
+    /// Bumped (under the topology's lock) each time a fence's end brings new placements: a
+    /// view read before must not be published after, nor routed by once its group reopened.
+    pub placements_epoch: AtomicU64,
     /// A session asks for the topology to be read again now (after DDL it ran), and waits
     /// for `refreshed` to pass the generation it saw.
     pub refresh_wanted: tokio::sync::Notify,
@@ -53,6 +56,7 @@ impl Shared {
             cancels: Mutex::new(HashMap::new()),
             lock_held: AtomicBool::new(false),
             gate: Gate::default(),
+            placements_epoch: AtomicU64::new(0),
             refresh_wanted: tokio::sync::Notify::new(),
             refreshed: tokio::sync::watch::channel(0).0,
         }
