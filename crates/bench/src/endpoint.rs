@@ -13,19 +13,38 @@ use shoal_cluster::Colocate;
 use shoal_testkit::TestCluster;
 
 /// What one pgbench run reported.
-struct Run {
-    tps: f64,
-    failed: u64,
+pub struct Run {
+    pub tps: f64,
+    pub failed: u64,
+}
+
+/// Shoal's endpoint in the harness's process, on a free port, until dropped.
+pub struct InProcess {
+    pub port: u16,
+    pub uri: String,
+    _stop: watch::Sender<bool>,
+}
+
+impl InProcess {
+    pub async fn start(pg: &TestCluster) -> anyhow::Result<InProcess> {
+        let (stop, shutdown) = watch::channel(false);
+        let params = ConnectParams::parse(&pg.coordinator_uri())?;
+        let (endpoint, _duty) = shoal_endpoint::start(params, "127.0.0.1:0", shutdown)
+            .await
+            .map_err(|e| anyhow::anyhow!("the endpoint did not start: {e}"))?;
+        let port = endpoint.address.port();
+        Ok(InProcess {
+            port,
+            uri: shoal_local::postgres_uri(port, shoal_testkit::DBNAME),
+            _stop: stop,
+        })
+    }
 }
 
 pub async fn run(orders: i64, seconds: u32, clients: u32) -> anyhow::Result<()> {
     let (single, pg, _cluster) = load_reference(orders).await?;
-    let (stop, shutdown) = watch::channel(false);
-    let params = ConnectParams::parse(&pg.coordinator_uri())?;
-    let (endpoint, _duty) = shoal_endpoint::start(params, "127.0.0.1:0", shutdown.clone())
-        .await
-        .map_err(|e| anyhow::anyhow!("the endpoint did not start: {e}"))?;
-    let through_endpoint = url_with_port(&pg.coordinator_uri(), endpoint.address.port());
+    let endpoint = InProcess::start(&pg).await?;
+    let through_endpoint = endpoint.uri.clone();
     let dir = single.run_dir().to_path_buf();
     let scripts = [
         (
@@ -84,7 +103,6 @@ pub async fn run(orders: i64, seconds: u32, clients: u32) -> anyhow::Result<()> 
         print_row(label, &one, &coordinator, &endpoint, citus);
     }
     tpc_b(seconds, clients).await?;
-    let _ = stop.send(true);
     Ok(())
 }
 
@@ -116,12 +134,8 @@ async fn tpc_b(seconds: u32, clients: u32) -> anyhow::Result<()> {
         Colocate::With("pgbench_accounts".into()),
     )
     .await?;
-    let (stop, shutdown) = watch::channel(false);
-    let params = ConnectParams::parse(&pg.coordinator_uri())?;
-    let (endpoint, _duty) = shoal_endpoint::start(params, "127.0.0.1:0", shutdown)
-        .await
-        .map_err(|e| anyhow::anyhow!("the endpoint did not start: {e}"))?;
-    let through_endpoint = url_with_port(&pg.coordinator_uri(), endpoint.address.port());
+    let endpoint = InProcess::start(&pg).await?;
+    let through_endpoint = endpoint.uri.clone();
     let args = |uri: &str| -> Vec<String> {
         vec![
             "-n".into(),
@@ -145,7 +159,6 @@ async fn tpc_b(seconds: u32, clients: u32) -> anyhow::Result<()> {
         &endpoint,
         None,
     );
-    let _ = stop.send(true);
     Ok(())
 }
 
@@ -161,15 +174,7 @@ fn print_row(label: &str, one: &Run, coordinator: &Run, endpoint: &Run, citus: O
     );
 }
 
-fn url_with_port(uri: &str, port: u16) -> String {
-    // postgresql://user@127.0.0.1:PORT/db: the test servers' URIs have this shape.
-    let (head, rest) = uri.split_once("@").expect("a URI with a user");
-    let (_, path) = rest.split_once('/').expect("a URI with a database");
-    let host = rest.split(':').next().unwrap_or("127.0.0.1");
-    format!("{head}@{host}:{port}/{path}")
-}
-
-async fn pgbench(args: &[String]) -> anyhow::Result<Run> {
+pub async fn pgbench(args: &[String]) -> anyhow::Result<Run> {
     let pgbench = shoal_testkit::binaries().bindir.join("pgbench");
     let out = tokio::process::Command::new(pgbench)
         .args(args)

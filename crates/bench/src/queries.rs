@@ -71,20 +71,8 @@ pub async fn run(orders: i64, runs: usize, only: Option<String>) -> anyhow::Resu
     let (single, pg, _cluster) = load_reference(orders).await?;
     let plain = single.coordinator.connect().await;
     let sql = pg.coordinator.connect().await;
-    let (_stop, shutdown) = tokio::sync::watch::channel(false);
-    let params = shoal_catalog::ConnectParams::parse(&pg.coordinator_uri())?;
-    let (endpoint, _duty) = shoal_endpoint::start(params, "127.0.0.1:0", shutdown)
-        .await
-        .map_err(|e| anyhow::anyhow!("the endpoint did not start: {e}"))?;
-    let (app, connection) = tokio_postgres::connect(
-        &format!(
-            "host=127.0.0.1 port={} user=postgres dbname={}",
-            endpoint.address.port(),
-            shoal_testkit::DBNAME
-        ),
-        tokio_postgres::NoTls,
-    )
-    .await?;
+    let endpoint = crate::endpoint::InProcess::start(&pg).await?;
+    let (app, connection) = tokio_postgres::connect(&endpoint.uri, tokio_postgres::NoTls).await?;
     tokio::spawn(connection);
 
     println!("Queries on the reference data set ({orders} orders), medians of {runs} runs, ms");
@@ -126,11 +114,7 @@ pub async fn run(orders: i64, runs: usize, only: Option<String>) -> anyhow::Resu
             &script,
             format!("\\set id random(1, {orders})\nSELECT * FROM orders WHERE id = :id;\n"),
         )?;
-        let through_endpoint = format!(
-            "postgresql://postgres@127.0.0.1:{}/{}",
-            endpoint.address.port(),
-            shoal_testkit::DBNAME
-        );
+        let through_endpoint = endpoint.uri.clone();
         let (one, shoal, through) = (
             lookups(&single.coordinator_uri(), &script).await?,
             lookups(&pg.coordinator_uri(), &script).await?,
@@ -191,24 +175,13 @@ pub async fn load_reference(
 
 /// Transactions per second of `script` with 4 clients for 10 s.
 pub async fn lookups(uri: &str, script: &std::path::Path) -> anyhow::Result<f64> {
-    let pgbench = shoal_testkit::binaries().bindir.join("pgbench");
-    let out = tokio::process::Command::new(pgbench)
-        .args(["-n", "-c", "4", "-j", "2", "-T", "10", "-f"])
-        .arg(script)
-        .arg(uri)
-        .output()
-        .await?;
-    anyhow::ensure!(
-        out.status.success(),
-        "pgbench failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.lines()
-        .find_map(|l| l.strip_prefix("tps = "))
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|tps| tps.parse().ok())
-        .ok_or_else(|| anyhow::anyhow!("no tps in pgbench's output: {text}"))
+    let mut args: Vec<String> = ["-n", "-c", "4", "-j", "2", "-T", "10", "-f"]
+        .map(String::from)
+        .to_vec();
+    args.extend([script.display().to_string(), uri.to_string()]);
+    let run = crate::endpoint::pgbench(&args).await?;
+    anyhow::ensure!(run.tps > 0.0, "no tps in pgbench's output");
+    Ok(run.tps)
 }
 
 /// The query's rows by the simple protocol, as text, sorted.

@@ -75,16 +75,12 @@ pub async fn run(rate: u32, mb: u64, moves: usize, endpoint: bool) -> anyhow::Re
             "INSERT INTO stall (v, pad) VALUES (1, 'x');\n"
         },
     )?;
-    let (_stop, shutdown) = tokio::sync::watch::channel(false);
-    let port = if endpoint {
-        let params = shoal_catalog::ConnectParams::parse(&pg.coordinator_uri())?;
-        let (started, _duty) = shoal_endpoint::start(params, "127.0.0.1:0", shutdown)
-            .await
-            .map_err(|e| anyhow::anyhow!("the endpoint did not start: {e}"))?;
-        started.address.port()
+    let in_process = if endpoint {
+        Some(crate::endpoint::InProcess::start(&pg).await?)
     } else {
-        pg.coordinator.port
+        None
     };
+    let port = in_process.as_ref().map_or(pg.coordinator.port, |e| e.port);
     let path = if endpoint {
         "Shoal's endpoint"
     } else {

@@ -46,7 +46,6 @@ pub async fn start(
     let instance = rand::random::<i32>().abs().max(1);
     let lock = lock_instance(&params, instance).await?;
     let shared = Arc::new(Shared::new(params.clone(), instance));
-    shared.lock_held.store(true, Ordering::SeqCst);
     let mut servers = Servers::default();
     refresh(&shared, &lock).await?;
     recover(&shared, &lock, &mut servers).await;
@@ -75,7 +74,6 @@ pub async fn start(
                     // The coordinator restarted (or the connection broke): the instance lock
                     // is gone until it is taken again. Decisions stay safe meanwhile (the
                     // decision row's key orders a commit against another endpoint's recovery).
-                    shared.lock_held.store(false, Ordering::SeqCst);
                     let locked = match lock_instance(&params, instance).await {
                         Ok(client) => fence::register_instance(&client, instance, &advertised)
                             .await
@@ -86,7 +84,6 @@ pub async fn start(
                     match locked {
                         Ok(client) => {
                             lock = Some(client);
-                            shared.lock_held.store(true, Ordering::SeqCst);
                             tracing::info!("the endpoint reconnected to the coordinator");
                         }
                         Err(error) => {

@@ -272,32 +272,7 @@ impl ServerConn {
         &mut self,
         sql: &str,
     ) -> Result<Vec<Vec<Option<String>>>, EndpointError> {
-        self.framed.queue_frontend(&PgWireFrontendMessage::Query(
-            pgwire::messages::simplequery::Query::new(sql.to_string()),
-        ))?;
-        self.framed.flush().await?;
-        let mut rows = Vec::new();
-        let mut error = None;
-        loop {
-            match self.framed.read_backend().await? {
-                PgWireBackendMessage::RowDescription(_) => rows.clear(),
-                PgWireBackendMessage::DataRow(row) => rows.push(text_columns(&row)),
-                PgWireBackendMessage::ErrorResponse(e) => {
-                    error = Some(ServerError { fields: e.fields })
-                }
-                PgWireBackendMessage::ParameterStatus(p) => {
-                    self.parameters.insert(p.name, p.value);
-                }
-                PgWireBackendMessage::ReadyForQuery(ready) => {
-                    self.status = status_byte(&ready);
-                    return match error {
-                        Some(e) => Err(e.into()),
-                        None => Ok(rows),
-                    };
-                }
-                _ => {}
-            }
-        }
+        Ok(self.simple_query_typed(sql).await?.1)
     }
 
     /// Like [`ServerConn::simple_query`], with the type OIDs of the last result's columns.
@@ -319,6 +294,9 @@ impl ServerConn {
                 PgWireBackendMessage::DataRow(row) => rows.push(text_columns(&row)),
                 PgWireBackendMessage::ErrorResponse(e) => {
                     error = Some(ServerError { fields: e.fields })
+                }
+                PgWireBackendMessage::ParameterStatus(p) => {
+                    self.parameters.insert(p.name, p.value);
                 }
                 PgWireBackendMessage::ReadyForQuery(ready) => {
                     self.status = status_byte(&ready);

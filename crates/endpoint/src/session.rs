@@ -591,7 +591,7 @@ impl Session {
                         "COMMIT"
                     }
                     Some(txn) if txn.failed => {
-                        self.end_participants(&txn, false).await;
+                        self.end_participants(&txn).await;
                         "ROLLBACK"
                     }
                     Some(txn) => match self.commit(&txn).await {
@@ -608,7 +608,7 @@ impl Session {
             Control::Rollback => {
                 match self.txn.take() {
                     None => self.warning("there is no transaction in progress").await?,
-                    Some(txn) => self.end_participants(&txn, false).await,
+                    Some(txn) => self.end_participants(&txn).await,
                 }
                 self.local(complete("ROLLBACK")).await?;
                 Ok(true)
@@ -734,7 +734,7 @@ impl Session {
         let places = txn.participants().to_vec();
         for place in &places {
             if let Err(error) = self.settle(Dest::Shoal(*place)).await {
-                self.end_participants(txn, false).await;
+                self.end_participants(txn).await;
                 return Err(lost(*place, &error));
             }
         }
@@ -854,8 +854,8 @@ impl Session {
         }
     }
 
-    /// Rolls back (or, never here, commits) and returns the participants' connections.
-    async fn end_participants(&mut self, txn: &Transaction, _commit: bool) {
+    /// Rolls back the participants and returns their connections.
+    async fn end_participants(&mut self, txn: &Transaction) {
         for place in txn.participants().to_vec() {
             if self.held.contains_key(&place) {
                 let _ = self.settle(Dest::Shoal(place)).await;
@@ -884,7 +884,7 @@ impl Session {
     /// The client left: its open transaction rolls back, connections go back or close.
     async fn abandon(&mut self) {
         if let Some(txn) = self.txn.take() {
-            self.end_participants(&txn, false).await;
+            self.end_participants(&txn).await;
         }
         self.leave_groups();
         let places: Vec<Place> = self.held.keys().copied().collect();

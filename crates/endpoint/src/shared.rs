@@ -2,7 +2,7 @@
 //! the instance's identity for two-phase commit, and the counters behind `/metrics`.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use crate::gate::Gate;
@@ -29,9 +29,6 @@ pub struct Shared {
     pub metrics: Metrics,
     /// Sessions by the cancel key the endpoint gave their clients: what each runs now.
     pub cancels: Mutex<HashMap<(i32, i32), Running>>,
-    /// False once the connection holding this instance's advisory lock is lost: another
-    /// endpoint's recovery may then resolve this one's transactions, so no more begin.
-    pub lock_held: AtomicBool,
     /// Shard groups open to this endpoint's statements (moves close them at cutover).
     pub gate: Gate,
     /// Bumped (under the topology's lock) each time a fence's end brings new placements: a
@@ -54,7 +51,6 @@ impl Shared {
             in_flight: Mutex::new(HashSet::new()),
             metrics: Metrics::default(),
             cancels: Mutex::new(HashMap::new()),
-            lock_held: AtomicBool::new(false),
             gate: Gate::default(),
             placements_epoch: AtomicU64::new(0),
             refresh_wanted: tokio::sync::Notify::new(),

@@ -44,6 +44,15 @@ pub enum Portal {
     Control(Control, String),
 }
 
+/// The server a portal lives on; one the endpoint does not know is the coordinator session's
+/// to report on.
+fn portal_dest(portal: Option<&Portal>) -> Dest {
+    match portal {
+        Some(Portal::Server(dest)) => *dest,
+        _ => Dest::Session,
+    }
+}
+
 fn name(name: &Option<String>) -> String {
     name.clone().unwrap_or_default()
 }
@@ -310,19 +319,11 @@ impl Session {
                     .await
             }
             Some(Portal::Scatter { .. }) => unreachable!("materialized above"),
-            Some(Portal::Server(dest)) => {
-                let dest = *dest;
+            // Unknown here: the coordinator answers with PostgreSQL's error.
+            portal => {
+                let dest = portal_dest(portal);
                 self.send(
                     dest,
-                    PgWireFrontendMessage::Describe(describe),
-                    Some(Await::Describe),
-                    true,
-                )
-                .await
-            }
-            None => {
-                self.send(
-                    Dest::Session,
                     PgWireFrontendMessage::Describe(describe),
                     Some(Await::Describe),
                     true,
@@ -351,19 +352,10 @@ impl Session {
                 }
                 Ok(())
             }
-            Some(Portal::Server(dest)) => {
-                let dest = *dest;
+            portal => {
+                let dest = portal_dest(portal);
                 self.send(
                     dest,
-                    PgWireFrontendMessage::Execute(execute),
-                    Some(Await::Execute),
-                    true,
-                )
-                .await
-            }
-            None => {
-                self.send(
-                    Dest::Session,
                     PgWireFrontendMessage::Execute(execute),
                     Some(Await::Execute),
                     true,
