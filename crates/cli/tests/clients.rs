@@ -28,18 +28,7 @@ async fn shop() -> (common::Shoal, String, String) {
         .cli(&["table", "reference", "kinds"])
         .await
         .assert_ok();
-    shoal
-        .cli(&[
-            "table",
-            "distribute",
-            "accounts",
-            "--column",
-            "id",
-            "--shards",
-            "4",
-        ])
-        .await
-        .assert_ok();
+    shoal.distribute("accounts", "id", "4").await;
     let by_worker = shoal.ids_by_worker("accounts").await;
     let pick = |ids: &[i64]| ids.iter().find(|id| **id > 10).unwrap().to_string();
     let (a, b) = (pick(&by_worker[0]), pick(&by_worker[1]));

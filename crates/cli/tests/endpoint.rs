@@ -136,18 +136,7 @@ async fn a_commit_refused_on_either_node_leaves_nothing_anywhere() {
         .cli(&["table", "reference", "kinds"])
         .await
         .assert_ok();
-    shoal
-        .cli(&[
-            "table",
-            "distribute",
-            "items",
-            "--column",
-            "id",
-            "--shards",
-            "4",
-        ])
-        .await
-        .assert_ok();
+    shoal.distribute("items", "id", "4").await;
     shoal
         .cli(&[
             "ddl",
@@ -279,18 +268,7 @@ async fn crashes_of_a_worker_the_coordinator_and_the_endpoint_lose_no_transfer_h
         ))
         .await
         .unwrap();
-    shoal
-        .cli(&[
-            "table",
-            "distribute",
-            "accounts",
-            "--column",
-            "id",
-            "--shards",
-            "4",
-        ])
-        .await
-        .assert_ok();
+    shoal.distribute("accounts", "id", "4").await;
     let (port, http_port) = (
         shoal_testkit::ports::reserve(),
         shoal_testkit::ports::reserve(),
@@ -445,17 +423,8 @@ async fn create_index_concurrently_through_the_endpoint_builds_it_on_every_shard
         .await
         .unwrap();
     shoal
-        .cli(&[
-            "table",
-            "distribute",
-            "\"my shop\".\"Order \"\"Items\"\"\"",
-            "--column",
-            "id",
-            "--shards",
-            "4",
-        ])
-        .await
-        .assert_ok();
+        .distribute("\"my shop\".\"Order \"\"Items\"\"\"", "id", "4")
+        .await;
     let endpoint = shoal.start_endpoint().await;
     let app = endpoint.connect().await;
     app.batch_execute("SET search_path = \"my shop\", public")
@@ -528,18 +497,7 @@ async fn cancel_requests_reach_the_server_the_statement_runs_on() {
         .batch_execute("CREATE TABLE t (id bigint PRIMARY KEY); INSERT INTO t VALUES (1)")
         .await
         .unwrap();
-    shoal
-        .cli(&[
-            "table",
-            "distribute",
-            "t",
-            "--column",
-            "id",
-            "--shards",
-            "4",
-        ])
-        .await
-        .assert_ok();
+    shoal.distribute("t", "id", "4").await;
     let endpoint = shoal.start_endpoint().await;
     let app = endpoint.connect().await;
     for sql in [
@@ -582,18 +540,7 @@ async fn a_column_added_through_the_endpoint_gets_its_default_on_the_next_insert
         .batch_execute("CREATE TABLE t (id bigint PRIMARY KEY, v int)")
         .await
         .unwrap();
-    shoal
-        .cli(&[
-            "table",
-            "distribute",
-            "t",
-            "--column",
-            "id",
-            "--shards",
-            "4",
-        ])
-        .await
-        .assert_ok();
+    shoal.distribute("t", "id", "4").await;
     let endpoint = shoal.start_endpoint().await;
     let app = endpoint.connect().await;
     app.batch_execute("INSERT INTO t VALUES (1, 1)")
@@ -720,18 +667,7 @@ async fn clients_log_in_with_scram_and_keep_their_own_privileges() {
         )
         .await
         .unwrap();
-    shoal
-        .cli(&[
-            "table",
-            "distribute",
-            "t",
-            "--column",
-            "id",
-            "--shards",
-            "4",
-        ])
-        .await
-        .assert_ok();
+    shoal.distribute("t", "id", "4").await;
     shoal
         .coordinator()
         .await
@@ -819,18 +755,7 @@ async fn stream_tables_see_every_transaction_committed_through_the_endpoint() {
     )
     .await
     .unwrap();
-    shoal
-        .cli(&[
-            "table",
-            "distribute",
-            "accounts",
-            "--column",
-            "id",
-            "--shards",
-            "4",
-        ])
-        .await
-        .assert_ok();
+    shoal.distribute("accounts", "id", "4").await;
     let query = "SELECT g, count(*) AS n, sum(balance) AS total FROM accounts GROUP BY g";
     shoal
         .cli(&[
@@ -961,18 +886,7 @@ async fn aggregates_split_across_the_nodes_answer_as_the_coordinator_does() {
     )
     .await
     .unwrap();
-    shoal
-        .cli(&[
-            "table",
-            "distribute",
-            "orders",
-            "--column",
-            "id",
-            "--shards",
-            "8",
-        ])
-        .await
-        .assert_ok();
+    shoal.distribute("orders", "id", "8").await;
     let endpoint = shoal.start_endpoint().await;
     let app = endpoint.connect().await;
     // Each query as written (simple protocol) and with its outputs cast to text (extended).

@@ -17,6 +17,21 @@ pub struct Endpoint {
 }
 
 impl Shoal {
+    /// `shoal table distribute TABLE --column COLUMN --shards SHARDS`, which must succeed.
+    pub async fn distribute(&self, table: &str, column: &str, shards: &str) {
+        self.cli(&[
+            "table",
+            "distribute",
+            table,
+            "--column",
+            column,
+            "--shards",
+            shards,
+        ])
+        .await
+        .assert_ok();
+    }
+
     /// Starts `shoal serve` with its endpoint on a free port and waits until it accepts.
     pub async fn start_endpoint(&self) -> Endpoint {
         let port = shoal_testkit::ports::reserve();
