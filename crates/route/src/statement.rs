@@ -10,6 +10,7 @@
 
 mod rewrite;
 mod scan;
+mod shardwise;
 #[cfg(test)]
 mod tests;
 
@@ -21,6 +22,7 @@ use pg_query::{Node, NodeEnum};
 
 use crate::topology::{Placement, Table, Topology};
 use crate::{shard_index, KeyType, KeyValue};
+pub(crate) use shardwise::Shardwise;
 use shoal_sql::QualifiedName;
 
 /// Why a statement goes to the coordinator (for logs and metrics, not an error to the user).
@@ -229,14 +231,15 @@ pub fn plan(sql: &str, topology: &Topology) -> Result<Plan, NotRoutable> {
     Ok(plan)
 }
 
-/// The whole-tree scan, for a statement split across shards: one SELECT over one relation,
-/// nothing nested, no row locks, only functions every node answers alike.
+/// The whole-tree scan, for a statement split across shards: one SELECT over the `relations`
+/// its FROM names, nothing nested, no row locks, only functions every node answers alike.
 pub(crate) fn scan_for_scatter(
     statement: &serde_json::Value,
     topology: &Topology,
+    relations: usize,
 ) -> Result<(), NotRoutable> {
     let census = scan::scan(statement, topology)?;
-    if census.selects != 1 || census.relations != 1 || census.locking {
+    if census.selects != 1 || census.relations != relations || census.locking {
         return refuse("it nests queries, reads several relations or locks rows");
     }
     Ok(())

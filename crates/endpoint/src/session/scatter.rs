@@ -1,4 +1,4 @@
-//! Aggregates over every shard, through the endpoint (`shoal_route::scatter`): each node
+//! Reads over every shard, through the endpoint (`shoal_route::scatter`): each node
 //! aggregates its shards on one of Shoal's connections, all nodes at once, and the client's
 //! coordinator session merges the partial rows, so the client gets PostgreSQL's own types,
 //! names and output. Taken only outside transaction blocks; whatever fails before the merge
@@ -40,8 +40,10 @@ impl Session {
         &mut self,
         scatter: &Scatter,
     ) -> Result<Option<String>, EndpointError> {
-        if !self.may(&scatter.table, Privilege::Select).await? {
-            return Ok(None);
+        for table in &scatter.tables {
+            if !self.may(table, Privilege::Select).await? {
+                return Ok(None);
+            }
         }
         let mut running = Vec::new();
         for (node, sql) in &scatter.per_node {
