@@ -41,33 +41,49 @@ impl InProcess {
     }
 }
 
+/// The three scripts of the query benchmark: label, script (`:orders` set by `-D`), and
+/// Citus's tps on this machine.
+const SCRIPTS: [(&str, &str, Option<f64>); 3] = [
+    (
+        "key lookup",
+        "\\set id random(1, :orders)\nSELECT * FROM orders WHERE id = :id;\n",
+        Some(3349.0),
+    ),
+    (
+        "one shard group: 2 updates, 1 select",
+        "\\set id random(1, :orders)\nBEGIN;\n\
+         UPDATE orders SET amount = amount + 1 WHERE id = :id;\n\
+         UPDATE order_items SET qty = qty + 1 WHERE order_id = :id;\n\
+         SELECT sum(qty) FROM order_items WHERE order_id = :id;\nEND;\n",
+        Some(651.0),
+    ),
+    (
+        "two random orders (2PC when 2 workers)",
+        "\\set a random(1, :orders)\n\\set b random(1, :orders)\nBEGIN;\n\
+         UPDATE orders SET amount = amount - 1 WHERE id = :a;\n\
+         UPDATE orders SET amount = amount + 1 WHERE id = :b;\nEND;\n",
+        Some(1052.0),
+    ),
+];
+
 pub async fn run(orders: i64, seconds: u32, clients: u32) -> anyhow::Result<()> {
     let (single, pg, _cluster) = load_reference(orders).await?;
     let endpoint = InProcess::start(&pg).await?;
-    let through_endpoint = endpoint.uri.clone();
+    scripts(&single, &pg, &endpoint.uri, orders, seconds, clients).await?;
+    tpc_b(seconds, clients).await?;
+    Ok(())
+}
+
+/// The three scripts on the reference data set: one server, the coordinator, the endpoint.
+pub async fn scripts(
+    single: &TestCluster,
+    pg: &TestCluster,
+    through_endpoint: &str,
+    orders: i64,
+    seconds: u32,
+    clients: u32,
+) -> anyhow::Result<()> {
     let dir = single.run_dir().to_path_buf();
-    let scripts = [
-        (
-            "key lookup",
-            "\\set id random(1, :orders)\nSELECT * FROM orders WHERE id = :id;\n",
-            Some(3349.0),
-        ),
-        (
-            "one shard group: 2 updates, 1 select",
-            "\\set id random(1, :orders)\nBEGIN;\n\
-             UPDATE orders SET amount = amount + 1 WHERE id = :id;\n\
-             UPDATE order_items SET qty = qty + 1 WHERE order_id = :id;\n\
-             SELECT sum(qty) FROM order_items WHERE order_id = :id;\nEND;\n",
-            Some(651.0),
-        ),
-        (
-            "two random orders (2PC when 2 workers)",
-            "\\set a random(1, :orders)\n\\set b random(1, :orders)\nBEGIN;\n\
-             UPDATE orders SET amount = amount - 1 WHERE id = :a;\n\
-             UPDATE orders SET amount = amount + 1 WHERE id = :b;\nEND;\n",
-            Some(1052.0),
-        ),
-    ];
     println!(
         "pgbench, {clients} clients, {seconds} s each, simple protocol; tps (failed transactions)"
     );
@@ -75,7 +91,7 @@ pub async fn run(orders: i64, seconds: u32, clients: u32) -> anyhow::Result<()> 
         "{:<40} {:>12} {:>18} {:>18} {:>9} {:>7}",
         "workload", "one server", "coordinator", "endpoint", "end/coor", "Citus"
     );
-    for (label, script, citus) in scripts {
+    for (label, script, citus) in SCRIPTS {
         let file = dir.join(format!(
             "{}.sql",
             label.split(':').next().unwrap_or("s").replace(' ', "_")
@@ -99,10 +115,9 @@ pub async fn run(orders: i64, seconds: u32, clients: u32) -> anyhow::Result<()> 
         };
         let one = pgbench(&args(&single.coordinator_uri())).await?;
         let coordinator = pgbench(&args(&pg.coordinator_uri())).await?;
-        let endpoint = pgbench(&args(&through_endpoint)).await?;
+        let endpoint = pgbench(&args(through_endpoint)).await?;
         print_row(label, &one, &coordinator, &endpoint, citus);
     }
-    tpc_b(seconds, clients).await?;
     Ok(())
 }
 

@@ -63,7 +63,8 @@ enum Command {
         #[arg(long, default_value_t = 3)]
         runs: usize,
     },
-    /// Query set Q1-Q10 on the reference data set through the coordinator vs one plain server
+    /// Query set Q1-Q10 on the reference data set through the coordinator and through Shoal's
+    /// endpoint vs one plain server, then the three pgbench scripts on all three
     Queries {
         /// Rows of orders (2,000,000 in the reference data set; order items are twice that)
         #[arg(long, default_value_t = 2_000_000)]

@@ -109,24 +109,7 @@ pub async fn run(orders: i64, runs: usize, only: Option<String>) -> anyhow::Resu
         );
     }
     if only.is_none() {
-        let script = single.run_dir().join("lookup.sql");
-        std::fs::write(
-            &script,
-            format!("\\set id random(1, {orders})\nSELECT * FROM orders WHERE id = :id;\n"),
-        )?;
-        let through_endpoint = endpoint.uri.clone();
-        let (one, shoal, through) = (
-            lookups(&single.coordinator_uri(), &script).await?,
-            lookups(&pg.coordinator_uri(), &script).await?,
-            lookups(&through_endpoint, &script).await?,
-        );
-        println!(
-            "{:<30} {one:>11.0} {shoal:>11.0} {:>7.2}x {through:>11.0} {:>7.2}x {:>10}",
-            "pgbench key lookups, tps",
-            shoal / one,
-            through / one,
-            "3349"
-        );
+        crate::endpoint::scripts(&single, &pg, &endpoint.uri, orders, 10, 4).await?;
     }
     Ok(())
 }
@@ -171,17 +154,6 @@ pub async fn load_reference(
         load.elapsed().as_secs_f64()
     );
     Ok((single, pg, cluster))
-}
-
-/// Transactions per second of `script` with 4 clients for 10 s.
-pub async fn lookups(uri: &str, script: &std::path::Path) -> anyhow::Result<f64> {
-    let mut args: Vec<String> = ["-n", "-c", "4", "-j", "2", "-T", "10", "-f"]
-        .map(String::from)
-        .to_vec();
-    args.extend([script.display().to_string(), uri.to_string()]);
-    let run = crate::endpoint::pgbench(&args).await?;
-    anyhow::ensure!(run.tps > 0.0, "no tps in pgbench's output");
-    Ok(run.tps)
 }
 
 /// The query's rows by the simple protocol, as text, sorted.

@@ -87,6 +87,33 @@ pub enum Command {
     Stream(StreamCommand),
     /// Run DDL, including what the coordinator refuses on distributed tables
     Ddl(DdlArgs),
+    /// Show where a query runs: through Shoal's endpoint (one node, split across the nodes,
+    /// or the coordinator, and why) and through the coordinator (what each worker runs, how
+    /// many rows it ships, what the coordinator does itself)
+    Explain(ExplainArgs),
+}
+
+/// The endpoint's part is its router's decision for a statement outside a transaction block;
+/// the coordinator's is PostgreSQL's plan (EXPLAIN VERBOSE), summed up by worker. Names are
+/// resolved with the connection's search_path. A query with parameters ($1) cannot be planned
+/// here: write the values in.
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:\n  \
+    shoal explain 'SELECT count(*) FROM orders'\n  \
+    shoal explain --analyze 'SELECT o.id, sum(i.qty) FROM orders o JOIN order_items i ON i.order_id = o.id GROUP BY o.id ORDER BY 2 DESC LIMIT 10'\n  \
+    shoal explain --json 'SELECT * FROM orders WHERE id = 42'")]
+pub struct ExplainArgs {
+    /// The query, as an application would send it
+    pub sql: String,
+    /// Run it on the coordinator to count the rows each worker ships (EXPLAIN ANALYZE, in a
+    /// transaction that is rolled back, so a write changes nothing)
+    #[arg(long)]
+    pub analyze: bool,
+    /// Also print the coordinator's whole plan
+    #[arg(long)]
+    pub plan: bool,
+    #[command(flatten)]
+    pub json: JsonFlag,
 }
 
 /// Plain SQL on the coordinator already reaches every shard. This runs, in addition, what

@@ -21,6 +21,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Init => init(&coordinator()?).await,
         Command::Ddl(args) => ddl(&coordinator()?, &args).await,
+        Command::Explain(args) => {
+            crate::explain::run(&connect(&coordinator()?).await?, &args).await
+        }
         Command::Local(command) => local(command).await,
         Command::Demo(args) => crate::demo::run(&args).await,
         Command::Stream(command) => {

@@ -5,6 +5,7 @@ mod args;
 mod commands;
 mod config;
 mod demo;
+mod explain;
 mod http;
 mod jobs;
 mod output;

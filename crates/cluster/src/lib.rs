@@ -20,6 +20,7 @@ mod checks;
 pub mod cleanup;
 pub mod distribute;
 mod error;
+pub mod explain;
 pub mod fence;
 mod init;
 pub mod inspect;

@@ -225,6 +225,13 @@ pub fn plan_scatter(sql: &str, topology: &Topology) -> Result<Scatter, NotRoutab
             casts.push(None);
         }
     } else {
+        if groups.is_empty()
+            && !targets
+                .iter()
+                .any(|t| t.val.as_deref().is_some_and(contains_aggregate))
+        {
+            return refuse("it reads rows of every shard, without an aggregate or a sorted LIMIT");
+        }
         partials.extend(groups.iter().cloned());
         for target in &targets {
             let written = target
@@ -351,6 +358,20 @@ pub fn plan_scatter(sql: &str, topology: &Topology) -> Result<Scatter, NotRoutab
 }
 
 impl Scatter {
+    /// The merging statement for people to read: the partial rows named as such, and each
+    /// type the nodes' answer fixes as `<type of cN>`.
+    pub fn merge_shown(&self) -> String {
+        let columns: Vec<String> = (0..self.partial_columns).map(|i| format!("c{i}")).collect();
+        let mut sql = self.merge.replace(
+            "{partials}",
+            &format!("<the nodes' rows> p({})", columns.join(", ")),
+        );
+        for i in 0..self.partial_columns {
+            sql = sql.replace(&format!("{{t{i}}}"), &format!("<type of c{i}>"));
+        }
+        sql
+    }
+
     /// The merging statement over these partial rows (text values, or NULL), typed by the
     /// type names of the partial columns.
     pub fn merge_sql(&self, types: &[String], rows: &[Vec<Option<String>>]) -> String {
