@@ -994,4 +994,22 @@ async fn reads_split_across_the_nodes_answer_as_the_coordinator_does() {
             }
         }
     }
+    // An answer too long for one merge (a group per order, no LIMIT) goes to the coordinator,
+    // the nodes' partial answers dropped unread.
+    sql.batch_execute(
+        "INSERT INTO orders SELECT g, g % 13, g, g % 9, g FROM generate_series(3000, 60000) g",
+    )
+    .await
+    .unwrap();
+    let query = "SELECT id, count(*) FROM orders GROUP BY id ORDER BY id";
+    let expected = text_rows(&sql, query, true).await;
+    let before = endpoint.metrics().await;
+    assert_eq!(text_rows(&app, query, true).await, expected);
+    let after = endpoint.metrics().await;
+    for (counter, more) in [
+        ("shoal_endpoint_statements_scattered_total", 0),
+        ("shoal_endpoint_statements_coordinator_total", 1),
+    ] {
+        assert_eq!(after[counter], before[counter] + more, "{counter}");
+    }
 }

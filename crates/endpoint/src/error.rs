@@ -55,6 +55,9 @@ pub enum EndpointError {
     Protocol(String),
     #[error("the connection closed")]
     Closed,
+    /// An answer longer than the caller would take (the connection is left mid-answer).
+    #[error("the answer has more than {0} rows")]
+    TooManyRows(usize),
     #[error("{0}")]
     Server(ServerError),
     #[error("TLS: {0}")]

@@ -272,13 +272,16 @@ impl ServerConn {
         &mut self,
         sql: &str,
     ) -> Result<Vec<Vec<Option<String>>>, EndpointError> {
-        Ok(self.simple_query_typed(sql).await?.1)
+        Ok(self.simple_query_typed(sql, usize::MAX).await?.1)
     }
 
-    /// Like [`ServerConn::simple_query`], with the type OIDs of the last result's columns.
+    /// Like [`ServerConn::simple_query`], with the type OIDs of the last result's columns;
+    /// fails with [`EndpointError::TooManyRows`] past `max_rows` rows, leaving the connection
+    /// unusable.
     pub async fn simple_query_typed(
         &mut self,
         sql: &str,
+        max_rows: usize,
     ) -> Result<(Vec<u32>, Vec<Vec<Option<String>>>), EndpointError> {
         self.framed.queue_frontend(&PgWireFrontendMessage::Query(
             pgwire::messages::simplequery::Query::new(sql.to_string()),
@@ -291,7 +294,12 @@ impl ServerConn {
                     types = description.fields.iter().map(|f| f.type_id).collect();
                     rows.clear();
                 }
-                PgWireBackendMessage::DataRow(row) => rows.push(text_columns(&row)),
+                PgWireBackendMessage::DataRow(row) => {
+                    if rows.len() == max_rows {
+                        return Err(EndpointError::TooManyRows(max_rows));
+                    }
+                    rows.push(text_columns(&row))
+                }
                 PgWireBackendMessage::ErrorResponse(e) => {
                     error = Some(ServerError { fields: e.fields })
                 }

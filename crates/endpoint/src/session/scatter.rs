@@ -8,6 +8,11 @@ use super::{Dest, Session};
 use crate::error::EndpointError;
 use shoal_route::{Place, Privilege, Scatter};
 
+/// Partial rows a node may return for one statement: the merge takes them as one VALUES list
+/// on the coordinator session, so a larger answer (grouping by a near-unique column without
+/// LIMIT) goes to the coordinator instead, which streams it.
+const MAX_PARTIAL_ROWS: usize = 20_000;
+
 /// Type names of the OIDs partial columns can have (built-in, fixed in every PostgreSQL).
 fn type_name(oid: u32) -> Option<&'static str> {
     Some(match oid {
@@ -63,7 +68,7 @@ impl Session {
                     }
                     pooled.settings = values;
                 }
-                let result = pooled.conn.simple_query_typed(&sql).await;
+                let result = pooled.conn.simple_query_typed(&sql, MAX_PARTIAL_ROWS).await;
                 (place, pooled, result)
             }));
         }
@@ -80,8 +85,12 @@ impl Session {
                 }
                 Err(error) => {
                     tracing::debug!(?place, %error, "a node could not answer its part");
-                    pooled.reusable =
-                        !matches!(error, EndpointError::Io(_) | EndpointError::Closed);
+                    pooled.reusable = !matches!(
+                        error,
+                        EndpointError::Io(_)
+                            | EndpointError::Closed
+                            | EndpointError::TooManyRows(_)
+                    );
                     failed = true;
                 }
             }
