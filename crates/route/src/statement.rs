@@ -153,14 +153,7 @@ pub fn plan(sql: &str, topology: &Topology) -> Result<Plan, NotRoutable> {
         &serde_json::to_value(raw.stmt.as_deref()).unwrap_or_default(),
         topology,
     )?;
-    let mut planner = Planner {
-        topology,
-        relations: Vec::new(),
-        classes: Vec::new(),
-        keys: Vec::new(),
-        writes_reference: false,
-        omits_columns: None,
-    };
+    let mut planner = Planner::new(topology);
     let mut write = None;
     let expected_selects = match &statement {
         NodeEnum::SelectStmt(select) => {
@@ -270,7 +263,18 @@ struct Planner<'a> {
     omits_columns: Option<usize>,
 }
 
-impl Planner<'_> {
+impl<'a> Planner<'a> {
+    fn new(topology: &'a Topology) -> Planner<'a> {
+        Planner {
+            topology,
+            relations: Vec::new(),
+            classes: Vec::new(),
+            keys: Vec::new(),
+            writes_reference: false,
+            omits_columns: None,
+        }
+    }
+
     /// Adds a relation; returns its index.
     fn relation(&mut self, range: &RangeVar) -> Result<usize, NotRoutable> {
         if !range.catalogname.is_empty() {

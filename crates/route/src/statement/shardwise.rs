@@ -44,14 +44,7 @@ impl<'a> Shardwise<'a> {
         select: &SelectStmt,
         topology: &'a Topology,
     ) -> Result<Shardwise<'a>, NotRoutable> {
-        let mut planner = Planner {
-            topology,
-            relations: Vec::new(),
-            classes: Vec::new(),
-            keys: Vec::new(),
-            writes_reference: false,
-            omits_columns: None,
-        };
+        let mut planner = Planner::new(topology);
         planner.read_from_clause(&select.from_clause)?;
         planner.where_clause(select.where_clause.as_deref())?;
         let mut shardwise = Shardwise {
