@@ -96,6 +96,7 @@
 pub mod decode;
 mod error;
 mod expr;
+mod layout;
 mod plan;
 mod refresh;
 pub mod runtime;
@@ -103,6 +104,7 @@ pub mod topology;
 
 pub use error::{AnalyzeError, GenerateError, Unsupported};
 pub use expr::AggFunc;
+pub use layout::{key_index, storage_table, upgrade_sql, view_ddl, OldTable, STORAGE_SCHEMA};
 pub use plan::{
     analyze, choose_mode, Aggregate, ChosenMode, ColumnRole, Differential, GroupKey, Grouping,
     Maintenance, Mode, OutputColumn, QueryPlan, Source, SourceRef,
