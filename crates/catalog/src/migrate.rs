@@ -33,6 +33,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         include_str!("../migrations/0007_ddl_propagation.sql"),
     ),
     ("endpoint", include_str!("../migrations/0008_endpoint.sql")),
+    (
+        "stream storage",
+        include_str!("../migrations/0009_stream_storage.sql"),
+    ),
 ];
 
 pub const LATEST_VERSION: i32 = MIGRATIONS.len() as i32;

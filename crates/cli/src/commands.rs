@@ -106,7 +106,7 @@ pub async fn init(uri: &str) -> anyhow::Result<()> {
         );
     }
     print_init_warnings(&report);
-    Ok(())
+    crate::stream::upgrade_layouts(&Cluster::connect(params).await?).await
 }
 
 async fn ddl(uri: &str, args: &crate::args::DdlArgs) -> anyhow::Result<()> {
@@ -178,6 +178,7 @@ pub async fn register_local_workers(
     let report = shoal_cluster::init_cluster(&params, "shoal local").await?;
     print_init_warnings(&report);
     let cluster = Cluster::connect(params).await?;
+    crate::stream::upgrade_layouts(&cluster).await?;
     let known = model::list_nodes(cluster.client()).await?;
     for (host, port) in workers {
         if known.iter().any(|n| &n.host == host && n.port == *port) {

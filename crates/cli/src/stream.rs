@@ -81,6 +81,9 @@ pub async fn run(cluster: &Cluster, command: StreamCommand) -> anyhow::Result<()
                         s.refresh_mode.clone(),
                         format!("{} ms", s.schedule_ms),
                         s.rows.map(|r| r.to_string()).unwrap_or_else(|| "-".into()),
+                        s.storage
+                            .clone()
+                            .unwrap_or_else(|| "(run `shoal init`)".into()),
                         s.last_refresh_at.clone().unwrap_or_else(|| "-".into()),
                         s.last_error.clone().unwrap_or_default(),
                     ]
@@ -92,6 +95,7 @@ pub async fn run(cluster: &Cluster, command: StreamCommand) -> anyhow::Result<()
                     "mode",
                     "schedule",
                     "rows",
+                    "storage",
                     "last refresh",
                     "last error",
                 ],
@@ -180,4 +184,24 @@ async fn stream_id(cluster: &Cluster, name: &str) -> anyhow::Result<i32> {
         .flatten();
     row.map(|r| r.get(0))
         .ok_or_else(|| anyhow::anyhow!("no stream table {name}; see `shoal stream list`"))
+}
+
+/// After `shoal init`'s catalog migrations: moves stream tables of the layout before storage
+/// tables to the current one, saying so, and warns of users' views that read their old tables.
+pub async fn upgrade_layouts(cluster: &Cluster) -> anyhow::Result<()> {
+    for upgraded in runtime::upgrade_layouts(cluster).await? {
+        println!(
+            "stream table {} now shows its query's rows; its storage is {}",
+            upgraded.name, upgraded.storage
+        );
+        for view in &upgraded.dependent_views {
+            eprintln!(
+                "warning: view {view} read the old table of stream table {} and now reads its \
+                 storage ({}: one row per distinct row, with hidden columns); create it again \
+                 over {}",
+                upgraded.name, upgraded.storage, upgraded.name
+            );
+        }
+    }
+    Ok(())
 }

@@ -9,6 +9,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio_postgres::Client;
 
+use common::stream::assert_matches_query;
 use common::Shoal;
 use shoal_stream::runtime::{self, SchedulerConfig};
 
@@ -120,24 +121,6 @@ async fn assert_view_exact(sql: &Client, name: &str, when: &str) {
         .find(|(n, _, _)| *n == name)
         .expect("a stream table of the test");
     assert_matches_query(sql, name, query, columns, when).await;
-}
-
-/// A stream table equals its query recomputed: `EXCEPT ALL` both ways is empty.
-async fn assert_matches_query(sql: &Client, name: &str, query: &str, columns: &str, when: &str) {
-    for (a, b) in [
-        (query.to_string(), format!("SELECT {columns} FROM {name}")),
-        (format!("SELECT {columns} FROM {name}"), query.to_string()),
-    ] {
-        let n: i64 = sql
-            .query_one(
-                &format!("SELECT count(*) FROM (({a}) EXCEPT ALL ({b})) x"),
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        assert_eq!(n, 0, "{name} differs from its query after {when}");
-    }
 }
 
 async fn refresh_all(shoal: &Shoal) {
@@ -616,7 +599,8 @@ async fn awkward_names_and_types_come_back_exact() {
 }
 
 /// `stream alter` changes the schedule and the mode (a new mode starts from a full refresh);
-/// `stream drop` removes the table and its catalog rows, and the last one the capture slots.
+/// `stream drop` removes the view, its storage and its catalog rows, and the last one the
+/// capture slots.
 #[tokio::test]
 async fn stream_tables_are_altered_and_dropped() {
     let shoal = common::start(2).await;
@@ -659,17 +643,21 @@ async fn stream_tables_are_altered_and_dropped() {
     refresh_all(&shoal).await;
     assert_exact(&sql, "altering s_join").await;
 
+    let storage = shoal.stream_storage("s_join").await;
     shoal.cli(&["stream", "drop", "s_join"]).await.assert_ok();
     let gone: bool = sql
         .query_one(
-            "SELECT to_regclass('s_join') IS NULL
+            "SELECT to_regclass('s_join') IS NULL AND to_regclass($1) IS NULL
                     AND (SELECT count(*) FROM shoal.stream_table) = 2",
-            &[],
+            &[&storage],
         )
         .await
         .unwrap()
         .get(0);
-    assert!(gone, "s_join and its catalog row are gone");
+    assert!(
+        gone,
+        "s_join, its storage {storage} and its catalog row are gone"
+    );
     for name in ["s_filter", "s_agg"] {
         shoal.cli(&["stream", "drop", name]).await.assert_ok();
     }

@@ -5,7 +5,12 @@
 //! # Model
 //!
 //! A stream table holds the result of its query as a *bag*: a result row present n times is
-//! stored once with `__shoal_count = n`. Every source relation (distributed or reference, an
+//! stored once with `__shoal_count = n`, in a storage table of Shoal's own
+//! ([`storage_table`], `shoal.stream_<id>`) that every refresh statement names. Users query a
+//! view at the stream table's name ([`view_ddl`]) showing exactly the query's rows: the visible
+//! columns, each stored row repeated `__shoal_count` times where the query keeps duplicates, so
+//! `count(*)`, sums and joins over it agree with the query and no bookkeeping is in sight.
+//! Every source relation (distributed or reference, an
 //! ordinary relation on the coordinator) has, for a refresh window, two relations of changes with
 //! its columns: Δ⁻ (old versions of deleted and updated rows) and Δ⁺ (new versions of inserted and
 //! updated rows), so that, as bags, `new = old − Δ⁻ + Δ⁺`. In delta queries they are one relation
@@ -36,7 +41,10 @@
 //! added to `__shoal_count`, a row reaching 0 is deleted, a new row is inserted with its sum.
 //! Because the stored count is the exact multiplicity, deleting one of two equal rows leaves one,
 //! and DISTINCT needs nothing more: its result is the stored rows (each count > 0), while a
-//! query without DISTINCT is the stored rows repeated `__shoal_count` times ([`contents_sql`]).
+//! query without DISTINCT is the stored rows repeated `__shoal_count` times ([`contents_sql`],
+//! the view's body). A grouped query's result is the stored groups as they are. A query only
+//! full refresh maintains is stored grouped by all its columns with the count, and shown
+//! repeated like a projection, whatever its shape.
 //!
 //! Rows are looked up by `__shoal_row_id`, a stored generated column hashing the row key (all
 //! visible columns, or the group key) with `hash_record_extended`, which uses each type's own
@@ -69,8 +77,8 @@
 //! an [`Unsupported`] naming the part: outer joins, subqueries, CTEs, set operations, window
 //! functions, HAVING, ORDER BY/LIMIT, DISTINCT ON, aggregates other than count/sum/avg/min/max or
 //! with DISTINCT/FILTER/ORDER BY, expressions over aggregates, volatile or time-dependent values.
-//! [`Mode::Auto`] then chooses full refresh and says why. Full refresh (TRUNCATE + INSERT of the
-//! query grouped with its multiplicities) handles every query.
+//! [`Mode::Auto`] then chooses full refresh and says why. Full refresh (TRUNCATE + INSERT into
+//! the storage of the query grouped with its multiplicities) handles every query.
 //!
 //! # What the caller must guarantee
 //!
@@ -96,6 +104,7 @@
 pub mod decode;
 mod error;
 mod expr;
+mod layout;
 mod plan;
 mod refresh;
 pub mod runtime;
@@ -103,6 +112,7 @@ pub mod topology;
 
 pub use error::{AnalyzeError, GenerateError, Unsupported};
 pub use expr::AggFunc;
+pub use layout::{key_index, storage_table, upgrade_sql, view_ddl, OldTable, STORAGE_SCHEMA};
 pub use plan::{
     analyze, choose_mode, Aggregate, ChosenMode, ColumnRole, Differential, GroupKey, Grouping,
     Maintenance, Mode, OutputColumn, QueryPlan, Source, SourceRef,

@@ -1,4 +1,5 @@
-//! SQL generation: the stream table's storage, full refresh, differential refresh.
+//! SQL generation: the stream table's storage, full refresh, differential refresh. `table` is
+//! always the storage table ([`crate::storage_table`]).
 
 use std::collections::HashMap;
 
@@ -6,8 +7,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::GenerateError;
 use crate::expr::AggFunc;
+use crate::layout::key_index;
 use crate::plan::{ColumnRole, Differential, Grouping, Maintenance, QueryPlan, Source, SourceRef};
-use shoal_sql::{derived_name, quote_ident, QualifiedName};
+use shoal_sql::{quote_ident, QualifiedName};
 
 /// Multiplicity of a stored row: how many rows of the query result it stands for (for a group,
 /// how many joined source rows fall into it).
@@ -157,8 +159,9 @@ fn full_only_alias(plan: &QueryPlan) -> String {
     format!("{}({})", qi("__shoal_q"), cols.join(", "))
 }
 
-/// The stream table's DDL: visible columns, hidden state, and the index refreshes look rows up
-/// by. `column_types` gives the types of [`typed_columns`], in that order.
+/// The storage table's DDL: visible columns, hidden state, and the index refreshes look rows up
+/// by. `column_types` gives the types of [`typed_columns`], in that order. Users read it through
+/// the view of [`crate::view_ddl`].
 pub fn storage_ddl(
     plan: &QueryPlan,
     table: &QualifiedName,
@@ -219,7 +222,7 @@ pub fn storage_ddl(
         defs.join(", ")
     ));
     if !is_global(d) {
-        let index = qi(&derived_name(&table.name, "shoal_key"));
+        let index = qi(&key_index(&table.name));
         if d.grouping.is_some() {
             // One row per group. NULL keys are one group each, as in GROUP BY.
             let mut cols = vec![qi(ROW_ID_COLUMN)];
@@ -935,8 +938,8 @@ fn aggregate_merge(
     ))
 }
 
-/// The stream table's content as the query's result (a bag): rows repeated by their
-/// multiplicity where the query keeps duplicates.
+/// The storage table's content as the query's result (a bag): the visible columns, rows repeated
+/// by their multiplicity where the query keeps duplicates. The body of the view users query.
 pub fn contents_sql(plan: &QueryPlan, table: &QualifiedName) -> String {
     let cols: Vec<String> = plan
         .columns

@@ -5,8 +5,8 @@ use std::collections::HashMap;
 
 use crate::{
     analyze, choose_mode, contents_sql, differential_refresh_sql, full_refresh_sql, probe_sql,
-    storage_ddl, typed_columns, AggFunc, AnalyzeError, ColumnRole, ColumnType, DeltaRelations,
-    GenerateError, Maintenance, Mode, QueryPlan, SourceRef,
+    storage_ddl, typed_columns, view_ddl, AggFunc, AnalyzeError, ColumnRole, ColumnType,
+    DeltaRelations, GenerateError, Maintenance, Mode, QueryPlan, SourceRef,
 };
 use shoal_sql::QualifiedName;
 
@@ -57,6 +57,11 @@ fn generate_all(plan: &QueryPlan) -> Vec<String> {
         assert_parses(&s);
     }
     assert_parses(&contents_sql(plan, &table()));
+    assert_parses(&view_ddl(
+        plan,
+        &QualifiedName::new("my app", "V \"1\""),
+        &table(),
+    ));
     let stmts = differential_refresh_sql(plan, &table(), &deltas_for(plan)).unwrap();
     for s in &stmts {
         assert_parses(s);

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod endpoint;
+pub mod stream;
 
 use std::process::Output;
 

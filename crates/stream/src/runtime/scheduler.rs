@@ -7,7 +7,8 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::runtime::capture::poll_all;
-use crate::runtime::manage::{refresh_stream, StreamError};
+use crate::runtime::manage::StreamError;
+use crate::runtime::refresh::refresh_stream;
 use crate::topology::{diff_workers, needs_reinit, LiveWorker, WorkerSlot};
 use shoal_catalog::model;
 use shoal_cluster::capture::{self, COORDINATOR_NODE};
