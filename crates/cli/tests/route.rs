@@ -162,4 +162,25 @@ async fn routed_statements_answer_on_their_node_as_the_coordinator_does() {
         .unwrap();
     assert_eq!(shard.shard_index as u32, target.shard_index);
     shoal.assert_nothing_left_behind().await;
+
+    // A view earlier on the search path is what the name means: never routed.
+    coordinator
+        .batch_execute(
+            "CREATE SCHEMA shadow; CREATE VIEW shadow.orders AS SELECT * FROM public.orders",
+        )
+        .await
+        .unwrap();
+    let shadowed = shoal_cluster::topology::load_topology(
+        &coordinator,
+        vec!["shadow".into(), "public".into()],
+    )
+    .await
+    .unwrap();
+    let lookup = "SELECT id FROM orders WHERE customer_id = 7";
+    assert!(plan(lookup, &shadowed).is_err());
+    assert!(plan(
+        "SELECT id FROM public.orders WHERE customer_id = 7",
+        &shadowed
+    )
+    .is_ok());
 }

@@ -13,7 +13,10 @@ use shoal_sql::QualifiedName;
 
 /// Every table of the coordinator database with its placement, for a session whose schemas
 /// are `search_path` (as `current_schemas(true)` lists them). A distribution column whose type
-/// or collation the router cannot hash exactly leaves its table to the coordinator.
+/// or collation the router cannot hash exactly leaves its table to the coordinator. Views and
+/// materialized views are listed too, always on the coordinator: one earlier on the search
+/// path than a distributed table of the same name is what the name means (a stream table is a
+/// view).
 pub async fn load_topology(
     client: &impl GenericClient,
     search_path: Vec<String>,
@@ -33,7 +36,7 @@ pub async fn load_topology(
              JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
              LEFT JOIN pg_catalog.pg_attribute a
                     ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
-             WHERE c.relkind IN ('r', 'p', 'f')
+             WHERE c.relkind IN ('r', 'p', 'f', 'v', 'm')
                AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast', 'shoal')
                AND n.nspname NOT LIKE 'pg\\_temp\\_%' AND n.nspname NOT LIKE 'pg\\_toast\\_temp\\_%'
              GROUP BY 1, 2, c.relrowsecurity",
