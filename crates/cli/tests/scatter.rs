@@ -1,0 +1,354 @@
+//! The endpoint's split reads answer as the coordinator does: random data (NULLs, empty shards,
+//! repeated values, one big group, extreme numbers) and random queries of the shapes the
+//! endpoint splits today or may split soon, each compared with the coordinator's own answer to
+//! the same SQL. `SHOAL_PROP_SEED` picks the seed, `SHOAL_PROP_CASES` the number of queries.
+
+mod common;
+#[path = "scatter/data.rs"]
+mod data;
+#[path = "scatter/grammar.rs"]
+mod grammar;
+
+use std::collections::BTreeMap;
+
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use tokio_postgres::{Client, SimpleQueryMessage};
+
+use common::endpoint::Endpoint;
+use data::{Round, ROUNDS};
+use grammar::{Query, Shape};
+
+/// The shapes the endpoint splits today: every query of these must have been split. The
+/// others (joins, HAVING, DISTINCT) may be split or left to the coordinator; move a shape here
+/// once the planner splits it.
+const MUST_SPLIT: &[Shape] = &[
+    Shape::Aggregate,
+    Shape::GroupByExpression,
+    Shape::GroupByColumn,
+    Shape::GroupByKey,
+    Shape::SortedLimit,
+];
+
+const DEFAULT_SEED: u64 = 0x5ca7_7e12;
+const DEFAULT_CASES: usize = 400;
+/// Failures shrunk and reported in full; the rest are counted.
+const REPORTED: usize = 5;
+const SCATTERED: &str = "shoal_endpoint_statements_scattered_total";
+
+/// What a server answered, in text (the simple protocol): the output names and the rows.
+#[derive(Clone, Debug, PartialEq)]
+enum Answer {
+    Rows {
+        columns: Vec<String>,
+        rows: Vec<String>,
+    },
+    Error(String),
+}
+
+async fn answer(client: &Client, sql: &str, ordered: bool) -> Answer {
+    let messages = match client.simple_query(sql).await {
+        Ok(messages) => messages,
+        Err(error) => {
+            return Answer::Error(match error.as_db_error() {
+                Some(db) => format!("{}: {}", db.code().code(), db.message()),
+                None => error.to_string(),
+            })
+        }
+    };
+    let (mut columns, mut rows) = (Vec::new(), Vec::new());
+    for message in messages {
+        match message {
+            SimpleQueryMessage::RowDescription(description) => {
+                columns = description.iter().map(|c| c.name().to_string()).collect();
+            }
+            SimpleQueryMessage::Row(row) => rows.push(
+                (0..row.len())
+                    .map(|i| format!("{:?}", row.get(i)))
+                    .collect::<Vec<_>>()
+                    .join("|"),
+            ),
+            _ => {}
+        }
+    }
+    if !ordered {
+        rows.sort();
+    }
+    Answer::Rows { columns, rows }
+}
+
+impl std::fmt::Display for Answer {
+    /// The first rows, each cut short, for a failure message.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Answer::Error(error) => write!(f, "error {error}"),
+            Answer::Rows { columns, rows } => {
+                write!(f, "{} row(s) [{}]", rows.len(), columns.join("|"))?;
+                for row in rows.iter().take(12) {
+                    let cut: String = row.chars().take(160).collect();
+                    write!(f, "\n      {cut}")?;
+                }
+                if rows.len() > 12 {
+                    write!(f, "\n      ...")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// One query through both paths.
+struct Outcome {
+    expected: Answer,
+    got: Answer,
+    split: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Failure {
+    /// The endpoint's answer is not the coordinator's.
+    WrongAnswer,
+    /// A query of a shape that must split went to the coordinator.
+    NotSplit,
+    /// The coordinator refused the query: the grammar wrote something it should not.
+    Refused,
+}
+
+impl Outcome {
+    fn failure(&self, must_split: bool) -> Option<Failure> {
+        if matches!(self.expected, Answer::Error(_)) {
+            Some(Failure::Refused)
+        } else if self.got != self.expected {
+            Some(Failure::WrongAnswer)
+        } else if must_split && !self.split {
+            Some(Failure::NotSplit)
+        } else {
+            None
+        }
+    }
+}
+
+struct Runner<'a> {
+    coordinator: &'a Client,
+    app: &'a Client,
+    endpoint: &'a Endpoint,
+    /// The endpoint's count of split statements after the last query.
+    scattered: u64,
+}
+
+impl Runner<'_> {
+    async fn scattered(&self) -> u64 {
+        self.endpoint
+            .metrics()
+            .await
+            .get(SCATTERED)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    async fn run(&mut self, query: &Query) -> Outcome {
+        let sql = query.sql();
+        let expected = answer(self.coordinator, &sql, query.ordered()).await;
+        let got = answer(self.app, &sql, query.ordered()).await;
+        let now = self.scattered().await;
+        let split = now > self.scattered;
+        self.scattered = now;
+        Outcome {
+            expected,
+            got,
+            split,
+        }
+    }
+
+    /// Drops clauses while the query still fails the same way.
+    async fn shrink(&mut self, mut query: Query, failure: Failure) -> (Query, Outcome) {
+        let must_split = MUST_SPLIT.contains(&query.shape);
+        let mut outcome = self.run(&query).await;
+        let mut tries = 0;
+        'smaller: while tries < 200 {
+            for candidate in query.simpler() {
+                tries += 1;
+                let tried = self.run(&candidate).await;
+                if tried.failure(must_split) == Some(failure) {
+                    query = candidate;
+                    outcome = tried;
+                    continue 'smaller;
+                }
+            }
+            break;
+        }
+        (query, outcome)
+    }
+}
+
+/// Waits until every node's copy of the reference table holds the coordinator's rows: the
+/// nodes answer joins with it from their replicas.
+async fn wait_for_replicas(shoal: &common::Shoal) {
+    let coordinator = shoal.coordinator().await;
+    let expected = common::fingerprint(&coordinator, "products").await;
+    let started = std::time::Instant::now();
+    for i in 0..shoal.pg.workers.len() {
+        let worker = shoal.worker(i).await;
+        loop {
+            let found = common::fingerprint(&worker, "products").await;
+            if found == expected {
+                break;
+            }
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(30),
+                "worker {i}'s products are {found:?}, not {expected:?}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+}
+
+fn env_number<T: std::str::FromStr>(name: &str, default: T) -> T {
+    match std::env::var(name) {
+        Ok(value) => value
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={value} is not a number")),
+        Err(_) => default,
+    }
+}
+
+#[tokio::test]
+async fn split_queries_answer_as_the_coordinator_on_random_data() {
+    let seed: u64 = env_number("SHOAL_PROP_SEED", DEFAULT_SEED);
+    let cases: usize = env_number("SHOAL_PROP_CASES", DEFAULT_CASES);
+    let mut rng = StdRng::seed_from_u64(seed);
+
+    let shoal = common::start(2).await;
+    let coordinator = shoal.coordinator().await;
+    coordinator.batch_execute(data::SCHEMA).await.unwrap();
+    // Eight shards: a handful of rows leaves most of them empty.
+    shoal.distribute("orders", "id", "8").await;
+    for table in ["items", r#""Order Refunds""#] {
+        shoal
+            .cli(&[
+                "table",
+                "distribute",
+                table,
+                "--column",
+                "order_id",
+                "--colocate-with",
+                "orders",
+            ])
+            .await
+            .assert_ok();
+    }
+    shoal
+        .cli(&["table", "reference", "products"])
+        .await
+        .assert_ok();
+    let endpoint = shoal.start_endpoint().await;
+    let app = endpoint.connect().await;
+    let mut runner = Runner {
+        coordinator: &coordinator,
+        app: &app,
+        endpoint: &endpoint,
+        scattered: 0,
+    };
+    runner.scattered = runner.scattered().await;
+
+    let started = std::time::Instant::now();
+    let mut summary: BTreeMap<Shape, (usize, usize)> = BTreeMap::new();
+    let (mut failed, mut reports) = (0, Vec::new());
+    let per_round = cases.div_ceil(ROUNDS.len());
+    for round in ROUNDS {
+        for statement in data::fill(&mut rng, *round) {
+            coordinator
+                .batch_execute(&statement)
+                .await
+                .unwrap_or_else(|e| panic!("{statement:.200}: {e}"));
+        }
+        wait_for_replicas(&shoal).await;
+        for _ in 0..per_round {
+            let query = grammar::query(&mut rng);
+            let outcome = runner.run(&query).await;
+            let counts = summary.entry(query.shape).or_default();
+            counts.0 += 1;
+            counts.1 += usize::from(outcome.split);
+            if let Some(failure) = outcome.failure(MUST_SPLIT.contains(&query.shape)) {
+                failed += 1;
+                // Shrunk now, on the round's data.
+                if reports.len() < REPORTED {
+                    reports.push(report(&mut runner, *round, query, failure).await);
+                }
+            }
+        }
+    }
+
+    let (run, split) = summary
+        .values()
+        .fold((0, 0), |(r, s), (run, split)| (r + run, s + split));
+    eprintln!(
+        "seed {seed}: {run} queries in {:.1?}, {split} split by the endpoint",
+        started.elapsed()
+    );
+    for (shape, (run, split)) in &summary {
+        let must = if MUST_SPLIT.contains(shape) {
+            " (must split)"
+        } else {
+            ""
+        };
+        eprintln!("  {shape:?}{must}: {run} run, {split} split");
+    }
+    assert!(
+        failed == 0,
+        "{failed} of {run} queries failed (seed {seed}: rerun with SHOAL_PROP_SEED={seed} \
+         SHOAL_PROP_CASES={cases}); the first, shrunk:{}",
+        reports.concat()
+    );
+}
+
+/// A failure, its query shrunk, for the test's message.
+async fn report(runner: &mut Runner<'_>, round: Round, query: Query, failure: Failure) -> String {
+    let (shrunk, outcome) = runner.shrink(query.clone(), failure).await;
+    format!(
+        "\n\n{failure:?} in the round {:?}, shape {:?}\n  query:  {}\n  shrunk: {}\n  \
+         split by the endpoint: {}\n  coordinator: {}\n  endpoint:    {}{}",
+        round.name,
+        query.shape,
+        query.sql(),
+        shrunk.sql(),
+        outcome.split,
+        outcome.expected,
+        outcome.got,
+        difference(&outcome.expected, &outcome.got),
+    )
+}
+
+/// The rows one answer has and the other lacks (the first few of each).
+fn difference(expected: &Answer, got: &Answer) -> String {
+    let (Answer::Rows { rows: a, .. }, Answer::Rows { rows: b, .. }) = (expected, got) else {
+        return String::new();
+    };
+    let lacking = |from: &[String], other: &[String]| -> Vec<String> {
+        let mut other: Vec<&String> = other.iter().collect();
+        from.iter()
+            .filter(|row| match other.iter().position(|o| o == row) {
+                Some(at) => {
+                    other.swap_remove(at);
+                    false
+                }
+                None => true,
+            })
+            .map(|row| row.chars().take(160).collect())
+            .collect()
+    };
+    let mut out = String::new();
+    for (label, rows) in [
+        ("only the coordinator's", lacking(a, b)),
+        ("only the endpoint's", lacking(b, a)),
+    ] {
+        out.push_str(&format!("\n  {label}: {} row(s)", rows.len()));
+        for row in rows.iter().take(8) {
+            out.push_str(&format!("\n      {row}"));
+        }
+    }
+    if a.len() == b.len() && out.contains("s: 0 row(s)\n  only the endpoint's: 0") {
+        out.push_str("\n  (the same rows in another order)");
+    }
+    out
+}
