@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 
 use rand::rngs::StdRng;
 use rand::SeedableRng;
+use tokio_postgres::types::{FromSql, Type};
 use tokio_postgres::{Client, SimpleQueryMessage};
 
 use common::endpoint::Endpoint;
@@ -36,7 +37,8 @@ const DEFAULT_CASES: usize = 400;
 const REPORTED: usize = 5;
 const SCATTERED: &str = "shoal_endpoint_statements_scattered_total";
 
-/// What a server answered, in text (the simple protocol): the output names and the rows.
+/// What a server answered: the output names (and types, by the extended protocol) and the
+/// rows, in text by the simple protocol, in binary by the extended one.
 #[derive(Clone, Debug, PartialEq)]
 enum Answer {
     Rows {
@@ -46,18 +48,45 @@ enum Answer {
     Error(String),
 }
 
-async fn answer(client: &Client, sql: &str, ordered: bool) -> Answer {
-    let messages = match client.simple_query(sql).await {
-        Ok(messages) => messages,
-        Err(error) => {
-            return Answer::Error(match error.as_db_error() {
-                Some(db) => format!("{}: {}", db.code().code(), db.message()),
-                None => error.to_string(),
-            })
-        }
+/// How a query is sent.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Protocol {
+    /// Text results.
+    Simple,
+    /// Prepared, with binary results: the merge must produce exactly the described types.
+    Extended,
+}
+
+fn error_text(error: tokio_postgres::Error) -> String {
+    match error.as_db_error() {
+        Some(db) => format!("{}: {}", db.code().code(), db.message()),
+        None => error.to_string(),
+    }
+}
+
+async fn answer(client: &Client, sql: &str, ordered: bool, protocol: Protocol) -> Answer {
+    let (columns, mut rows) = match protocol {
+        Protocol::Simple => match simple(client, sql).await {
+            Ok(answer) => answer,
+            Err(error) => return Answer::Error(error_text(error)),
+        },
+        Protocol::Extended => match client.query(sql, &[]).await {
+            Ok(rows) => extended(&rows),
+            Err(error) => return Answer::Error(error_text(error)),
+        },
     };
+    if !ordered {
+        rows.sort();
+    }
+    Answer::Rows { columns, rows }
+}
+
+async fn simple(
+    client: &Client,
+    sql: &str,
+) -> Result<(Vec<String>, Vec<String>), tokio_postgres::Error> {
     let (mut columns, mut rows) = (Vec::new(), Vec::new());
-    for message in messages {
+    for message in client.simple_query(sql).await? {
         match message {
             SimpleQueryMessage::RowDescription(description) => {
                 columns = description.iter().map(|c| c.name().to_string()).collect();
@@ -71,10 +100,56 @@ async fn answer(client: &Client, sql: &str, ordered: bool) -> Answer {
             _ => {}
         }
     }
-    if !ordered {
-        rows.sort();
+    Ok((columns, rows))
+}
+
+/// Rows of the extended protocol: names with types, values as sent.
+fn extended(rows: &[tokio_postgres::Row]) -> (Vec<String>, Vec<String>) {
+    let columns = rows.first().map_or_else(Vec::new, |row| {
+        row.columns()
+            .iter()
+            .map(|c| format!("{}:{}", c.name(), c.type_()))
+            .collect()
+    });
+    let rows = rows
+        .iter()
+        .map(|row| {
+            (0..row.len())
+                .map(|i| format!("{:?}", row.get::<_, Binary>(i).0))
+                .collect::<Vec<_>>()
+                .join("|")
+        })
+        .collect();
+    (columns, rows)
+}
+
+/// A value in binary of any type: readable for a few, else its bytes in hex (numeric's
+/// bytes hold its scale, so equal bytes are the same output).
+struct Binary(Option<String>);
+
+impl<'a> FromSql<'a> for Binary {
+    fn from_sql(
+        ty: &Type,
+        raw: &'a [u8],
+    ) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        let text = match *ty {
+            Type::INT2 => i16::from_sql(ty, raw)?.to_string(),
+            Type::INT4 => i32::from_sql(ty, raw)?.to_string(),
+            Type::INT8 => i64::from_sql(ty, raw)?.to_string(),
+            Type::FLOAT8 => format!("{:?}", f64::from_sql(ty, raw)?),
+            Type::TEXT => format!("{:?}", String::from_sql(ty, raw)?),
+            _ => raw.iter().map(|b| format!("{b:02x}")).collect(),
+        };
+        Ok(Binary(Some(text)))
     }
-    Answer::Rows { columns, rows }
+
+    fn from_sql_null(_: &Type) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        Ok(Binary(None))
+    }
+
+    fn accepts(_: &Type) -> bool {
+        true
+    }
 }
 
 impl std::fmt::Display for Answer {
@@ -146,10 +221,10 @@ impl Runner<'_> {
             .unwrap_or(0)
     }
 
-    async fn run(&mut self, query: &Query) -> Outcome {
+    async fn run(&mut self, query: &Query, protocol: Protocol) -> Outcome {
         let sql = query.sql();
-        let expected = answer(self.coordinator, &sql, query.ordered()).await;
-        let got = answer(self.app, &sql, query.ordered()).await;
+        let expected = answer(self.coordinator, &sql, query.ordered(), protocol).await;
+        let got = answer(self.app, &sql, query.ordered(), protocol).await;
         let now = self.scattered().await;
         let split = now > self.scattered;
         self.scattered = now;
@@ -161,14 +236,19 @@ impl Runner<'_> {
     }
 
     /// Drops clauses while the query still fails the same way.
-    async fn shrink(&mut self, mut query: Query, failure: Failure) -> (Query, Outcome) {
+    async fn shrink(
+        &mut self,
+        mut query: Query,
+        protocol: Protocol,
+        failure: Failure,
+    ) -> (Query, Outcome) {
         let must_split = MUST_SPLIT.contains(&query.shape);
-        let mut outcome = self.run(&query).await;
+        let mut outcome = self.run(&query, protocol).await;
         let mut tries = 0;
         'smaller: while tries < 200 {
             for candidate in query.simpler() {
                 tries += 1;
-                let tried = self.run(&candidate).await;
+                let tried = self.run(&candidate, protocol).await;
                 if tried.failure(must_split) == Some(failure) {
                     query = candidate;
                     outcome = tried;
@@ -263,17 +343,26 @@ async fn split_queries_answer_as_the_coordinator_on_random_data() {
                 .unwrap_or_else(|e| panic!("{statement:.200}: {e}"));
         }
         wait_for_replicas(&shoal).await;
-        for _ in 0..per_round {
+        for n in 0..per_round {
             let query = grammar::query(&mut rng);
-            let outcome = runner.run(&query).await;
-            let counts = summary.entry(query.shape).or_default();
-            counts.0 += 1;
-            counts.1 += usize::from(outcome.split);
-            if let Some(failure) = outcome.failure(MUST_SPLIT.contains(&query.shape)) {
-                failed += 1;
-                // Shrunk now, on the round's data.
-                if reports.len() < REPORTED {
-                    reports.push(report(&mut runner, *round, query, failure).await);
+            // Every query as text, every other one in binary too.
+            let protocols: &[Protocol] = if n % 2 == 0 {
+                &[Protocol::Simple]
+            } else {
+                &[Protocol::Simple, Protocol::Extended]
+            };
+            for &protocol in protocols {
+                let outcome = runner.run(&query, protocol).await;
+                let counts = summary.entry(query.shape).or_default();
+                counts.0 += 1;
+                counts.1 += usize::from(outcome.split);
+                if let Some(failure) = outcome.failure(MUST_SPLIT.contains(&query.shape)) {
+                    failed += 1;
+                    // Shrunk now, on the round's data.
+                    if reports.len() < REPORTED {
+                        let failing = (*round, query.clone(), protocol, failure);
+                        reports.push(report(&mut runner, failing).await);
+                    }
                 }
             }
         }
@@ -283,7 +372,7 @@ async fn split_queries_answer_as_the_coordinator_on_random_data() {
         .values()
         .fold((0, 0), |(r, s), (run, split)| (r + run, s + split));
     eprintln!(
-        "seed {seed}: {run} queries in {:.1?}, {split} split by the endpoint",
+        "seed {seed}: {run} statements in {:.1?}, {split} split by the endpoint",
         started.elapsed()
     );
     for (shape, (run, split)) in &summary {
@@ -296,17 +385,20 @@ async fn split_queries_answer_as_the_coordinator_on_random_data() {
     }
     assert!(
         failed == 0,
-        "{failed} of {run} queries failed (seed {seed}: rerun with SHOAL_PROP_SEED={seed} \
+        "{failed} of {run} statements failed (seed {seed}: rerun with SHOAL_PROP_SEED={seed} \
          SHOAL_PROP_CASES={cases}); the first, shrunk:{}",
         reports.concat()
     );
 }
 
 /// A failure, its query shrunk, for the test's message.
-async fn report(runner: &mut Runner<'_>, round: Round, query: Query, failure: Failure) -> String {
-    let (shrunk, outcome) = runner.shrink(query.clone(), failure).await;
+async fn report(
+    runner: &mut Runner<'_>,
+    (round, query, protocol, failure): (Round, Query, Protocol, Failure),
+) -> String {
+    let (shrunk, outcome) = runner.shrink(query.clone(), protocol, failure).await;
     format!(
-        "\n\n{failure:?} in the round {:?}, shape {:?}\n  query:  {}\n  shrunk: {}\n  \
+        "\n\n{failure:?} in the round {:?}, shape {:?}, {protocol:?} protocol\n  query:  {}\n  shrunk: {}\n  \
          split by the endpoint: {}\n  coordinator: {}\n  endpoint:    {}{}",
         round.name,
         query.shape,
