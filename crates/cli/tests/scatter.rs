@@ -70,10 +70,16 @@ async fn answer(client: &Client, sql: &str, ordered: bool, protocol: Protocol) -
             Ok(answer) => answer,
             Err(error) => return Answer::Error(error_text(error)),
         },
-        Protocol::Extended => match client.query(sql, &[]).await {
-            Ok(rows) => extended(&rows),
-            Err(error) => return Answer::Error(error_text(error)),
-        },
+        Protocol::Extended => {
+            let prepared = match client.prepare(sql).await {
+                Ok(statement) => client.query(&statement, &[]).await.map(|r| (statement, r)),
+                Err(error) => Err(error),
+            };
+            match prepared {
+                Ok((statement, rows)) => extended(&statement, &rows),
+                Err(error) => return Answer::Error(error_text(error)),
+            }
+        }
     };
     if !ordered {
         rows.sort();
@@ -103,19 +109,25 @@ async fn simple(
     Ok((columns, rows))
 }
 
-/// Rows of the extended protocol: names with types, values as sent.
-fn extended(rows: &[tokio_postgres::Row]) -> (Vec<String>, Vec<String>) {
-    let columns = rows.first().map_or_else(Vec::new, |row| {
-        row.columns()
-            .iter()
-            .map(|c| format!("{}:{}", c.name(), c.type_()))
-            .collect()
-    });
+/// Rows of the extended protocol: the described names and types, values as sent.
+fn extended(
+    statement: &tokio_postgres::Statement,
+    rows: &[tokio_postgres::Row],
+) -> (Vec<String>, Vec<String>) {
+    let columns = statement
+        .columns()
+        .iter()
+        .map(|c| format!("{}:{}", c.name(), c.type_()))
+        .collect();
     let rows = rows
         .iter()
         .map(|row| {
             (0..row.len())
-                .map(|i| format!("{:?}", row.get::<_, Binary>(i).0))
+                .map(|i| match row.try_get::<_, Binary>(i) {
+                    Ok(value) => format!("{:?}", value.0),
+                    // Bytes that are not of the described type.
+                    Err(error) => format!("undecodable ({error})"),
+                })
                 .collect::<Vec<_>>()
                 .join("|")
         })
@@ -331,6 +343,11 @@ async fn split_queries_answer_as_the_coordinator_on_random_data() {
     };
     runner.scattered = runner.scattered().await;
 
+    let version: String = coordinator
+        .query_one("SELECT current_setting('server_version')", &[])
+        .await
+        .unwrap()
+        .get(0);
     let started = std::time::Instant::now();
     let mut summary: BTreeMap<Shape, (usize, usize)> = BTreeMap::new();
     let (mut failed, mut reports) = (0, Vec::new());
@@ -372,7 +389,8 @@ async fn split_queries_answer_as_the_coordinator_on_random_data() {
         .values()
         .fold((0, 0), |(r, s), (run, split)| (r + run, s + split));
     eprintln!(
-        "seed {seed}: {run} statements in {:.1?}, {split} split by the endpoint",
+        "seed {seed}, PostgreSQL {version}: {run} statements in {:.1?}, {split} split by the \
+         endpoint",
         started.elapsed()
     );
     for (shape, (run, split)) in &summary {

@@ -603,11 +603,23 @@ fn aggregates(rng: &mut StdRng, sources: &[Source]) -> Vec<Output> {
             Kind::Int | Kind::BigInt | Kind::Numeric => &["count", "sum", "avg", "min", "max"],
             Kind::Text | Kind::Double => &["count", "min", "max"],
         };
-        let expr = if rng.gen_bool(0.2) {
-            "count(*)".to_string()
+        let (function, mut expr) = if rng.gen_bool(0.2) {
+            ("count", "count(*)".to_string())
         } else {
-            format!("{}({argument})", functions.choose(rng).unwrap())
+            let function = *functions.choose(rng).unwrap();
+            (function, format!("{function}({argument})"))
         };
+        // A cast of an aggregate applies to the merged value.
+        if rng.gen_bool(0.12) {
+            let casts: &[&str] = match (function, column.kind) {
+                ("count", _) | (_, Kind::Int | Kind::BigInt | Kind::Numeric) => {
+                    &["text", "numeric(40, 3)", "double precision"]
+                }
+                (_, Kind::Text) => &["text", "varchar(2)"],
+                (_, Kind::Double) => &["text", "numeric"],
+            };
+            expr = format!("{expr}::{}", casts.choose(rng).unwrap());
+        }
         if !out.iter().any(|o| o.expr == expr) {
             out.push(aggregate(expr));
         }
@@ -655,8 +667,9 @@ fn having(rng: &mut StdRng, source: Source) -> String {
     options.choose(rng).unwrap().clone()
 }
 
-/// A WHERE over the sources' columns: comparisons, IS [NOT] NULL, AND, OR, NOT. No equality
-/// on a distribution column: that routes the statement to one shard instead of splitting it.
+/// A WHERE over the sources' columns: comparisons, BETWEEN, IN, LIKE, IS [NOT] NULL, AND, OR,
+/// NOT. No equality on a distribution column: that routes the statement to one shard instead
+/// of splitting it.
 fn predicate(rng: &mut StdRng, sources: &[Source], depth: u32) -> Pred {
     if depth > 0 && rng.gen_bool(0.35) {
         let a = Box::new(predicate(rng, sources, depth - 1));
@@ -675,6 +688,23 @@ fn predicate(rng: &mut StdRng, sources: &[Source], depth: u32) -> Pred {
         return Pred::Atom(format!("{name} IS{not} NULL"));
     }
     let key = column.name == source.table.key;
+    if rng.gen_bool(0.15) {
+        return Pred::Atom(match column.kind {
+            Kind::Text => format!(
+                "{name} LIKE {}",
+                ["'a%'", "'%e'", "'_'", "'%'"].choose(rng).unwrap()
+            ),
+            Kind::Int | Kind::BigInt if !key => format!(
+                "{name} IN ({}, {}, 7)",
+                rng.gen_range(-5..20),
+                rng.gen_range(-5..20)
+            ),
+            _ => {
+                let low = rng.gen_range(-50..50);
+                format!("{name} BETWEEN {low} AND {}", low + rng.gen_range(0..100))
+            }
+        });
+    }
     let operators: &[&str] = if key {
         &["<", ">", "<=", ">="]
     } else {
