@@ -197,7 +197,7 @@ impl Query {
         !self.order.is_empty()
     }
 
-    /// Smaller queries of the same shape, each one clause (or part of one) fewer, for shrinking.
+    /// Smaller queries, each one clause (or part of one) fewer or plainer, for shrinking.
     pub fn simpler(&self) -> Vec<Query> {
         let mut out = Vec::new();
         let mut with = |change: &dyn Fn(&mut Query)| {
