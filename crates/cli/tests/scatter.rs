@@ -21,14 +21,19 @@ use data::{Round, ROUNDS};
 use grammar::{Query, Shape};
 
 /// The shapes the endpoint splits today: every query of these must have been split. The
-/// others (joins, HAVING, DISTINCT) may be split or left to the coordinator; move a shape here
-/// once the planner splits it.
+/// others may be split or left to the coordinator; move a shape here once the planner splits
+/// it.
 const MUST_SPLIT: &[Shape] = &[
     Shape::Aggregate,
     Shape::GroupByExpression,
     Shape::GroupByColumn,
     Shape::GroupByKey,
     Shape::SortedLimit,
+    Shape::Having,
+    Shape::DistinctKey,
+    Shape::ColocatedJoin,
+    Shape::ReferenceJoin,
+    Shape::ThreeWayJoin,
 ];
 
 const DEFAULT_SEED: u64 = 0x5ca7_7e12;

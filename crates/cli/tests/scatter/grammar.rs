@@ -22,14 +22,20 @@ pub enum Shape {
     SortedLimit,
     /// Aggregates with HAVING.
     Having,
-    /// `count(DISTINCT ...)`.
-    CountDistinct,
+    /// `count(DISTINCT ...)` of the distribution column.
+    DistinctKey,
+    /// `count(DISTINCT ...)` of another column.
+    DistinctOther,
     /// Two distributed tables colocated, joined on their distribution columns.
     ColocatedJoin,
     /// A distributed table joined to the reference table.
     ReferenceJoin,
     /// Two colocated tables and the reference table.
     ThreeWayJoin,
+    /// Joins that must not run shard by shard as they are, or not simply: on columns other
+    /// than the distribution columns, FULL and RIGHT joins, the reference table on the side
+    /// an outer join keeps.
+    OtherJoin,
 }
 
 /// How often each shape is drawn.
@@ -40,10 +46,12 @@ const WEIGHTS: &[(Shape, u32)] = &[
     (Shape::GroupByKey, 6),
     (Shape::SortedLimit, 12),
     (Shape::Having, 8),
-    (Shape::CountDistinct, 6),
+    (Shape::DistinctKey, 4),
+    (Shape::DistinctOther, 3),
     (Shape::ColocatedJoin, 10),
     (Shape::ReferenceJoin, 6),
     (Shape::ThreeWayJoin, 5),
+    (Shape::OtherJoin, 6),
 ];
 
 #[derive(Clone, Debug)]
@@ -297,7 +305,9 @@ pub fn query(rng: &mut StdRng) -> Query {
         .unwrap();
     match shape {
         Shape::SortedLimit => sorted_limit(rng),
-        Shape::ColocatedJoin | Shape::ReferenceJoin | Shape::ThreeWayJoin => join(rng, shape),
+        Shape::ColocatedJoin | Shape::ReferenceJoin | Shape::ThreeWayJoin | Shape::OtherJoin => {
+            join(rng, shape)
+        }
         _ => single(rng, shape),
     }
 }
@@ -351,7 +361,9 @@ fn single(rng: &mut StdRng, shape: Shape) -> Query {
             }
         }
         // HAVING always groups; count(DISTINCT) half the time.
-        Shape::Having | Shape::CountDistinct if shape == Shape::Having || rng.gen_bool(0.5) => {
+        Shape::Having | Shape::DistinctKey | Shape::DistinctOther
+            if shape == Shape::Having || rng.gen_bool(0.5) =>
+        {
             group.push(match rng.gen_range(0..3) {
                 0 => modulo(rng, &sources),
                 1 => source.column(source.table.non_key(rng).name),
@@ -362,8 +374,8 @@ fn single(rng: &mut StdRng, shape: Shape) -> Query {
     }
     group.dedup();
     let mut outputs = aggregates(rng, &sources);
-    if shape == Shape::CountDistinct {
-        let column = if rng.gen_bool(0.5) {
+    if matches!(shape, Shape::DistinctKey | Shape::DistinctOther) {
+        let column = if shape == Shape::DistinctKey {
             source.table.key
         } else {
             source.table.non_key(rng).name
@@ -415,12 +427,38 @@ fn join(rng: &mut StdRng, shape: Shape) -> Query {
             format!("items i {kind} products p ON p.id = i.product_id"),
             vec![i, p],
         ),
-        _ => (
+        Shape::ThreeWayJoin => (
             format!(
                 "orders o JOIN items i ON i.order_id = o.id {kind} products p ON p.id = i.product_id"
             ),
             vec![o, i, p],
         ),
+        _ => match rng.gen_range(0..6) {
+            0 => (
+                format!("orders o {kind} items i ON i.order_id = o.customer_id"),
+                vec![o, i],
+            ),
+            1 => (
+                "orders o FULL JOIN items i ON i.order_id = o.id".to_string(),
+                vec![o, i],
+            ),
+            2 => (
+                "items i RIGHT JOIN orders o ON o.id = i.order_id".to_string(),
+                vec![o, i],
+            ),
+            3 => (
+                "products p LEFT JOIN items i ON i.product_id = p.id".to_string(),
+                vec![i, p],
+            ),
+            4 => (
+                "items i RIGHT JOIN products p ON p.id = i.product_id".to_string(),
+                vec![i, p],
+            ),
+            _ => (
+                "items i FULL JOIN products p ON p.id = i.product_id".to_string(),
+                vec![i, p],
+            ),
+        },
     };
     let mut query = if rng.gen_bool(0.15) {
         // Joined rows, sorted and limited.
@@ -439,19 +477,24 @@ fn join(rng: &mut StdRng, shape: Shape) -> Query {
         match rng.gen_range(0..5) {
             0 => {}
             1 => group.push(o.column("id")),
-            2 if shape == Shape::ReferenceJoin => group.push(i.column("order_id")),
+            2 if sources[0].qualifier != "o." => group.push(i.column("order_id")),
             2 => group.push(format!("o.customer_id % {}", rng.gen_range(2..8))),
-            3 if shape != Shape::ColocatedJoin => group.push(p.column("kind")),
+            3 if sources.iter().any(|s| s.qualifier == "p.") => group.push(p.column("kind")),
             _ => group.push(modulo(rng, &sources)),
         }
-        if shape == Shape::ReferenceJoin && group.first().is_some_and(|g| g == "o.id") {
+        if sources[0].qualifier != "o." && group.first().is_some_and(|g| g == "o.id") {
             group[0] = i.column("order_id");
+        }
+        // The other side's distribution column, NULL in every shard where an outer join
+        // keeps a row without a match.
+        if sources[1].table.key == "order_id" && rng.gen_bool(0.15) {
+            group = vec![sources[1].column("order_id")];
         }
         let outputs = aggregates(rng, &sources);
         let having = (!group.is_empty() && rng.gen_bool(0.2)).then(|| having(rng, sources[0]));
         finish(rng, shape, from, outputs, group, having, &sources)
     };
-    if shape != Shape::ColocatedJoin {
+    if sources.iter().any(|s| s.qualifier == "p.") {
         let like = format!(
             "p.name LIKE {}",
             ["'red%'", "'%widget'", "'%g%'", "'W%'", "'%'"]
