@@ -358,7 +358,7 @@ async fn split_queries_answer_as_the_coordinator_on_random_data() {
         .get(0);
     let started = std::time::Instant::now();
     let mut summary: BTreeMap<Shape, (usize, usize)> = BTreeMap::new();
-    let (mut failed, mut reports) = (0, Vec::new());
+    let (mut failed, mut reports, mut rounds) = (0, Vec::new(), Vec::new());
     let per_round = cases.div_ceil(ROUNDS.len());
     for round in ROUNDS {
         for statement in data::fill(&mut rng, *round) {
@@ -368,6 +368,7 @@ async fn split_queries_answer_as_the_coordinator_on_random_data() {
                 .unwrap_or_else(|e| panic!("{statement:.200}: {e}"));
         }
         wait_for_replicas(&shoal).await;
+        let round_started = std::time::Instant::now();
         for n in 0..per_round {
             let query = grammar::query(&mut rng);
             // Every query as text, every other one in binary too.
@@ -391,15 +392,17 @@ async fn split_queries_answer_as_the_coordinator_on_random_data() {
                 }
             }
         }
+        rounds.push(format!("{} {:.1?}", round.name, round_started.elapsed()));
     }
 
     let (run, split) = summary
         .values()
         .fold((0, 0), |(r, s), (run, split)| (r + run, s + split));
     eprintln!(
-        "seed {seed}, PostgreSQL {version}: {run} statements in {:.1?}, {split} split by the \
-         endpoint",
-        started.elapsed()
+        "seed {seed}, PostgreSQL {version}: {run} statements in {:.1?} ({}), {split} split by \
+         the endpoint",
+        started.elapsed(),
+        rounds.join(", ")
     );
     for (shape, (run, split)) in &summary {
         let must = if MUST_SPLIT.contains(shape) {
