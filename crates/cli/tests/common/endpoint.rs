@@ -124,6 +124,24 @@ impl Endpoint {
         client
     }
 
+    /// Waits until the HTTP endpoint accepts: `shoal serve` binds it after the PostgreSQL
+    /// endpoint, which is all `start_endpoint` waits for.
+    pub async fn wait_for_http(&self) {
+        for _ in 0..200 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", self.http_port))
+                .await
+                .is_ok()
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!(
+            "the HTTP endpoint did not start listening on {}",
+            self.http_port
+        );
+    }
+
     /// The endpoint's counters from `/metrics`, by name.
     pub async fn metrics(&self) -> std::collections::HashMap<String, u64> {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
