@@ -1,7 +1,8 @@
 //! The endpoint's split reads answer as the coordinator does: random data (NULLs, empty shards,
 //! repeated values, one big group, extreme numbers) and random queries of the shapes the
-//! endpoint splits today or may split soon, each compared with the coordinator's own answer to
-//! the same SQL. `SHOAL_PROP_SEED` picks the seed, `SHOAL_PROP_CASES` the number of queries.
+//! endpoint splits or may split, each compared with the coordinator's own answer to the same
+//! SQL, in text by the simple protocol and, every other query, in binary by the extended one.
+//! `SHOAL_PROP_SEED` picks the seed, `SHOAL_PROP_CASES` the number of queries.
 
 mod common;
 #[path = "scatter/data.rs"]
