@@ -343,7 +343,6 @@ async fn split_queries_answer_as_the_coordinator_on_random_data() {
         .await
         .assert_ok();
     let endpoint = shoal.start_endpoint().await;
-    endpoint.wait_for_http().await;
     let app = endpoint.connect().await;
     let mut runner = Runner {
         coordinator: &coordinator,

@@ -68,12 +68,16 @@ impl Shoal {
                 .await
                 .is_ok()
             {
-                return Endpoint {
+                let endpoint = Endpoint {
                     child,
                     port,
                     http_port,
                     uri: uri.to_string(),
                 };
+                // `shoal serve` binds its HTTP port after the endpoint's: metrics read at once
+                // must find it.
+                endpoint.wait_for_http().await;
+                return endpoint;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -124,9 +128,8 @@ impl Endpoint {
         client
     }
 
-    /// Waits until the HTTP endpoint accepts: `shoal serve` binds it after the PostgreSQL
-    /// endpoint, which is all `start_endpoint` waits for.
-    pub async fn wait_for_http(&self) {
+    /// Waits until the HTTP endpoint accepts.
+    async fn wait_for_http(&self) {
         for _ in 0..200 {
             if tokio::net::TcpStream::connect(("127.0.0.1", self.http_port))
                 .await
