@@ -27,6 +27,12 @@ const STREAMS: &[(&str, &str, &str)] = &[
          JOIN products p ON p.id = o.product_id GROUP BY p.category",
         "category, n, total",
     ),
+    (
+        "s_join_alias",
+        "SELECT j.category, j.customer_id, count(*) AS n, max(j.amount) AS hi \
+         FROM (orders o JOIN products p ON p.id = o.product_id) AS j GROUP BY j.category, j.customer_id",
+        "category, customer_id, n, hi",
+    ),
 ];
 
 async fn setup(shoal: &Shoal) {
@@ -152,7 +158,7 @@ async fn stream_tables_stay_exact_through_writes_moves_and_a_worker_restart() {
     random_writes(&sql, &mut rng, 200).await;
     refresh_all(&shoal).await;
     assert_exact(&sql, "random writes").await;
-    assert_eq!(last_modes(&sql).await, vec!["differential"; 3]);
+    assert_eq!(last_modes(&sql).await, vec!["differential"; STREAMS.len()]);
 
     // Moves under writes: no reinitialisation, exact results.
     let shards: Vec<(i64, i32)> = sql
@@ -179,7 +185,7 @@ async fn stream_tables_stay_exact_through_writes_moves_and_a_worker_restart() {
         assert_exact(&sql, &format!("moving shard {shard}")).await;
         assert_eq!(
             last_modes(&sql).await,
-            vec!["differential"; 3],
+            vec!["differential"; STREAMS.len()],
             "a move never forces a full refresh"
         );
     }

@@ -67,7 +67,8 @@ struct Case {
 }
 
 const BAG_ON: &str = "SELECT a.i, a.j, b.k FROM a JOIN b ON b.i = a.i";
-const BAG_USING: &str = "SELECT a.i, a.j, b.k FROM a JOIN b USING (i)";
+const BAG_USING: &str = "SELECT i, a.j, b.k FROM a JOIN b USING (i)";
+const BAG_USING_ALIAS: &str = "SELECT x.i, x.j, x.k FROM (a JOIN b USING (i)) AS x";
 const GROUPED: &str =
     "SELECT a.j, count(*) AS n, sum(b.k) AS total FROM a JOIN b ON b.i = a.i GROUP BY a.j";
 const DISTINCT: &str = "SELECT DISTINCT a.j, b.k FROM a JOIN b ON b.i = a.i";
@@ -111,7 +112,15 @@ const CASES: &[Case] = &[
         query: BAG_USING,
         columns: "i, j, k",
         summed: "i + j + k",
-        refreshes: "full",
+        refreshes: "differential",
+    },
+    Case {
+        name: "bag_using_alias",
+        mode: "differential",
+        query: BAG_USING_ALIAS,
+        columns: "i, j, k",
+        summed: "i + j + k",
+        refreshes: "differential",
     },
     Case {
         name: "grouped_differential",

@@ -127,8 +127,14 @@ fn res_target(val: &Node) -> Node {
 
 /// A FROM item (a table or a join tree) as SQL text.
 pub(crate) fn deparse_from_item(item: &Node) -> String {
+    deparse_from_list(std::slice::from_ref(item))
+}
+
+/// A FROM list as SQL text, items separated by commas.
+pub(crate) fn deparse_from_list(items: &[Node]) -> String {
+    let item = items.first().cloned().unwrap_or_default();
     let stmt = SelectStmt {
-        from_clause: vec![item.clone()],
+        from_clause: items.to_vec(),
         op: SetOperation::SetopNone as i32,
         limit_option: LimitOption::Default as i32,
         ..Default::default()

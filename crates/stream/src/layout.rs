@@ -122,7 +122,8 @@ mod tests {
         );
         // Queries only full refreshes maintain are stored grouped by every column, so they are
         // shown repeated too, whatever their shape.
-        let plan = analyze("SELECT i, count(*) AS n FROM a JOIN b USING (i) GROUP BY i").unwrap();
+        let plan =
+            analyze("SELECT i, count(*) AS n FROM a JOIN b USING (i) GROUP BY ROLLUP (i)").unwrap();
         assert!(view_ddl(&plan, &awkward(), &storage_table(7)).contains("generate_series"));
     }
 

@@ -19,18 +19,20 @@
 //!
 //! # Joins: inclusion–exclusion over the changed sources
 //!
-//! Differential queries are `σ(T₁ ⋈ … ⋈ Tₖ)` (inner joins, flattened; the filter includes the
-//! ON conditions), then projected or grouped. With signed bags, `Tᵢ_old = Tᵢ_new − ΔTᵢ`, so
+//! Differential queries are `σ(T₁ ⋈ … ⋈ Tₖ)` (inner joins written with ON, USING, commas or
+//! CROSS JOIN, aliased or not), then projected or grouped. With signed bags, `Tᵢ_old = Tᵢ_new − ΔTᵢ`, so
 //!
 //! ```text
 //! Δ(T₁ ⋈ … ⋈ Tₖ) = Π Tᵢ_new − Π (Tᵢ_new − ΔTᵢ)
 //!                = Σ over non-empty S ⊆ changed sources of (−1)^(|S|+1) · (⋈ ΔTᵢ for i ∈ S, Tⱼ_new otherwise)
 //! ```
 //!
-//! For two tables: `ΔA ⋈ B_new + A_new ⋈ ΔB − ΔA ⋈ ΔB`. Each term is the query's own FROM/WHERE
-//! with some sources replaced by their signed deltas under the same alias, so the user's
-//! expressions apply unchanged; a row's sign is the product of its delta rows' signs times the
-//! term's sign. Only the new state of the sources is read, never the old one (which would need
+//! For two tables: `ΔA ⋈ B_new + A_new ⋈ ΔB − ΔA ⋈ ΔB`. Each term is the query's own FROM/WHERE,
+//! joins kept as written, with some sources replaced by their signed deltas under the same alias,
+//! so the user's expressions apply unchanged: an unqualified USING column is still the merged
+//! one, a join alias still names the join. A row's sign is the product of its delta rows' signs
+//! (each delta's sign column named apart, `__shoal_sign<i>`, so that it is reachable through a
+//! join alias hiding the source's name) times the term's sign. Only the new state of the sources is read, never the old one (which would need
 //! `new EXCEPT ALL Δ⁺ UNION ALL Δ⁻`, a scan of the whole table); a source without changes adds
 //! no term, so an unchanged join partner is only probed by the (small) deltas. A self-join is
 //! two sources that share a delta. Terms grow as 2^(changed sources) − 1.
@@ -74,7 +76,9 @@
 //! # Refusals
 //!
 //! Anything whose delta this algebra does not give exactly is refused in differential mode with
-//! an [`Unsupported`] naming the part: outer joins, subqueries, CTEs, set operations, window
+//! an [`Unsupported`] naming the part: outer joins, NATURAL joins and column alias lists in FROM
+//! (both depend on the tables' column lists, which a delta reads only in part), subqueries,
+//! CTEs, set operations, window
 //! functions, HAVING, ORDER BY/LIMIT, DISTINCT ON, aggregates other than count/sum/avg/min/max or
 //! with DISTINCT/FILTER/ORDER BY, expressions over aggregates, volatile or time-dependent values.
 //! [`Mode::Auto`] then chooses full refresh and says why. Full refresh (TRUNCATE + INSERT into

@@ -4,15 +4,15 @@ use std::collections::HashSet;
 use std::fmt;
 use std::str::FromStr;
 
-use pg_query::protobuf::{a_const, JoinType, KeywordKind, SelectStmt, SetOperation, Token};
+use pg_query::protobuf::{a_const, Alias, JoinType, KeywordKind, SelectStmt, SetOperation, Token};
 use pg_query::{Node, NodeEnum, NodeRef};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{AnalyzeError, Unsupported};
 use crate::expr::{
-    classify_call, contains_aggregate, deparse_expr, deparse_from_item, deparse_stmt,
-    figure_colname, kind_name, name_parts, reserved, same_expr, string_value, AggFunc, Call,
-    RowExprCheck, RESERVED_PREFIX,
+    classify_call, contains_aggregate, deparse_expr, deparse_from_item, deparse_from_list,
+    deparse_stmt, figure_colname, kind_name, name_parts, node, reserved, same_expr, string_value,
+    AggFunc, Call, RowExprCheck, RESERVED_PREFIX,
 };
 use shoal_sql::quote_ident;
 
@@ -111,8 +111,11 @@ pub struct Grouping {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Differential {
     pub sources: Vec<Source>,
-    /// `JOIN ... ON` conditions, deparsed; comma joins have theirs in `filter`.
-    pub join_conditions: Vec<String>,
+    /// The FROM clause as written (joins with their ON or USING conditions, join aliases),
+    /// deparsed with source `i` and its alias as the slot [`source_slot`]`(i)`, so that
+    /// each term of a delta can put a relation or a delta there and unqualified references to
+    /// merged USING columns keep their meaning.
+    pub from: String,
     /// The WHERE clause, deparsed.
     pub filter: Option<String>,
     pub distinct: bool,
@@ -141,7 +144,8 @@ pub struct QueryPlan {
     pub functions: Vec<String>,
     /// Every name the query's text could use for a column, or None when that cannot be told
     /// (Unicode-escaped identifiers). A differential query has no `*`, whole-row reference,
-    /// `USING` or `NATURAL` join, so every source column it reads is named here (with function
+    /// `NATURAL` join or column alias list (its `USING` columns are named), so every source
+    /// column it reads is named here (with function
     /// names, keywords and aliases as harmless extras): reading a source's changes back, the
     /// other columns can be left out.
     pub referenced_columns: Option<Vec<String>>,
@@ -533,12 +537,23 @@ fn differential(
         return Err(unsupported("queries without FROM", None));
     }
 
-    let mut sources = Vec::new();
-    let mut quals = Vec::new();
+    let mut parts = FromParts::default();
+    let mut template = Vec::new();
     for item in &sel.from_clause {
-        collect_from(item, &mut sources, &mut quals)?;
+        template.push(collect_from(item, &mut parts)?);
     }
-    let range_names: Vec<String> = sources
+    let from = deparse_from_list(&template);
+    for i in 0..parts.sources.len() {
+        if from.matches(&source_slot(i)).count() != 1 {
+            return Err(reserved(&source_slot(i)));
+        }
+    }
+    let FromParts {
+        sources,
+        quals,
+        join_aliases,
+    } = parts;
+    let mut range_names: Vec<String> = sources
         .iter()
         .map(|s: &Source| s.range_name().to_string())
         .collect();
@@ -550,14 +565,13 @@ fn differential(
             )));
         }
     }
+    range_names.extend(join_aliases);
     let join_check = RowExprCheck {
         range_names: &range_names,
         place: "JOIN conditions",
     };
-    let mut join_conditions = Vec::new();
     for q in quals {
         join_check.check(q)?;
-        join_conditions.push(deparse_expr(q));
     }
     let filter = match sel.where_clause.as_deref() {
         Some(w) => {
@@ -607,7 +621,7 @@ fn differential(
     Ok((
         Differential {
             sources,
-            join_conditions,
+            from,
             filter,
             distinct,
             grouping,
@@ -733,12 +747,35 @@ fn grouping(
     Ok(Grouping { keys, aggregates })
 }
 
-/// Flattens the FROM clause into sources and inner-join conditions.
-fn collect_from<'a>(
-    item: &'a Node,
-    sources: &mut Vec<Source>,
-    quals: &mut Vec<&'a Node>,
-) -> Result<(), AnalyzeError> {
+/// The slot of source `i` in [`Differential::from`]; `__shoal_` names are the user's to avoid.
+pub(crate) fn source_slot(i: usize) -> String {
+    format!("{RESERVED_PREFIX}src_{}_", i + 1)
+}
+
+/// What [`collect_from`] gathers from the FROM clause.
+#[derive(Default)]
+struct FromParts<'a> {
+    sources: Vec<Source>,
+    /// `JOIN ... ON` conditions, to check.
+    quals: Vec<&'a Node>,
+    /// Names of join aliases (`(a JOIN b ON ...) AS j`, `JOIN b USING (i) AS j`).
+    join_aliases: Vec<String>,
+}
+
+fn alias_name(alias: &Alias, at: impl Fn() -> Option<String>) -> Result<String, AnalyzeError> {
+    if !alias.colnames.is_empty() {
+        // They rename by position, and a delta reads back only the columns the query names.
+        return Err(unsupported("column aliases in FROM", at()));
+    }
+    if alias.aliasname.starts_with(RESERVED_PREFIX) {
+        return Err(reserved(&alias.aliasname));
+    }
+    Ok(alias.aliasname.clone())
+}
+
+/// Walks a FROM item of inner joins: collects its relations and join conditions, and returns it
+/// with each relation and its alias replaced by its slot ([`source_slot`]).
+fn collect_from<'a>(item: &'a Node, parts: &mut FromParts<'a>) -> Result<Node, AnalyzeError> {
     let at = || Some(deparse_from_item(item));
     match item.node.as_ref() {
         Some(NodeEnum::RangeVar(rv)) => {
@@ -748,28 +785,23 @@ fn collect_from<'a>(
             if !rv.catalogname.is_empty() {
                 return Err(unsupported("database-qualified table names", at()));
             }
-            let alias = match &rv.alias {
-                Some(a) if !a.colnames.is_empty() => {
-                    return Err(unsupported("column aliases in FROM", at()))
-                }
-                Some(a) => Some(a.aliasname.clone()),
-                None => None,
-            };
-            if rv.relname.starts_with(RESERVED_PREFIX)
-                || alias
-                    .as_deref()
-                    .is_some_and(|a| a.starts_with(RESERVED_PREFIX))
-            {
+            let alias = rv.alias.as_ref().map(|a| alias_name(a, at)).transpose()?;
+            if rv.relname.starts_with(RESERVED_PREFIX) {
                 return Err(reserved(&deparse_from_item(item)));
             }
-            sources.push(Source {
+            let source = Source {
                 relation: SourceRef::new(
                     (!rv.schemaname.is_empty()).then_some(rv.schemaname.as_str()),
                     &rv.relname,
                 ),
                 alias,
-            });
-            Ok(())
+            };
+            let mut slot = rv.clone();
+            slot.schemaname = String::new();
+            slot.relname = source_slot(parts.sources.len());
+            slot.alias = None;
+            parts.sources.push(source);
+            Ok(node(NodeEnum::RangeVar(slot)))
         }
         Some(NodeEnum::JoinExpr(j)) => {
             if j.jointype != JoinType::JoinInner as i32 {
@@ -782,25 +814,33 @@ fn collect_from<'a>(
                 return Err(Unsupported::new(format!("outer joins ({kind})"), at()).into());
             }
             if j.is_natural {
+                // The columns it joins on depend on the tables' definitions, not on the query.
                 return Err(Unsupported::new("NATURAL joins", at())
-                    .hint("write JOIN ... ON")
+                    .hint("write JOIN ... USING (...) with the columns")
                     .into());
             }
-            if !j.using_clause.is_empty() {
-                return Err(Unsupported::new("JOIN ... USING", at())
-                    .hint("write JOIN ... ON with qualified columns")
-                    .into());
+            for name in j.using_clause.iter().filter_map(string_value) {
+                if name.starts_with(RESERVED_PREFIX) {
+                    return Err(reserved(name));
+                }
             }
-            if j.alias.is_some() {
-                return Err(unsupported("aliases on joins", at()));
+            let mut rewritten = j.clone();
+            if let Some(a) = &j.join_using_alias {
+                parts.join_aliases.push(alias_name(a, at)?);
             }
-            for side in [&j.larg, &j.rarg].into_iter().flatten() {
-                collect_from(side, sources, quals)?;
+            if let Some(a) = &j.alias {
+                parts.join_aliases.push(alias_name(a, at)?);
+            }
+            if let Some(l) = j.larg.as_deref() {
+                rewritten.larg = Some(Box::new(collect_from(l, parts)?));
+            }
+            if let Some(r) = j.rarg.as_deref() {
+                rewritten.rarg = Some(Box::new(collect_from(r, parts)?));
             }
             if let Some(q) = j.quals.as_deref() {
-                quals.push(q);
+                parts.quals.push(q);
             }
-            Ok(())
+            Ok(node(NodeEnum::JoinExpr(rewritten)))
         }
         Some(NodeEnum::RangeSubselect(_)) => Err(unsupported("subqueries in FROM", at())),
         Some(NodeEnum::RangeFunction(_)) => Err(unsupported("functions in FROM", at())),
@@ -809,6 +849,6 @@ fn collect_from<'a>(
             &format!("{} items in FROM", kind_name(other)),
             at(),
         )),
-        None => Ok(()),
+        None => Ok(item.clone()),
     }
 }

@@ -8,7 +8,9 @@ use serde::{Deserialize, Serialize};
 use crate::error::GenerateError;
 use crate::expr::AggFunc;
 use crate::layout::key_index;
-use crate::plan::{ColumnRole, Differential, Grouping, Maintenance, QueryPlan, Source, SourceRef};
+use crate::plan::{
+    source_slot, ColumnRole, Differential, Grouping, Maintenance, QueryPlan, Source, SourceRef,
+};
 use shoal_sql::{quote_ident, QualifiedName};
 
 /// Multiplicity of a stored row: how many rows of the query result it stands for (for a group,
@@ -251,31 +253,58 @@ fn row_hash(values: &[String]) -> String {
     format!("hash_record_extended(ROW({}), 0)", values.join(", "))
 }
 
-/// `FROM r1 AS "a1", r2 AS "a2" WHERE (on1) AND (where) AND (extra)`: the query's FROM clause
-/// with inner joins flattened, and each source replaced by `relation(i, source)`.
+/// `FROM <the query's FROM> WHERE (where) AND (extra)`: the query's FROM clause as written, with
+/// each source's slot filled by `relation(i, source) AS range_name`.
 fn from_where(
     d: &Differential,
     relation: impl Fn(usize, &Source) -> String,
     extra: &[String],
 ) -> String {
-    let items: Vec<String> = d
-        .sources
-        .iter()
-        .enumerate()
-        .map(|(i, s)| format!("{} AS {}", relation(i, s), qi(s.range_name())))
-        .collect();
+    let from = fill_slots(&d.from, |i| {
+        let s = &d.sources[i];
+        format!("{} AS {}", relation(i, s), qi(s.range_name()))
+    });
     let conds: Vec<String> = d
-        .join_conditions
+        .filter
         .iter()
-        .chain(d.filter.iter())
         .chain(extra.iter())
         .map(|c| format!("({c})"))
         .collect();
     if conds.is_empty() {
-        format!("FROM {}", items.join(", "))
+        format!("FROM {from}")
     } else {
-        format!("FROM {} WHERE {}", items.join(", "), conds.join(" AND "))
+        format!("FROM {from} WHERE {}", conds.join(" AND "))
     }
+}
+
+/// Replaces every slot `__shoal_src_<n>_` of `template` by `fill(n - 1)`, in one pass, so that
+/// text put in is never taken for a slot.
+fn fill_slots(template: &str, fill: impl Fn(usize) -> String) -> String {
+    let marker = "__shoal_src_";
+    let mut out = String::with_capacity(template.len() * 2);
+    let mut rest = template;
+    while let Some(at) = rest.find(marker) {
+        out.push_str(&rest[..at]);
+        let tail = &rest[at + marker.len()..];
+        let digits = tail.bytes().take_while(u8::is_ascii_digit).count();
+        match (
+            tail[..digits].parse::<usize>(),
+            tail[digits..].starts_with('_'),
+        ) {
+            (Ok(n), true)
+                if n > 0 && source_slot(n - 1) == rest[at..at + marker.len() + digits + 1] =>
+            {
+                out.push_str(&fill(n - 1));
+                rest = &tail[digits + 1..];
+            }
+            _ => {
+                out.push_str(marker);
+                rest = tail;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 /// The statements of a full refresh, to run in one transaction.
@@ -356,13 +385,19 @@ pub fn full_refresh_sql(plan: &QueryPlan, table: &QualifiedName) -> Vec<String> 
     vec![truncate, insert]
 }
 
-/// The signed union of one relation's deleted (-1) and inserted (+1) rows.
-fn signed_delta(delta: &DeltaRelations) -> String {
+/// The sign column of source `i`'s delta: named apart from every other source's, so that it is
+/// reachable unqualified, even through a join alias that hides the source's own name.
+fn sign_column(i: usize) -> String {
+    format!("__shoal_sign{}", i + 1)
+}
+
+/// The signed union of source `i`'s deleted (-1) and inserted (+1) rows.
+fn signed_delta(delta: &DeltaRelations, i: usize) -> String {
     format!(
         "(SELECT {m}.*, -1 AS {d} FROM {del} AS {m} UNION ALL SELECT {p}.*, 1 AS {d} FROM {ins} AS {p})",
         m = qi("__shoal_m"),
         p = qi("__shoal_p"),
-        d = qi(DELTA_COLUMN),
+        d = qi(&sign_column(i)),
         del = delta.deleted_sql,
         ins = delta.inserted_sql,
     )
@@ -391,10 +426,7 @@ fn delta_terms(
             .filter(|(bit, _)| mask & (1 << bit) != 0)
             .map(|(_, &i)| i)
             .collect();
-        let mut sign: Vec<String> = subset
-            .iter()
-            .map(|&i| qc(d.sources[i].range_name(), DELTA_COLUMN))
-            .collect();
+        let mut sign: Vec<String> = subset.iter().map(|&i| qi(&sign_column(i))).collect();
         if subset.len() & 1 == 0 {
             sign.insert(0, "-1".into());
         }
@@ -406,7 +438,7 @@ fn delta_terms(
         let from = from_where(
             d,
             |i, s| match deltas[i] {
-                Some(delta) if subset.contains(&i) => signed_delta(delta),
+                Some(delta) if subset.contains(&i) => signed_delta(delta, i),
                 _ => s.relation.sql(),
             },
             &[],

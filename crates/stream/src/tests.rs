@@ -138,14 +138,15 @@ fn joins_on_and_comma() {
     let names: Vec<&str> = d.sources.iter().map(|s| s.range_name()).collect();
     assert_eq!(names, ["o", "i", "p"]);
     assert_eq!(
-        d.join_conditions,
-        ["i.order_id = o.id", "p.id = i.product_id"]
+        d.from,
+        "__shoal_src_1_ JOIN __shoal_src_2_ ON i.order_id = o.id \
+         JOIN __shoal_src_3_ ON p.id = i.product_id"
     );
 
     let p = plan("SELECT o.id, i.qty FROM orders o, items i WHERE i.order_id = o.id");
     let d = p.differential().unwrap();
     assert_eq!(d.sources.len(), 2);
-    assert!(d.join_conditions.is_empty());
+    assert_eq!(d.from, "__shoal_src_1_, __shoal_src_2_");
     assert_eq!(d.filter.as_deref(), Some("i.order_id = o.id"));
 
     // Unaliased tables are referred to by name.
@@ -272,7 +273,7 @@ fn refusals_name_the_unsupported_part() {
         ("SELECT DISTINCT ON (customer_id) customer_id, id FROM orders", "DISTINCT ON are not supported in differential mode (at `DISTINCT ON (customer_id)`)"),
         ("SELECT DISTINCT customer_id, count(*) AS n FROM orders GROUP BY customer_id", "DISTINCT together with GROUP BY"),
         ("SELECT customer_id, count(*) AS n FROM orders GROUP BY ROLLUP (customer_id)", "GROUPING SETS, ROLLUP and CUBE"),
-        ("SELECT a.id FROM a JOIN b USING (id)", "JOIN ... USING are not supported"),
+        ("SELECT j.id FROM (a JOIN b ON a.id = b.id) AS j(x, y)", "column aliases in FROM"),
         ("SELECT a.id FROM a NATURAL JOIN b", "NATURAL joins"),
         ("SELECT g FROM generate_series(1, 10) g", "functions in FROM"),
         ("SELECT id FROM ONLY orders", "ONLY are not supported in differential mode (at `ONLY orders`)"),
@@ -477,7 +478,7 @@ fn differential_projection() {
     let stmts = generate_all(&p);
     assert_eq!(stmts.len(), 1);
     let s = &stmts[0];
-    assert!(s.starts_with("WITH \"__shoal_d\" AS (SELECT o.id AS \"__shoal_k1\", o.amount * 2 AS \"__shoal_k2\", \"o\".\"__shoal_delta\" AS \"__shoal_delta\" FROM (SELECT \"__shoal_m\".*, -1 AS \"__shoal_delta\" FROM (SELECT * FROM shoal_stream.del_orders) AS \"__shoal_m\" UNION ALL SELECT \"__shoal_p\".*, 1 AS \"__shoal_delta\" FROM shoal_stream.ins_orders AS \"__shoal_p\") AS \"o\" WHERE (o.amount > 10))"), "{s}");
+    assert!(s.starts_with("WITH \"__shoal_d\" AS (SELECT o.id AS \"__shoal_k1\", o.amount * 2 AS \"__shoal_k2\", \"__shoal_sign1\" AS \"__shoal_delta\" FROM (SELECT \"__shoal_m\".*, -1 AS \"__shoal_sign1\" FROM (SELECT * FROM shoal_stream.del_orders) AS \"__shoal_m\" UNION ALL SELECT \"__shoal_p\".*, 1 AS \"__shoal_sign1\" FROM shoal_stream.ins_orders AS \"__shoal_p\") AS \"o\" WHERE (o.amount > 10))"), "{s}");
     assert!(
         s.contains("GROUP BY \"__shoal_k1\", \"__shoal_k2\" HAVING sum(\"__shoal_delta\") <> 0")
     );
@@ -508,19 +509,19 @@ fn differential_join_uses_inclusion_exclusion() {
     // Three changed sources: 7 terms; pairs negative, the triple positive.
     assert_eq!(body.matches("SELECT o.customer_id AS").count(), 7);
     assert_eq!(
-        body.matches("-1 * \"o\".\"__shoal_delta\" * \"i\".\"__shoal_delta\" AS")
+        body.matches("-1 * \"__shoal_sign1\" * \"__shoal_sign2\" AS")
             .count(),
         1
     );
     assert_eq!(
-        body.matches(
-            "\"o\".\"__shoal_delta\" * \"i\".\"__shoal_delta\" * \"p\".\"__shoal_delta\" AS"
-        )
-        .count(),
+        body.matches("\"__shoal_sign1\" * \"__shoal_sign2\" * \"__shoal_sign3\" AS")
+            .count(),
         1
     );
-    assert!(body.contains("FROM \"orders\" AS \"o\", \"items\" AS \"i\", (SELECT"));
-    assert!(body.contains("WHERE (i.order_id = o.id) AND (p.id = i.product_id)"));
+    assert!(body.contains(
+        "FROM \"orders\" AS \"o\" JOIN \"items\" AS \"i\" ON i.order_id = o.id JOIN (SELECT"
+    ));
+    assert!(body.contains(") AS \"p\" ON p.id = i.product_id)"));
 
     // Only the changed source gets a delta: one term, others at their new state.
     let mut one = HashMap::new();
@@ -534,8 +535,50 @@ fn differential_join_uses_inclusion_exclusion() {
     let stmts = differential_refresh_sql(&p, &table(), &one).unwrap();
     assert_parses(&stmts[1]);
     assert_eq!(stmts[1].matches("SELECT o.customer_id AS").count(), 1);
-    assert!(stmts[1].contains("FROM \"orders\" AS \"o\", (SELECT"));
-    assert!(stmts[1].contains(") AS \"i\", \"products\" AS \"p\""));
+    assert!(stmts[1].contains("FROM \"orders\" AS \"o\" JOIN (SELECT"));
+    assert!(stmts[1].contains(") AS \"i\" ON i.order_id = o.id JOIN \"products\" AS \"p\""));
+}
+
+#[test]
+fn joins_using_and_join_aliases_keep_their_scopes() {
+    // The merged USING column, unqualified, and a USING alias.
+    let p = plan(
+        "SELECT id, u.qty, x.order_id FROM orders JOIN items AS u USING (id) \
+         JOIN notes USING (order_id) AS x WHERE id > 0",
+    );
+    let d = p.differential().unwrap();
+    assert_eq!(
+        d.from,
+        "__shoal_src_1_ JOIN __shoal_src_2_ USING (id) JOIN __shoal_src_3_ USING (order_id) AS x"
+    );
+    let stmts = generate_all(&p);
+    // The term with only `items` changed: its delta in its place, the USING clauses kept.
+    assert!(stmts[0].contains(
+        "SELECT id AS \"__shoal_k1\", u.qty AS \"__shoal_k2\", x.order_id AS \"__shoal_k3\", \
+         \"__shoal_sign2\" AS \"__shoal_delta\" FROM \"orders\" AS \"orders\" JOIN (SELECT \"__shoal_m\".*, \
+         -1 AS \"__shoal_sign2\" FROM (SELECT * FROM shoal_stream.del_items) AS \"__shoal_m\" UNION ALL \
+         SELECT \"__shoal_p\".*, 1 AS \"__shoal_sign2\" FROM shoal_stream.ins_items AS \"__shoal_p\") AS \"u\" \
+         USING (id) JOIN \"notes\" AS \"notes\" USING (order_id) AS x WHERE (id > 0)"
+    ));
+
+    // A join alias hides the names inside it: the signs are reached unqualified.
+    let p = plan(
+        "SELECT j.k, count(*) AS n FROM (orders o JOIN items i ON i.order_id = o.id) AS j \
+         GROUP BY j.k",
+    );
+    let stmts = generate_all(&p);
+    assert!(stmts[0].contains("-1 * \"__shoal_sign1\" * \"__shoal_sign2\" AS \"__shoal_delta\""));
+    assert!(stmts[0].contains(
+        "FROM (\"orders\" AS \"o\" JOIN (SELECT \"__shoal_m\".*, -1 AS \"__shoal_sign2\" FROM \
+         (SELECT * FROM shoal_stream.del_items) AS \"__shoal_m\" UNION ALL SELECT \"__shoal_p\".*, \
+         1 AS \"__shoal_sign2\" FROM shoal_stream.ins_items AS \"__shoal_p\") AS \"i\" \
+         ON i.order_id = o.id ) j UNION ALL"
+    ));
+    assert_eq!(
+        unsupported("SELECT x FROM a NATURAL JOIN b"),
+        "NATURAL joins are not supported in differential mode (at `a NATURAL JOIN b`); write \
+         JOIN ... USING (...) with the columns"
+    );
 }
 
 #[test]

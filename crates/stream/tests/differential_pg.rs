@@ -64,6 +64,24 @@ const QUERIES: &[(&str, &str)] = &[
          JOIN products p ON p.id = i.product_id",
     ),
     (
+        "st_using",
+        "SELECT id, o.customer_id, i.qty FROM orders o JOIN items i USING (id) WHERE i.qty > 1",
+    ),
+    (
+        "st_using_bag",
+        "SELECT customer_id, note, qty FROM orders JOIN items USING (id) JOIN products p \
+         ON p.id = items.product_id",
+    ),
+    (
+        "st_join_alias",
+        "SELECT x.customer_id, count(*) AS n, sum(x.qty) AS q, max(x.qty) AS hi, min(x.id) AS lo \
+         FROM (orders JOIN items USING (id)) AS x GROUP BY x.customer_id",
+    ),
+    (
+        "st_using_alias",
+        "SELECT u.id, note FROM orders JOIN items USING (id) AS u WHERE qty < 5",
+    ),
+    (
         "st_self_join",
         "SELECT a.id AS a_id, b.id AS b_id FROM orders a JOIN orders b \
          ON a.customer_id = b.customer_id AND a.id < b.id",
