@@ -105,9 +105,11 @@
 //! The join terms grow as 2^(changed sources) − 1. Whether a delta probes its join partners by
 //! index or hashes them whole is the planner's choice, so change tables should be analyzed.
 
+mod aggregate;
 pub mod decode;
 mod error;
 mod expr;
+mod from;
 mod layout;
 mod plan;
 mod refresh;

@@ -4,16 +4,17 @@ use std::collections::HashSet;
 use std::fmt;
 use std::str::FromStr;
 
-use pg_query::protobuf::{a_const, Alias, JoinType, KeywordKind, SelectStmt, SetOperation, Token};
+use pg_query::protobuf::{a_const, KeywordKind, SelectStmt, SetOperation, Token};
 use pg_query::{Node, NodeEnum, NodeRef};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{AnalyzeError, Unsupported};
 use crate::expr::{
-    classify_call, contains_aggregate, deparse_expr, deparse_from_item, deparse_from_list,
-    deparse_stmt, figure_colname, kind_name, name_parts, node, reserved, same_expr, string_value,
-    AggFunc, Call, RowExprCheck, RESERVED_PREFIX,
+    classify_call, contains_aggregate, deparse_expr, deparse_from_list, deparse_stmt,
+    figure_colname, kind_name, name_parts, reserved, same_expr, string_value, AggFunc, Call,
+    RowExprCheck, RESERVED_PREFIX,
 };
+use crate::from::{collect_from, source_slot, FromParts};
 use shoal_sql::quote_ident;
 
 /// A relation as the defining query names it: schema-qualified or not, unquoted parts exactly as
@@ -745,110 +746,4 @@ fn grouping(
         });
     }
     Ok(Grouping { keys, aggregates })
-}
-
-/// The slot of source `i` in [`Differential::from`]; `__shoal_` names are the user's to avoid.
-pub(crate) fn source_slot(i: usize) -> String {
-    format!("{RESERVED_PREFIX}src_{}_", i + 1)
-}
-
-/// What [`collect_from`] gathers from the FROM clause.
-#[derive(Default)]
-struct FromParts<'a> {
-    sources: Vec<Source>,
-    /// `JOIN ... ON` conditions, to check.
-    quals: Vec<&'a Node>,
-    /// Names of join aliases (`(a JOIN b ON ...) AS j`, `JOIN b USING (i) AS j`).
-    join_aliases: Vec<String>,
-}
-
-fn alias_name(alias: &Alias, at: impl Fn() -> Option<String>) -> Result<String, AnalyzeError> {
-    if !alias.colnames.is_empty() {
-        // They rename by position, and a delta reads back only the columns the query names.
-        return Err(unsupported("column aliases in FROM", at()));
-    }
-    if alias.aliasname.starts_with(RESERVED_PREFIX) {
-        return Err(reserved(&alias.aliasname));
-    }
-    Ok(alias.aliasname.clone())
-}
-
-/// Walks a FROM item of inner joins: collects its relations and join conditions, and returns it
-/// with each relation and its alias replaced by its slot ([`source_slot`]).
-fn collect_from<'a>(item: &'a Node, parts: &mut FromParts<'a>) -> Result<Node, AnalyzeError> {
-    let at = || Some(deparse_from_item(item));
-    match item.node.as_ref() {
-        Some(NodeEnum::RangeVar(rv)) => {
-            if !rv.inh {
-                return Err(unsupported("ONLY", at()));
-            }
-            if !rv.catalogname.is_empty() {
-                return Err(unsupported("database-qualified table names", at()));
-            }
-            let alias = rv.alias.as_ref().map(|a| alias_name(a, at)).transpose()?;
-            if rv.relname.starts_with(RESERVED_PREFIX) {
-                return Err(reserved(&deparse_from_item(item)));
-            }
-            let source = Source {
-                relation: SourceRef::new(
-                    (!rv.schemaname.is_empty()).then_some(rv.schemaname.as_str()),
-                    &rv.relname,
-                ),
-                alias,
-            };
-            let mut slot = rv.clone();
-            slot.schemaname = String::new();
-            slot.relname = source_slot(parts.sources.len());
-            slot.alias = None;
-            parts.sources.push(source);
-            Ok(node(NodeEnum::RangeVar(slot)))
-        }
-        Some(NodeEnum::JoinExpr(j)) => {
-            if j.jointype != JoinType::JoinInner as i32 {
-                let kind = match JoinType::try_from(j.jointype) {
-                    Ok(JoinType::JoinLeft) => "LEFT JOIN",
-                    Ok(JoinType::JoinRight) => "RIGHT JOIN",
-                    Ok(JoinType::JoinFull) => "FULL JOIN",
-                    _ => "non-inner join",
-                };
-                return Err(Unsupported::new(format!("outer joins ({kind})"), at()).into());
-            }
-            if j.is_natural {
-                // The columns it joins on depend on the tables' definitions, not on the query.
-                return Err(Unsupported::new("NATURAL joins", at())
-                    .hint("write JOIN ... USING (...) with the columns")
-                    .into());
-            }
-            for name in j.using_clause.iter().filter_map(string_value) {
-                if name.starts_with(RESERVED_PREFIX) {
-                    return Err(reserved(name));
-                }
-            }
-            let mut rewritten = j.clone();
-            if let Some(a) = &j.join_using_alias {
-                parts.join_aliases.push(alias_name(a, at)?);
-            }
-            if let Some(a) = &j.alias {
-                parts.join_aliases.push(alias_name(a, at)?);
-            }
-            if let Some(l) = j.larg.as_deref() {
-                rewritten.larg = Some(Box::new(collect_from(l, parts)?));
-            }
-            if let Some(r) = j.rarg.as_deref() {
-                rewritten.rarg = Some(Box::new(collect_from(r, parts)?));
-            }
-            if let Some(q) = j.quals.as_deref() {
-                parts.quals.push(q);
-            }
-            Ok(node(NodeEnum::JoinExpr(rewritten)))
-        }
-        Some(NodeEnum::RangeSubselect(_)) => Err(unsupported("subqueries in FROM", at())),
-        Some(NodeEnum::RangeFunction(_)) => Err(unsupported("functions in FROM", at())),
-        Some(NodeEnum::RangeTableSample(_)) => Err(unsupported("TABLESAMPLE", at())),
-        Some(other) => Err(unsupported(
-            &format!("{} items in FROM", kind_name(other)),
-            at(),
-        )),
-        None => Ok(item.clone()),
-    }
 }
