@@ -33,6 +33,12 @@ const STREAMS: &[(&str, &str, &str)] = &[
          FROM (orders o JOIN products p ON p.id = o.product_id) AS j GROUP BY j.category, j.customer_id",
         "category, customer_id, n, hi",
     ),
+    (
+        "s_having",
+        "SELECT customer_id, count(*) AS n, sum(amount) AS total FROM orders GROUP BY customer_id \
+         HAVING count(*) > 200 AND max(amount) > 97",
+        "customer_id, n, total",
+    ),
 ];
 
 async fn setup(shoal: &Shoal) {

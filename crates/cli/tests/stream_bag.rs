@@ -72,6 +72,9 @@ const BAG_USING_ALIAS: &str = "SELECT x.i, x.j, x.k FROM (a JOIN b USING (i)) AS
 const GROUPED: &str =
     "SELECT a.j, count(*) AS n, sum(b.k) AS total FROM a JOIN b ON b.i = a.i GROUP BY a.j";
 const DISTINCT: &str = "SELECT DISTINCT a.j, b.k FROM a JOIN b ON b.i = a.i";
+/// Groups near the bound: reshuffling moves some across it.
+const HAVING: &str = "SELECT a.i, count(*) AS n FROM a JOIN b ON b.i = a.i GROUP BY a.i \
+                      HAVING count(*) >= 240 AND max(b.k) > 0";
 
 const CASES: &[Case] = &[
     Case {
@@ -169,6 +172,22 @@ const CASES: &[Case] = &[
         columns: "j, k",
         summed: "j + k",
         refreshes: "differential",
+    },
+    Case {
+        name: "having_differential",
+        mode: "differential",
+        query: HAVING,
+        columns: "i, n",
+        summed: "i + n",
+        refreshes: "differential",
+    },
+    Case {
+        name: "having_full",
+        mode: "full",
+        query: HAVING,
+        columns: "i, n",
+        summed: "i + n",
+        refreshes: "full",
     },
 ];
 

@@ -2,10 +2,11 @@
 //! state, MIN/MAX rescans of the groups whose extreme may be gone, one `MERGE`.
 
 use crate::expr::AggFunc;
-use crate::plan::{ColumnRole, Differential, Grouping, QueryPlan};
+use crate::plan::{hidden_agg, hidden_key, ColumnRole, Differential, Grouping, QueryPlan};
 use crate::refresh::{
-    delta_terms, from_where, hidden_key, hidden_nn, hidden_sum, is_extreme, k, key_column,
-    needs_nn, qc, qi, row_hash, x, DeltaRelations, COUNT_COLUMN, DELTA_COLUMN, ROW_ID_COLUMN,
+    agg_column, delta_terms, from_where, hidden_aggregates, hidden_nn, hidden_sum, is_extreme, k,
+    key_column, needs_nn, qc, qi, row_hash, x, DeltaRelations, COUNT_COLUMN, DELTA_COLUMN,
+    ROW_ID_COLUMN,
 };
 use shoal_sql::QualifiedName;
 
@@ -107,7 +108,7 @@ pub(crate) fn aggregate_merge(
         qi("__shoal_ocount")
     ));
     for (j, a) in g.aggregates.iter().enumerate() {
-        let col = &plan.columns[a.column].name;
+        let col = &agg_column(plan, g, j);
         j_items.push(format!(
             "{} AS {}",
             q("__shoal_t", col),
@@ -392,6 +393,11 @@ pub(crate) fn aggregate_merge(
             cols.push(qi(&hidden_key(i)));
             vals.push(s(&k(i)));
         }
+    }
+    for j in hidden_aggregates(g) {
+        cols.push(qi(&hidden_agg(j)));
+        vals.push(agg_value(j));
+        sets.push(format!("{} = {}", qi(&hidden_agg(j)), agg_value(j)));
     }
     for (j, a) in g.aggregates.iter().enumerate() {
         let n = j + 1;

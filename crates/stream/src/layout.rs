@@ -9,8 +9,9 @@
 //! relation or needs quoting, it stays put when the view is renamed or moved, and a table
 //! created there is never placed as a shard of a distributed schema.
 
-use crate::plan::QueryPlan;
-use crate::refresh::contents_sql;
+use crate::error::Unsupported;
+use crate::plan::{ColumnRole, Maintenance, OutputColumn, QueryPlan};
+use crate::refresh::{contents_sql, storage_columns, COUNT_COLUMN};
 use shoal_sql::{derived_name, quote_ident, QualifiedName};
 
 /// The schema of the storage tables: Shoal's catalog schema.
@@ -34,6 +35,46 @@ pub fn view_ddl(plan: &QueryPlan, view: &QualifiedName, storage: &QualifiedName)
         view.quoted(),
         contents_sql(plan, storage)
     )
+}
+
+/// The plan refreshes of a stream table follow, given its storage's columns (`stored`) and
+/// whether it refreshes in full: the query's own, unless the storage was made when the query
+/// could only be refreshed in full (as queries with USING or HAVING once were). Such a storage
+/// holds the visible columns and a multiplicity per distinct result row, its view repeats each
+/// row by it, and it must go on being refreshed that way: as full-only. It is told by its
+/// columns, except for an aggregate without GROUP BY of only count/min/max, whose storage looks
+/// alike either way; refreshed in full, that one is taken as full-only too, which gives the
+/// same rows for a storage made differential (its single row is shown as stored).
+pub fn plan_for_storage(plan: QueryPlan, stored: &[String], refreshes_in_full: bool) -> QueryPlan {
+    if plan.differential().is_none() || stored.is_empty() {
+        return plan;
+    }
+    let mut full_only = plan.column_names();
+    full_only.push(COUNT_COLUMN.to_string());
+    let fits = storage_columns(&plan) == stored;
+    if fits && !(refreshes_in_full && stored == full_only.as_slice()) {
+        return plan;
+    }
+    if stored != full_only.as_slice() {
+        // Not a layout of either kind: refreshes will fail and say so; nothing to adapt.
+        return plan;
+    }
+    let reason = Unsupported::new("stream tables stored for full refresh only", None).hint(
+        "the stream table was created when its query could only be refreshed in full; \
+         drop it and create it again to refresh it differentially",
+    );
+    QueryPlan {
+        columns: plan
+            .columns
+            .into_iter()
+            .map(|c| OutputColumn {
+                role: ColumnRole::Plain,
+                ..c
+            })
+            .collect(),
+        maintenance: Maintenance::FullOnly(reason),
+        ..plan
+    }
 }
 
 /// Who may read a stream table of the old layout, and who owns it.
@@ -100,6 +141,34 @@ pub fn upgrade_sql(plan: &QueryPlan, stream_id: i32, old: &OldTable) -> Vec<Stri
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_storage_made_for_full_refresh_only_keeps_being_refreshed_so() {
+        use crate::storage_columns;
+        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        // Once full-only: visible columns and the multiplicity.
+        let p = analyze("SELECT i, count(*) AS n FROM a GROUP BY i HAVING count(*) > 1").unwrap();
+        let old = names(&["i", "n", "__shoal_count"]);
+        for in_full in [true, false] {
+            let fitted = plan_for_storage(p.clone(), &old, in_full);
+            let Maintenance::FullOnly(u) = &fitted.maintenance else {
+                panic!("{fitted:?}");
+            };
+            assert!(u.to_string().contains("drop it and create it again"));
+            assert!(fitted.columns.iter().all(|c| c.role == ColumnRole::Plain));
+            assert!(contents_sql(&fitted, &storage_table(1)).contains("generate_series"));
+        }
+        // Made for the plan: kept.
+        let made = storage_columns(&p);
+        assert_eq!(plan_for_storage(p.clone(), &made, true), p);
+        // A global count alike either way: full-only when refreshed in full.
+        let g = analyze("SELECT count(*) AS n FROM a JOIN b USING (i)").unwrap();
+        assert_eq!(storage_columns(&g), names(&["n", "__shoal_count"]));
+        assert_eq!(plan_for_storage(g.clone(), &storage_columns(&g), false), g);
+        assert!(plan_for_storage(g.clone(), &storage_columns(&g), true)
+            .differential()
+            .is_none());
+    }
+
     use super::*;
     use crate::analyze;
 

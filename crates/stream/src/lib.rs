@@ -73,13 +73,18 @@
 //! flagged. MAX is symmetric. All of it — deltas, stored state, rescans and the merge — is one
 //! `WITH ... MERGE` statement.
 //!
+//! HAVING does not change what is stored: every group is kept with its state, and the condition,
+//! rewritten over the stored keys and aggregates, is the view's WHERE. Aggregates only HAVING
+//! uses are stored hidden (`__shoal_agg_<j>`) and maintained like the others. So a group crossing
+//! the condition either way needs nothing more than its own exact state.
+//!
 //! # Refusals
 //!
 //! Anything whose delta this algebra does not give exactly is refused in differential mode with
 //! an [`Unsupported`] naming the part: outer joins, NATURAL joins and column alias lists in FROM
 //! (both depend on the tables' column lists, which a delta reads only in part), subqueries,
 //! CTEs, set operations, window
-//! functions, HAVING, ORDER BY/LIMIT, DISTINCT ON, aggregates other than count/sum/avg/min/max or
+//! functions, HAVING on columns that are neither keys nor aggregated, ORDER BY/LIMIT, DISTINCT ON, aggregates other than count/sum/avg/min/max or
 //! with DISTINCT/FILTER/ORDER BY, expressions over aggregates, volatile or time-dependent values.
 //! [`Mode::Auto`] then chooses full refresh and says why. Full refresh (TRUNCATE + INSERT into
 //! the storage of the query grouped with its multiplicities) handles every query.
@@ -110,6 +115,7 @@ pub mod decode;
 mod error;
 mod expr;
 mod from;
+mod having;
 mod layout;
 mod plan;
 mod refresh;
@@ -118,14 +124,17 @@ pub mod topology;
 
 pub use error::{AnalyzeError, GenerateError, Unsupported};
 pub use expr::AggFunc;
-pub use layout::{key_index, storage_table, upgrade_sql, view_ddl, OldTable, STORAGE_SCHEMA};
+pub use layout::{
+    key_index, plan_for_storage, storage_table, upgrade_sql, view_ddl, OldTable, STORAGE_SCHEMA,
+};
 pub use plan::{
     analyze, choose_mode, Aggregate, ChosenMode, ColumnRole, Differential, GroupKey, Grouping,
     Maintenance, Mode, OutputColumn, QueryPlan, Source, SourceRef,
 };
 pub use refresh::{
-    contents_sql, differential_refresh_sql, full_refresh_sql, probe_sql, storage_ddl,
-    typed_columns, ColumnType, DeltaRelations, COUNT_COLUMN, DELTA_COLUMN, ROW_ID_COLUMN,
+    contents_sql, differential_refresh_sql, full_refresh_sql, probe_sql, storage_columns,
+    storage_ddl, typed_columns, ColumnType, DeltaRelations, COUNT_COLUMN, DELTA_COLUMN,
+    ROW_ID_COLUMN,
 };
 pub use topology::{
     diff_workers, needs_reinit, needs_reinit_given_drained, LiveWorker, TopologyChange, WorkerSlot,

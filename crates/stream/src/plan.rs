@@ -15,6 +15,7 @@ use crate::expr::{
     RowExprCheck, RESERVED_PREFIX,
 };
 use crate::from::{collect_from, source_slot, FromParts};
+use crate::having::Having;
 use shoal_sql::quote_ident;
 
 /// A relation as the defining query names it: schema-qualified or not, unquoted parts exactly as
@@ -96,8 +97,19 @@ pub struct Aggregate {
     pub func: AggFunc,
     /// The argument, deparsed; None for `count(*)`.
     pub arg: Option<String>,
-    /// The output column holding its value.
-    pub column: usize,
+    /// The output column holding its value; None for one only HAVING uses, stored hidden as
+    /// [`hidden_agg`].
+    pub column: Option<usize>,
+}
+
+/// The stored column of GROUP BY key `i` when no output column shows it.
+pub(crate) fn hidden_key(i: usize) -> String {
+    format!("__shoal_key_{}", i + 1)
+}
+
+/// The stored column of aggregate `j` when no output column shows it.
+pub(crate) fn hidden_agg(j: usize) -> String {
+    format!("__shoal_agg_{}", j + 1)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -105,6 +117,9 @@ pub struct Grouping {
     /// Empty for an aggregate without GROUP BY (one row, always present).
     pub keys: Vec<GroupKey>,
     pub aggregates: Vec<Aggregate>,
+    /// The HAVING condition over the stored row (`"__shoal_t"`'s keys and aggregates), which the
+    /// view applies: every group is stored, whether it passes or not.
+    pub having: Option<String>,
 }
 
 /// The shape of a query that differential refresh maintains: an inner join of relations,
@@ -511,14 +526,6 @@ fn differential(
     if !sel.window_clause.is_empty() {
         return Err(unsupported("window functions", Some("WINDOW ...".into())));
     }
-    if let Some(having) = sel.having_clause.as_deref() {
-        return Err(Unsupported::new(
-            "HAVING clauses",
-            Some(format!("HAVING {}", deparse_expr(having))),
-        )
-        .hint("filter the groups when reading the stream table")
-        .into());
-    }
     if sel.group_distinct {
         return Err(unsupported("GROUP BY DISTINCT", None));
     }
@@ -594,7 +601,9 @@ fn differential(
             _ => None,
         })
         .collect();
-    let grouped = !sel.group_clause.is_empty() || targets.iter().any(|t| contains_aggregate(t));
+    let grouped = !sel.group_clause.is_empty()
+        || sel.having_clause.is_some()
+        || targets.iter().any(|t| contains_aggregate(t));
     if distinct && grouped {
         return Err(unsupported(
             "DISTINCT together with GROUP BY or aggregates",
@@ -712,7 +721,7 @@ fn grouping(
                 aggregates.push(Aggregate {
                     func,
                     arg: arg.map(deparse_expr),
-                    column: i,
+                    column: Some(i),
                 });
                 ColumnRole::Aggregate(aggregates.len() - 1)
             }
@@ -745,5 +754,26 @@ fn grouping(
             role,
         });
     }
-    Ok(Grouping { keys, aggregates })
+    let having = match sel.having_clause.as_deref() {
+        Some(condition) => {
+            let key_columns = keys
+                .iter()
+                .enumerate()
+                .map(|(i, k)| k.column.map_or_else(|| hidden_key(i), |c| names[c].clone()))
+                .collect();
+            let rewriter = Having {
+                key_nodes: &key_nodes,
+                key_columns,
+                names,
+                arg_check: &arg_check,
+            };
+            Some(rewriter.rewrite(condition, &mut aggregates)?)
+        }
+        None => None,
+    };
+    Ok(Grouping {
+        keys,
+        aggregates,
+        having,
+    })
 }

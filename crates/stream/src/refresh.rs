@@ -10,7 +10,10 @@ use crate::error::GenerateError;
 use crate::expr::AggFunc;
 use crate::from::source_slot;
 use crate::layout::key_index;
-use crate::plan::{Differential, Grouping, Maintenance, QueryPlan, Source, SourceRef};
+use crate::plan::{
+    hidden_agg, hidden_key, Aggregate, Differential, Grouping, Maintenance, QueryPlan, Source,
+    SourceRef,
+};
 use shoal_sql::{quote_ident, QualifiedName};
 
 /// Multiplicity of a stored row: how many rows of the query result it stands for (for a group,
@@ -57,10 +60,6 @@ pub(crate) fn qc(alias: &str, column: &str) -> String {
     format!("{}.{}", qi(alias), qi(column))
 }
 
-pub(crate) fn hidden_key(i: usize) -> String {
-    format!("__shoal_key_{}", i + 1)
-}
-
 pub(crate) fn hidden_nn(j: usize) -> String {
     format!("__shoal_nn_{}", j + 1)
 }
@@ -75,6 +74,27 @@ pub(crate) fn needs_nn(func: AggFunc) -> bool {
 
 pub(crate) fn is_extreme(func: AggFunc) -> bool {
     matches!(func, AggFunc::Min | AggFunc::Max)
+}
+
+/// The stored column holding aggregate `j`: its output column, or a hidden one.
+pub(crate) fn agg_column(plan: &QueryPlan, g: &Grouping, j: usize) -> String {
+    match g.aggregates[j].column {
+        Some(c) => plan.columns[c].name.clone(),
+        None => hidden_agg(j),
+    }
+}
+
+/// The aggregate call, as SQL over the query's FROM.
+pub(crate) fn agg_call(a: &Aggregate) -> String {
+    let arg = a.arg.as_deref().unwrap_or("*");
+    let name = match a.func {
+        AggFunc::CountStar | AggFunc::Count => "count",
+        AggFunc::Sum => "sum",
+        AggFunc::Avg => "avg",
+        AggFunc::Min => "min",
+        AggFunc::Max => "max",
+    };
+    format!("{name}({arg})")
 }
 
 /// The stored column holding group key `i`: its first output column, or a hidden one.
@@ -98,7 +118,8 @@ fn is_global(d: &Differential) -> bool {
 }
 
 /// The columns whose SQL types [`storage_ddl`] needs, in order: the visible columns, then hidden
-/// group keys (GROUP BY expressions not in the select list).
+/// group keys (GROUP BY expressions not in the select list), then hidden aggregates (those only
+/// HAVING uses).
 pub fn typed_columns(plan: &QueryPlan) -> Vec<String> {
     let mut names = plan.column_names();
     if let Some(g) = plan.differential().and_then(|d| d.grouping.as_ref()) {
@@ -109,8 +130,18 @@ pub fn typed_columns(plan: &QueryPlan) -> Vec<String> {
                 .filter(|(_, k)| k.column.is_none())
                 .map(|(i, _)| hidden_key(i)),
         );
+        names.extend(hidden_aggregates(g).map(hidden_agg));
     }
     names
+}
+
+/// The aggregates only HAVING uses, by index.
+pub(crate) fn hidden_aggregates(g: &Grouping) -> impl Iterator<Item = usize> + '_ {
+    g.aggregates
+        .iter()
+        .enumerate()
+        .filter(|(_, a)| a.column.is_none())
+        .map(|(j, _)| j)
 }
 
 /// A query returning no rows whose columns are [`typed_columns`]: run it (or `CREATE TEMP TABLE
@@ -134,6 +165,13 @@ pub fn probe_sql(plan: &QueryPlan) -> String {
             if k.column.is_none() {
                 items.push(format!("{} AS {}", k.expr, qi(&hidden_key(i))));
             }
+        }
+        for j in hidden_aggregates(g) {
+            items.push(format!(
+                "{} AS {}",
+                agg_call(&g.aggregates[j]),
+                qi(&hidden_agg(j))
+            ));
         }
         group_by = group_by_clause(g);
     }
@@ -203,7 +241,7 @@ pub fn storage_ddl(
             if a.func == AggFunc::Avg {
                 // The running sum has the average's type: numeric for integer and numeric
                 // input, double precision for floats, interval for intervals.
-                let avg_type = type_of(&plan.columns[a.column].name);
+                let avg_type = type_of(&agg_column(plan, g, j));
                 defs.push(format!("{} {avg_type}", qi(&hidden_sum(j))));
             }
         }
@@ -245,6 +283,30 @@ pub fn storage_ddl(
         }
     }
     Ok(stmts)
+}
+
+/// The names of the storage table's columns, in the order of [`storage_ddl`].
+pub fn storage_columns(plan: &QueryPlan) -> Vec<String> {
+    let mut names = typed_columns(plan);
+    if let Some(d) = plan.differential() {
+        if let Some(g) = &d.grouping {
+            for (j, a) in g.aggregates.iter().enumerate() {
+                if needs_nn(a.func) {
+                    names.push(hidden_nn(j));
+                }
+                if a.func == AggFunc::Avg {
+                    names.push(hidden_sum(j));
+                }
+            }
+        }
+        names.push(COUNT_COLUMN.to_string());
+        if !is_global(d) {
+            names.push(ROW_ID_COLUMN.to_string());
+        }
+    } else {
+        names.push(COUNT_COLUMN.to_string());
+    }
+    names
 }
 
 /// A hash of a row of values that agrees with their equality operators (1.0 and 1.00 hash the
@@ -358,6 +420,10 @@ pub fn full_refresh_sql(plan: &QueryPlan, table: &QualifiedName) -> Vec<String> 
                     cols.push(qi(&hidden_key(i)));
                     vals.push(k.expr.clone());
                 }
+            }
+            for j in hidden_aggregates(g) {
+                cols.push(qi(&hidden_agg(j)));
+                vals.push(agg_call(&g.aggregates[j]));
             }
             for (j, a) in g.aggregates.iter().enumerate() {
                 let arg = a.arg.as_deref().unwrap_or("*");
@@ -559,8 +625,14 @@ pub fn contents_sql(plan: &QueryPlan, table: &QualifiedName) -> String {
             qi("__shoal_i")
         )
     } else {
+        let having = plan
+            .differential()
+            .and_then(|d| d.grouping.as_ref())
+            .and_then(|g| g.having.as_deref())
+            .map(|h| format!(" WHERE {h}"))
+            .unwrap_or_default();
         format!(
-            "SELECT {} FROM {} AS {}",
+            "SELECT {} FROM {} AS {}{having}",
             cols.join(", "),
             table.quoted(),
             qi("__shoal_t")

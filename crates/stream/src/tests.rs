@@ -249,8 +249,24 @@ fn refusals_name_the_unsupported_part() {
         ("SELECT id FROM a UNION SELECT id FROM b", "set operations (UNION, INTERSECT, EXCEPT) are not supported in differential mode (at `UNION`)"),
         ("SELECT id FROM a EXCEPT SELECT id FROM b", "(at `EXCEPT`)"),
         (
-            "SELECT customer_id, count(*) AS n FROM orders GROUP BY customer_id HAVING count(*) > 1",
-            "HAVING clauses are not supported in differential mode (at `HAVING count(*) > 1`)",
+            "SELECT o.id, count(*) AS n FROM orders o GROUP BY o.id HAVING o.note <> ''",
+            "HAVING conditions on columns that are neither GROUP BY keys nor aggregated are not \
+             supported in differential mode (at `o.note`); write the column as in GROUP BY, or \
+             filter rows with WHERE",
+        ),
+        (
+            "SELECT customer_id, count(*) AS n FROM orders GROUP BY customer_id \
+             HAVING count(*) > (SELECT 1)",
+            "subqueries are not supported in differential mode (at `(SELECT 1)`)",
+        ),
+        (
+            "SELECT customer_id, count(*) AS n FROM orders GROUP BY customer_id \
+             HAVING string_agg(note, ',') <> ''",
+            "aggregate functions other than count, sum, avg, min and max",
+        ),
+        (
+            "SELECT customer_id FROM orders GROUP BY customer_id HAVING count(*) > random()",
+            "volatile functions are not supported in differential mode (at `random()`)",
         ),
         ("SELECT id FROM orders ORDER BY id DESC", "ORDER BY clauses are not supported in differential mode (at `ORDER BY id`)"),
         ("SELECT id FROM orders LIMIT 10", "LIMIT and OFFSET clauses are not supported in differential mode (at `LIMIT 10`)"),
@@ -579,6 +595,61 @@ fn joins_using_and_join_aliases_keep_their_scopes() {
         "NATURAL joins are not supported in differential mode (at `a NATURAL JOIN b`); write \
          JOIN ... USING (...) with the columns"
     );
+}
+
+#[test]
+fn having_is_applied_by_the_view_over_every_stored_group() {
+    let p = plan(
+        "SELECT o.customer_id, count(*) AS n FROM orders o GROUP BY o.customer_id \
+         HAVING count(*) > 1 AND sum(o.amount) >= 10 AND customer_id IS NOT NULL",
+    );
+    let g = p.differential().unwrap().grouping.as_ref().unwrap();
+    // count(*) is the output column n; the sum only HAVING uses is a hidden aggregate.
+    assert_eq!(g.aggregates.len(), 2);
+    assert_eq!(g.aggregates[1].func, AggFunc::Sum);
+    assert_eq!(g.aggregates[1].column, None);
+    assert_eq!(
+        g.having.as_deref(),
+        Some("__shoal_t.n > 1 AND __shoal_t.__shoal_agg_2 >= 10 AND __shoal_t.customer_id IS NOT NULL")
+    );
+    assert_eq!(typed_columns(&p), ["customer_id", "n", "__shoal_agg_2"]);
+    assert!(probe_sql(&p).starts_with(
+        "SELECT o.customer_id AS \"customer_id\", count(*) AS \"n\", sum(o.amount) AS \"__shoal_agg_2\" FROM"
+    ));
+    assert_eq!(
+        contents_sql(&p, &table()),
+        "SELECT \"__shoal_t\".\"customer_id\", \"__shoal_t\".\"n\" FROM \"app\".\"St\" AS \"__shoal_t\" \
+         WHERE __shoal_t.n > 1 AND __shoal_t.__shoal_agg_2 >= 10 AND __shoal_t.customer_id IS NOT NULL"
+    );
+    let ddl = storage_ddl(&p, &table(), &types_for(&p)).unwrap();
+    assert!(
+        ddl[0].contains("\"__shoal_agg_2\" numeric, \"__shoal_nn_2\" bigint NOT NULL DEFAULT 0")
+    );
+    assert_eq!(
+        full_refresh_sql(&p, &table())[1],
+        "INSERT INTO \"app\".\"St\" (\"customer_id\", \"n\", \"__shoal_agg_2\", \"__shoal_nn_2\", \
+         \"__shoal_count\") SELECT o.customer_id, count(*), sum(o.amount), count(o.amount), count(*) \
+         FROM \"orders\" AS \"o\" GROUP BY o.customer_id"
+    );
+    let stmts = generate_all(&p);
+    // The hidden aggregate is maintained like a visible one.
+    assert!(stmts[0].contains("\"__shoal_agg_2\" = \"__shoal_s\".\"__shoal_n2\""));
+    assert!(stmts[0].contains(
+        "INSERT (\"customer_id\", \"n\", \"__shoal_agg_2\", \"__shoal_nn_2\", \"__shoal_count\")"
+    ));
+
+    // An aggregate written twice is stored once; a global aggregate's row stays, filtered.
+    let p = plan("SELECT max(qty) AS hi FROM items HAVING max(qty) > 3 OR min(qty) IS NULL");
+    let g = p.differential().unwrap().grouping.as_ref().unwrap();
+    assert_eq!(g.aggregates.len(), 2);
+    assert_eq!(
+        g.having.as_deref(),
+        Some("__shoal_t.hi > 3 OR __shoal_t.__shoal_agg_2 IS NULL")
+    );
+    generate_all(&p);
+    // HAVING alone makes a query grouped.
+    let p = plan("SELECT count(*) AS n FROM items HAVING sum(qty) > 0");
+    assert!(p.differential().unwrap().grouping.is_some());
 }
 
 #[test]

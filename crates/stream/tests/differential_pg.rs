@@ -82,6 +82,20 @@ const QUERIES: &[(&str, &str)] = &[
         "SELECT u.id, note FROM orders JOIN items USING (id) AS u WHERE qty < 5",
     ),
     (
+        "st_having",
+        "SELECT customer_id, count(*) AS n, sum(amount) AS total FROM orders \
+         GROUP BY customer_id HAVING count(*) > 6 AND min(amount) < 30",
+    ),
+    (
+        "st_having_join",
+        "SELECT p.name, sum(i.qty) AS q FROM items i JOIN products p ON p.id = i.product_id \
+         GROUP BY p.name HAVING sum(i.qty) > 40 OR count(*) < 15",
+    ),
+    (
+        "st_having_global",
+        "SELECT count(*) AS n FROM orders HAVING avg(amount) > 50",
+    ),
+    (
         "st_self_join",
         "SELECT a.id AS a_id, b.id AS b_id FROM orders a JOIN orders b \
          ON a.customer_id = b.customer_id AND a.id < b.id",

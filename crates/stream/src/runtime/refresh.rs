@@ -12,8 +12,8 @@ use tokio_postgres::Transaction;
 use super::manage::{Stream, StreamError};
 use crate::runtime::capture::{move_reference_changes, poll_all};
 use crate::{
-    analyze, differential_refresh_sql, full_refresh_sql, AggFunc, DeltaRelations, QueryPlan,
-    SourceRef,
+    analyze, differential_refresh_sql, full_refresh_sql, plan_for_storage, AggFunc, DeltaRelations,
+    QueryPlan, SourceRef,
 };
 use shoal_cluster::Cluster;
 use shoal_sql::QualifiedName;
@@ -260,7 +260,9 @@ pub(crate) async fn load_stream(
             "SELECT n.nspname::text, c.relname::text, s.query, s.search_path, s.refresh_mode,
                     s.needs_reinit, s.consumed_seq, set_config('search_path', s.search_path, true),
                     set_config('jit', 'off', true), sn.nspname::text, st.relname::text,
-                    s.storage_relid IS NOT NULL
+                    s.storage_relid IS NOT NULL,
+                    (SELECT array_agg(a.attname::text ORDER BY a.attnum) FROM pg_attribute a
+                     WHERE a.attrelid = st.oid AND a.attnum > 0 AND NOT a.attisdropped)
              FROM shoal.stream_table s JOIN pg_class c ON c.oid = s.relid
              JOIN pg_namespace n ON n.oid = c.relnamespace
              JOIN pg_class st ON st.oid = coalesce(s.storage_relid, s.relid)
@@ -268,7 +270,12 @@ pub(crate) async fn load_stream(
             &[&stream_id],
         )
         .await?;
-    let plan = analyze_cached(row.get::<_, &str>(2))?;
+    let stored: Vec<String> = row.get::<_, Option<_>>(12).unwrap_or_default();
+    let plan = plan_for_storage(
+        analyze_cached(row.get::<_, &str>(2))?,
+        &stored,
+        row.get::<_, &str>(4) == "full",
+    );
     let names: Vec<String> = plan
         .relations
         .iter()

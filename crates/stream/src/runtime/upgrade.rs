@@ -5,7 +5,7 @@
 use serde::Serialize;
 
 use super::manage::StreamError;
-use crate::{analyze, upgrade_sql, OldTable};
+use crate::{analyze, plan_for_storage, upgrade_sql, OldTable};
 use shoal_cluster::{pg_message, Cluster};
 use shoal_sql::QualifiedName;
 
@@ -66,7 +66,10 @@ async fn upgrade_one(cluster: &Cluster, stream_id: i32) -> Result<Option<Upgrade
                     array(SELECT DISTINCT v.oid::regclass::text FROM pg_depend d
                           JOIN pg_rewrite r ON r.oid = d.objid JOIN pg_class v ON v.oid = r.ev_class
                           WHERE d.classid = 'pg_rewrite'::regclass AND d.refobjid = c.oid
-                            AND v.oid <> c.oid ORDER BY 1)
+                            AND v.oid <> c.oid ORDER BY 1),
+                    s.refresh_mode = 'full',
+                    (SELECT array_agg(a.attname::text ORDER BY a.attnum) FROM pg_attribute a
+                     WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped)
              FROM shoal.stream_table s JOIN pg_class c ON c.oid = s.relid
              JOIN pg_namespace n ON n.oid = c.relnamespace
              WHERE s.stream_id = $1 AND s.storage_relid IS NULL
@@ -82,7 +85,9 @@ async fn upgrade_one(cluster: &Cluster, stream_id: i32) -> Result<Option<Upgrade
         owner: row.get(3),
         readers: row.get(4),
     };
-    let plan = analyze(row.get::<_, &str>(2))?;
+    // The view must show the rows as the table holds them, whatever the query is today.
+    let stored: Vec<String> = row.get::<_, Option<_>>(7).unwrap_or_default();
+    let plan = plan_for_storage(analyze(row.get::<_, &str>(2))?, &stored, row.get(6));
     for statement in upgrade_sql(&plan, stream_id, &old) {
         tx.batch_execute(&statement).await.map_err(|e| {
             StreamError::Refused(format!("moving {}: {}", old.name, pg_message(&e)))
