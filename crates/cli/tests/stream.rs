@@ -39,6 +39,13 @@ const STREAMS: &[(&str, &str, &str)] = &[
          HAVING count(*) > 200 AND max(amount) > 97",
         "customer_id, n, total",
     ),
+    (
+        "s_count_distinct",
+        "SELECT p.category, count(DISTINCT o.customer_id) AS customers, \
+         sum(DISTINCT o.amount) AS amounts FROM orders o JOIN products p ON p.id = o.product_id \
+         GROUP BY p.category",
+        "category, customers, amounts",
+    ),
 ];
 
 async fn setup(shoal: &Shoal) {

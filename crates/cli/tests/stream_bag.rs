@@ -72,6 +72,8 @@ const BAG_USING_ALIAS: &str = "SELECT x.i, x.j, x.k FROM (a JOIN b USING (i)) AS
 const GROUPED: &str =
     "SELECT a.j, count(*) AS n, sum(b.k) AS total FROM a JOIN b ON b.i = a.i GROUP BY a.j";
 const DISTINCT: &str = "SELECT DISTINCT a.j, b.k FROM a JOIN b ON b.i = a.i";
+const COUNT_DISTINCT: &str = "SELECT b.k, count(DISTINCT a.j) AS js, sum(DISTINCT a.i) AS si \
+                              FROM a JOIN b ON b.i = a.i GROUP BY b.k";
 /// Groups near the bound: reshuffling moves some across it.
 const HAVING: &str = "SELECT a.i, count(*) AS n FROM a JOIN b ON b.i = a.i GROUP BY a.i \
                       HAVING count(*) >= 240 AND max(b.k) > 0";
@@ -188,6 +190,14 @@ const CASES: &[Case] = &[
         columns: "i, n",
         summed: "i + n",
         refreshes: "full",
+    },
+    Case {
+        name: "count_distinct_auto",
+        mode: "auto",
+        query: COUNT_DISTINCT,
+        columns: "k, js, si",
+        summed: "k + js + si",
+        refreshes: "differential",
     },
 ];
 

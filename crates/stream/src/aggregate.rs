@@ -4,7 +4,7 @@
 use crate::expr::AggFunc;
 use crate::plan::{hidden_agg, hidden_key, ColumnRole, Differential, Grouping, QueryPlan};
 use crate::refresh::{
-    agg_column, delta_terms, from_where, hidden_aggregates, hidden_nn, hidden_sum, is_extreme, k,
+    agg_call, agg_column, delta_terms, from_where, hidden_aggregates, hidden_nn, hidden_sum, k,
     key_column, needs_nn, qc, qi, row_hash, x, DeltaRelations, COUNT_COLUMN, DELTA_COLUMN,
     ROW_ID_COLUMN,
 };
@@ -64,6 +64,13 @@ pub(crate) fn aggregate_merge(
                 g_items.push(format!(
                     "sum({xj} * {delta}) AS {}",
                     qi(&format!("__shoal_dsum{}", j + 1))
+                ));
+            }
+            AggFunc::CountDistinct | AggFunc::SumDistinct | AggFunc::AvgDistinct => {
+                // Any non-NULL value coming or going may change the set of distinct values.
+                g_items.push(format!(
+                    "count({xj}) AS {}",
+                    qi(&format!("__shoal_touch{}", j + 1))
                 ));
             }
             AggFunc::Min | AggFunc::Max => {
@@ -205,6 +212,14 @@ pub(crate) fn aggregate_merge(
                 ));
                 candidate
             }
+            AggFunc::CountDistinct | AggFunc::SumDistinct | AggFunc::AvgDistinct => {
+                rescan_flags.push(format!("{} > 0", jc(format!("__shoal_touch{n}"))));
+                if a.func == AggFunc::CountDistinct {
+                    format!("COALESCE({old}, 0)")
+                } else {
+                    old
+                }
+            }
         };
         n_items.push(format!("{value} AS {}", jc(format!("__shoal_n{n}"))));
     }
@@ -225,15 +240,15 @@ pub(crate) fn aggregate_merge(
         format!("{} AS ({n_cte})", qi("__shoal_n")),
     ];
 
-    // __shoal_r: MIN/MAX recomputed from the sources' new state for the flagged groups only.
+    // __shoal_r: MIN/MAX and DISTINCT aggregates recomputed from the sources' new state for the
+    // flagged groups only.
     if has_rescan {
         let mut r_aggs = Vec::new();
         for (j, a) in g.aggregates.iter().enumerate() {
-            if is_extreme(a.func) {
-                let f = if a.func == AggFunc::Min { "min" } else { "max" };
+            if a.func.rescans() {
                 r_aggs.push(format!(
-                    "{f}({}) AS {}",
-                    a.arg.as_deref().unwrap_or("*"),
+                    "{} AS {}",
+                    agg_call(a),
                     qi(&format!("__shoal_m{}", j + 1))
                 ));
             }
@@ -309,7 +324,7 @@ pub(crate) fn aggregate_merge(
     // The MERGE source: new state plus rescanned extremes.
     let mut s_items = vec![format!("{}.*", qi("__shoal_n"))];
     for (j, a) in g.aggregates.iter().enumerate() {
-        if is_extreme(a.func) {
+        if a.func.rescans() {
             s_items.push(q("__shoal_r", &format!("__shoal_m{}", j + 1)));
         }
     }
@@ -363,9 +378,16 @@ pub(crate) fn aggregate_merge(
     };
     let agg_value = |j: usize| {
         let n = j + 1;
-        if is_extreme(g.aggregates[j].func) {
+        let func = g.aggregates[j].func;
+        if func.rescans() {
+            // No rows left: what the aggregate of nothing is.
+            let empty = if func == AggFunc::CountDistinct {
+                "0"
+            } else {
+                "NULL"
+            };
             format!(
-                "CASE WHEN {ncount_s} <= 0 THEN NULL WHEN {} THEN {} ELSE {} END",
+                "CASE WHEN {ncount_s} <= 0 THEN {empty} WHEN {} THEN {} ELSE {} END",
                 s("__shoal_rescan"),
                 s(&format!("__shoal_m{n}")),
                 s(&format!("__shoal_n{n}"))

@@ -267,6 +267,41 @@ pub enum AggFunc {
     Avg,
     Min,
     Max,
+    /// `count(DISTINCT x)`, `sum(DISTINCT x)`, `avg(DISTINCT x)`: recomputed for the groups
+    /// whose deltas have a non-NULL `x` (`min`/`max` with DISTINCT are the plain ones).
+    CountDistinct,
+    SumDistinct,
+    AvgDistinct,
+}
+
+impl AggFunc {
+    /// True for the aggregates a delta cannot always update, recomputed from the sources' new
+    /// state for the groups that need it.
+    pub fn rescans(self) -> bool {
+        matches!(
+            self,
+            AggFunc::Min
+                | AggFunc::Max
+                | AggFunc::CountDistinct
+                | AggFunc::SumDistinct
+                | AggFunc::AvgDistinct
+        )
+    }
+
+    /// The call on `arg` (`*` for count(*)).
+    pub(crate) fn call(self, arg: &str) -> String {
+        let (name, distinct) = match self {
+            AggFunc::CountStar | AggFunc::Count => ("count", ""),
+            AggFunc::Sum => ("sum", ""),
+            AggFunc::Avg => ("avg", ""),
+            AggFunc::Min => ("min", ""),
+            AggFunc::Max => ("max", ""),
+            AggFunc::CountDistinct => ("count", "DISTINCT "),
+            AggFunc::SumDistinct => ("sum", "DISTINCT "),
+            AggFunc::AvgDistinct => ("avg", "DISTINCT "),
+        };
+        format!("{name}({distinct}{arg})")
+    }
 }
 
 /// How a function call is to be treated.
@@ -317,11 +352,6 @@ pub(crate) fn classify_call(node: &Node) -> Result<Call<'_>, AnalyzeError> {
         )
         .into());
     }
-    if f.agg_distinct {
-        return Err(Unsupported::new("DISTINCT inside aggregates", at())
-            .hint("put DISTINCT in a separate stream table")
-            .into());
-    }
     if f.agg_filter.is_some() {
         return Err(Unsupported::new("FILTER clauses on aggregates", at())
             .hint("move the condition into a CASE expression inside the aggregate")
@@ -333,13 +363,16 @@ pub(crate) fn classify_call(node: &Node) -> Result<Call<'_>, AnalyzeError> {
     if f.func_variadic {
         return Err(Unsupported::new("VARIADIC aggregate arguments", at()).into());
     }
-    let func = match (name, f.agg_star, f.args.len()) {
-        ("count", true, 0) => return Ok(Call::Aggregate(AggFunc::CountStar, None)),
-        ("count", false, 1) => AggFunc::Count,
-        ("sum", false, 1) => AggFunc::Sum,
-        ("avg", false, 1) => AggFunc::Avg,
-        ("min", false, 1) => AggFunc::Min,
-        ("max", false, 1) => AggFunc::Max,
+    let func = match (name, f.agg_star, f.args.len(), f.agg_distinct) {
+        ("count", true, 0, false) => return Ok(Call::Aggregate(AggFunc::CountStar, None)),
+        ("count", false, 1, false) => AggFunc::Count,
+        ("sum", false, 1, false) => AggFunc::Sum,
+        ("avg", false, 1, false) => AggFunc::Avg,
+        ("count", false, 1, true) => AggFunc::CountDistinct,
+        ("sum", false, 1, true) => AggFunc::SumDistinct,
+        ("avg", false, 1, true) => AggFunc::AvgDistinct,
+        ("min", false, 1, _) => AggFunc::Min,
+        ("max", false, 1, _) => AggFunc::Max,
         _ => {
             return Err(AnalyzeError::Invalid(format!(
                 "`{}` is not a valid call of the aggregate {name}",

@@ -73,6 +73,12 @@
 //! flagged. MAX is symmetric. All of it — deltas, stored state, rescans and the merge — is one
 //! `WITH ... MERGE` statement.
 //!
+//! `count(DISTINCT x)`, `sum(DISTINCT x)` and `avg(DISTINCT x)` have no inverse either: whether a
+//! deleted value was the last of its kind in the group cannot be told from the group's state. A
+//! group whose deltas have a non-NULL `x` is flagged the same way and recomputed in the same
+//! rescan as MIN/MAX (`min`/`max` with DISTINCT are the plain ones); only the value is stored.
+//! The cost is a read of the flagged groups' rows, so it pays where groups are many and small.
+//!
 //! HAVING does not change what is stored: every group is kept with its state, and the condition,
 //! rewritten over the stored keys and aggregates, is the view's WHERE. Aggregates only HAVING
 //! uses are stored hidden (`__shoal_agg_<j>`) and maintained like the others. So a group crossing
@@ -83,9 +89,9 @@
 //! Anything whose delta this algebra does not give exactly is refused in differential mode with
 //! an [`Unsupported`] naming the part: outer joins, NATURAL joins and column alias lists in FROM
 //! (both depend on the tables' column lists, which a delta reads only in part), subqueries,
-//! CTEs, set operations, window
-//! functions, HAVING on columns that are neither keys nor aggregated, ORDER BY/LIMIT, DISTINCT ON, aggregates other than count/sum/avg/min/max or
-//! with DISTINCT/FILTER/ORDER BY, expressions over aggregates, volatile or time-dependent values.
+//! CTEs, set operations, window functions, HAVING on columns that are neither keys nor
+//! aggregated, ORDER BY/LIMIT, DISTINCT ON, aggregates other than count/sum/avg/min/max or with
+//! FILTER/ORDER BY, expressions over aggregates, volatile or time-dependent values.
 //! [`Mode::Auto`] then chooses full refresh and says why. Full refresh (TRUNCATE + INSERT into
 //! the storage of the query grouped with its multiplicities) handles every query.
 //!

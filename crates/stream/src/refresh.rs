@@ -72,10 +72,6 @@ pub(crate) fn needs_nn(func: AggFunc) -> bool {
     matches!(func, AggFunc::Sum | AggFunc::Avg)
 }
 
-pub(crate) fn is_extreme(func: AggFunc) -> bool {
-    matches!(func, AggFunc::Min | AggFunc::Max)
-}
-
 /// The stored column holding aggregate `j`: its output column, or a hidden one.
 pub(crate) fn agg_column(plan: &QueryPlan, g: &Grouping, j: usize) -> String {
     match g.aggregates[j].column {
@@ -86,15 +82,7 @@ pub(crate) fn agg_column(plan: &QueryPlan, g: &Grouping, j: usize) -> String {
 
 /// The aggregate call, as SQL over the query's FROM.
 pub(crate) fn agg_call(a: &Aggregate) -> String {
-    let arg = a.arg.as_deref().unwrap_or("*");
-    let name = match a.func {
-        AggFunc::CountStar | AggFunc::Count => "count",
-        AggFunc::Sum => "sum",
-        AggFunc::Avg => "avg",
-        AggFunc::Min => "min",
-        AggFunc::Max => "max",
-    };
-    format!("{name}({arg})")
+    a.func.call(a.arg.as_deref().unwrap_or("*"))
 }
 
 /// The stored column holding group key `i`: its first output column, or a hidden one.

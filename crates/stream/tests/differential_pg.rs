@@ -96,6 +96,21 @@ const QUERIES: &[(&str, &str)] = &[
         "SELECT count(*) AS n FROM orders HAVING avg(amount) > 50",
     ),
     (
+        "st_distinct_agg",
+        "SELECT customer_id, count(DISTINCT note) AS notes, sum(DISTINCT amount) AS s, \
+         avg(DISTINCT amount) AS a, count(*) AS n FROM orders GROUP BY customer_id",
+    ),
+    (
+        "st_distinct_agg_join",
+        "SELECT p.name, count(DISTINCT i.order_id) AS orders FROM items i \
+         JOIN products p ON p.id = i.product_id GROUP BY p.name HAVING count(DISTINCT i.qty) > 4",
+    ),
+    (
+        "st_distinct_global",
+        "SELECT count(DISTINCT customer_id) AS c, avg(DISTINCT amount) AS a FROM orders \
+         WHERE amount > 100",
+    ),
+    (
         "st_self_join",
         "SELECT a.id AS a_id, b.id AS b_id FROM orders a JOIN orders b \
          ON a.customer_id = b.customer_id AND a.id < b.id",

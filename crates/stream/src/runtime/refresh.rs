@@ -12,7 +12,7 @@ use tokio_postgres::Transaction;
 use super::manage::{Stream, StreamError};
 use crate::runtime::capture::{move_reference_changes, poll_all};
 use crate::{
-    analyze, differential_refresh_sql, full_refresh_sql, plan_for_storage, AggFunc, DeltaRelations,
+    analyze, differential_refresh_sql, full_refresh_sql, plan_for_storage, DeltaRelations,
     QueryPlan, SourceRef,
 };
 use shoal_cluster::Cluster;
@@ -40,11 +40,10 @@ fn initial_barrier(plan: &QueryPlan, has_reference_source: bool) -> Barrier {
     let Some(d) = plan.differential() else {
         return Barrier::AllSources;
     };
-    let rescans_extremes = d.grouping.as_ref().is_some_and(|g| {
-        g.aggregates
-            .iter()
-            .any(|a| matches!(a.func, AggFunc::Min | AggFunc::Max))
-    });
+    let rescans_extremes = d
+        .grouping
+        .as_ref()
+        .is_some_and(|g| g.aggregates.iter().any(|a| a.func.rescans()));
     if rescans_extremes {
         Barrier::AllSources
     } else if d.sources.len() > 1 {
