@@ -46,6 +46,13 @@ const STREAMS: &[(&str, &str, &str)] = &[
          GROUP BY p.category",
         "category, customers, amounts",
     ),
+    (
+        "s_filter_agg",
+        "SELECT customer_id, count(*) FILTER (WHERE amount > 50) AS big, \
+         sum(amount) FILTER (WHERE product_id < 10) AS s, max(amount) FILTER (WHERE amount < 90) AS hi \
+         FROM orders GROUP BY customer_id",
+        "customer_id, big, s, hi",
+    ),
 ];
 
 async fn setup(shoal: &Shoal) {

@@ -74,6 +74,8 @@ const GROUPED: &str =
 const DISTINCT: &str = "SELECT DISTINCT a.j, b.k FROM a JOIN b ON b.i = a.i";
 const COUNT_DISTINCT: &str = "SELECT b.k, count(DISTINCT a.j) AS js, sum(DISTINCT a.i) AS si \
                               FROM a JOIN b ON b.i = a.i GROUP BY b.k";
+const FILTERED: &str = "SELECT a.j, count(*) FILTER (WHERE b.k > 1) AS n, \
+                        sum(a.i) FILTER (WHERE b.k = 0) AS s FROM a JOIN b ON b.i = a.i GROUP BY a.j";
 /// Groups near the bound: reshuffling moves some across it.
 const HAVING: &str = "SELECT a.i, count(*) AS n FROM a JOIN b ON b.i = a.i GROUP BY a.i \
                       HAVING count(*) >= 240 AND max(b.k) > 0";
@@ -197,6 +199,14 @@ const CASES: &[Case] = &[
         query: COUNT_DISTINCT,
         columns: "k, js, si",
         summed: "k + js + si",
+        refreshes: "differential",
+    },
+    Case {
+        name: "filtered_auto",
+        mode: "auto",
+        query: FILTERED,
+        columns: "j, n, s",
+        summed: "j + n + coalesce(s, 0)",
         refreshes: "differential",
     },
 ];

@@ -305,9 +305,12 @@ impl AggFunc {
 }
 
 /// How a function call is to be treated.
-pub(crate) enum Call<'a> {
-    /// A supported aggregate with its argument (None for `count(*)`).
-    Aggregate(AggFunc, Option<&'a Node>),
+pub(crate) enum Call {
+    /// A supported aggregate with its argument (None for `count(*)`). A FILTER is folded into
+    /// the argument: `sum(x) FILTER (WHERE c)` is `sum(CASE WHEN c THEN x END)`, and
+    /// `count(*) FILTER (WHERE c)` is `count(CASE WHEN c THEN 1 END)`, which are equal (the
+    /// aggregates skip NULLs, and have the same value over no rows), so deltas fold it in.
+    Aggregate(AggFunc, Option<Box<Node>>),
     /// Anything else; aggregates are refused by [`RowExprCheck`].
     Other,
 }
@@ -335,7 +338,7 @@ pub(crate) fn is_aggregate_call(f: &protobuf::FuncCall) -> bool {
 }
 
 /// Classifies a top-level aggregate call, refusing the forms differential mode cannot maintain.
-pub(crate) fn classify_call(node: &Node) -> Result<Call<'_>, AnalyzeError> {
+pub(crate) fn classify_call(node: &Node) -> Result<Call, AnalyzeError> {
     let Some(NodeEnum::FuncCall(f)) = node.node.as_ref() else {
         return Ok(Call::Other);
     };
@@ -352,19 +355,28 @@ pub(crate) fn classify_call(node: &Node) -> Result<Call<'_>, AnalyzeError> {
         )
         .into());
     }
-    if f.agg_filter.is_some() {
-        return Err(Unsupported::new("FILTER clauses on aggregates", at())
-            .hint("move the condition into a CASE expression inside the aggregate")
-            .into());
-    }
     if !f.agg_order.is_empty() || f.agg_within_group {
         return Err(Unsupported::new("ordered aggregates", at()).into());
     }
     if f.func_variadic {
         return Err(Unsupported::new("VARIADIC aggregate arguments", at()).into());
     }
+    let filtered = |arg: &str| -> Result<Option<Node>, AnalyzeError> {
+        match f.agg_filter.as_deref() {
+            Some(condition) => {
+                let case = format!("CASE WHEN ({}) THEN ({arg}) END", deparse_expr(condition));
+                parse_expr(&case).map(Some)
+            }
+            None => Ok(None),
+        }
+    };
     let func = match (name, f.agg_star, f.args.len(), f.agg_distinct) {
-        ("count", true, 0, false) => return Ok(Call::Aggregate(AggFunc::CountStar, None)),
+        ("count", true, 0, false) => {
+            return Ok(match filtered("1")? {
+                Some(case) => Call::Aggregate(AggFunc::Count, Some(Box::new(case))),
+                None => Call::Aggregate(AggFunc::CountStar, None),
+            })
+        }
         ("count", false, 1, false) => AggFunc::Count,
         ("sum", false, 1, false) => AggFunc::Sum,
         ("avg", false, 1, false) => AggFunc::Avg,
@@ -384,7 +396,28 @@ pub(crate) fn classify_call(node: &Node) -> Result<Call<'_>, AnalyzeError> {
     if matches!(arg.node, Some(NodeEnum::NamedArgExpr(_))) {
         return Err(Unsupported::new("named aggregate arguments", at()).into());
     }
-    Ok(Call::Aggregate(func, Some(arg)))
+    let arg = filtered(&deparse_expr(arg))?.unwrap_or_else(|| arg.clone());
+    Ok(Call::Aggregate(func, Some(Box::new(arg))))
+}
+
+/// An expression parsed from SQL text (one made here from deparsed parts).
+fn parse_expr(sql: &str) -> Result<Node, AnalyzeError> {
+    let parsed = pg_query::parse(&format!("SELECT {sql}"), 0)
+        .map_err(|e| AnalyzeError::Invalid(format!("`{sql}` does not parse: {e}")))?;
+    let target = parsed
+        .protobuf
+        .stmts
+        .first()
+        .and_then(|s| s.stmt.as_deref())
+        .and_then(|s| match s.node.as_ref() {
+            Some(NodeEnum::SelectStmt(sel)) => sel.target_list.first().cloned(),
+            _ => None,
+        });
+    match target.and_then(|t| t.node) {
+        Some(NodeEnum::ResTarget(rt)) => rt.val.map(|v| *v),
+        _ => None,
+    }
+    .ok_or_else(|| AnalyzeError::Invalid(format!("`{sql}` is not an expression")))
 }
 
 /// Checks that an expression is row-level (depends only on the columns of one joined row) and

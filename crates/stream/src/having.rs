@@ -69,7 +69,7 @@ impl Having<'_> {
                     let Call::Aggregate(func, arg) = classify_call(n)? else {
                         unreachable!("an aggregate call classifies as one")
                     };
-                    if let Some(arg) = arg {
+                    if let Some(arg) = &arg {
                         if contains_aggregate(arg) {
                             return Err(AnalyzeError::Invalid(format!(
                                 "aggregate calls cannot be nested (at `{}`)",
@@ -78,7 +78,7 @@ impl Having<'_> {
                         }
                         self.arg_check.check(arg)?;
                     }
-                    let arg = arg.map(deparse_expr);
+                    let arg = arg.as_deref().map(deparse_expr);
                     let j = match aggs.iter().position(|a| a.func == func && a.arg == arg) {
                         Some(j) => j,
                         None => {

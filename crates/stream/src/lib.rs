@@ -79,6 +79,10 @@
 //! rescan as MIN/MAX (`min`/`max` with DISTINCT are the plain ones); only the value is stored.
 //! The cost is a read of the flagged groups' rows, so it pays where groups are many and small.
 //!
+//! A FILTER is folded into the argument: `agg(x) FILTER (WHERE c)` is `agg(CASE WHEN c THEN x
+//! END)` and `count(*) FILTER (WHERE c)` is `count(CASE WHEN c THEN 1 END)`, equal because these
+//! aggregates skip NULLs and agree over no rows; the deltas then need nothing else.
+//!
 //! HAVING does not change what is stored: every group is kept with its state, and the condition,
 //! rewritten over the stored keys and aggregates, is the view's WHERE. Aggregates only HAVING
 //! uses are stored hidden (`__shoal_agg_<j>`) and maintained like the others. So a group crossing
@@ -91,7 +95,7 @@
 //! (both depend on the tables' column lists, which a delta reads only in part), subqueries,
 //! CTEs, set operations, window functions, HAVING on columns that are neither keys nor
 //! aggregated, ORDER BY/LIMIT, DISTINCT ON, aggregates other than count/sum/avg/min/max or with
-//! FILTER/ORDER BY, expressions over aggregates, volatile or time-dependent values.
+//! ORDER BY, expressions over aggregates, volatile or time-dependent values.
 //! [`Mode::Auto`] then chooses full refresh and says why. Full refresh (TRUNCATE + INSERT into
 //! the storage of the query grouped with its multiplicities) handles every query.
 //!

@@ -709,7 +709,7 @@ fn grouping(
     for (i, (target, name)) in targets.iter().zip(names).enumerate() {
         let role = match classify_call(target)? {
             Call::Aggregate(func, arg) => {
-                if let Some(arg) = arg {
+                if let Some(arg) = &arg {
                     if contains_aggregate(arg) {
                         return Err(AnalyzeError::Invalid(format!(
                             "aggregate calls cannot be nested (at `{}`)",
@@ -720,7 +720,7 @@ fn grouping(
                 }
                 aggregates.push(Aggregate {
                     func,
-                    arg: arg.map(deparse_expr),
+                    arg: arg.as_deref().map(deparse_expr),
                     column: Some(i),
                 });
                 ColumnRole::Aggregate(aggregates.len() - 1)

@@ -281,7 +281,8 @@ fn refusals_name_the_unsupported_part() {
             "aggregate functions other than count, sum, avg, min and max are not supported in differential mode (at `string_agg(note, ',')`)",
         ),
         ("SELECT string_agg(DISTINCT note, ',') AS n FROM orders", "aggregate functions other than count, sum, avg, min and max are not supported in differential mode (at `string_agg(DISTINCT note, ',')`)"),
-        ("SELECT count(*) FILTER (WHERE amount > 0) AS n FROM orders", "FILTER clauses on aggregates"),
+        ("SELECT count(*) FILTER (WHERE random() > 0.5) AS n FROM orders", "volatile functions are not supported in differential mode (at `random()`)"),
+        ("SELECT count(*) FILTER (WHERE id IN (SELECT 1)) AS n FROM orders", "subqueries are not supported"),
         ("SELECT array_agg(id ORDER BY id) AS ids FROM orders", "aggregate functions other than"),
         ("SELECT sum(amount) / count(*) AS mean FROM orders", "expressions over aggregates are not supported in differential mode (at `sum(amount) / count(*)`)"),
         ("SELECT coalesce(sum(amount), 0) AS s FROM orders", "expressions over aggregates"),
@@ -703,6 +704,49 @@ fn distinct_aggregates_are_recomputed_for_the_groups_whose_values_changed() {
         Some("__shoal_t.__shoal_agg_1 > 1")
     );
     assert!(probe_sql(&p).contains("count(DISTINCT qty) AS \"__shoal_agg_1\""));
+}
+
+#[test]
+fn filter_clauses_fold_into_the_aggregates_argument() {
+    let p = plan(
+        "SELECT customer_id, count(*) FILTER (WHERE amount > 10) AS big, \
+         sum(amount) FILTER (WHERE note LIKE 'n%') AS s, max(amount) FILTER (WHERE note = 'n1') AS hi, \
+         count(DISTINCT note) FILTER (WHERE amount IS NOT NULL) AS notes \
+         FROM orders GROUP BY customer_id HAVING avg(amount) FILTER (WHERE amount > 0) > 5",
+    );
+    let g = p.differential().unwrap().grouping.as_ref().unwrap();
+    let aggs: Vec<(AggFunc, Option<&str>)> = g
+        .aggregates
+        .iter()
+        .map(|a| (a.func, a.arg.as_deref()))
+        .collect();
+    assert_eq!(
+        aggs,
+        [
+            (AggFunc::Count, Some("CASE WHEN amount > 10 THEN 1 END")),
+            (
+                AggFunc::Sum,
+                Some("CASE WHEN note LIKE 'n%' THEN amount END")
+            ),
+            (AggFunc::Max, Some("CASE WHEN note = 'n1' THEN amount END")),
+            (
+                AggFunc::CountDistinct,
+                Some("CASE WHEN amount IS NOT NULL THEN note END")
+            ),
+            (AggFunc::Avg, Some("CASE WHEN amount > 0 THEN amount END")),
+        ]
+    );
+    // The output columns keep the query's own text for full refreshes.
+    assert_eq!(p.columns[1].expr, "count(*) FILTER (WHERE amount > 10)");
+    let s = &generate_all(&p)[0];
+    assert!(s.contains(
+        "SELECT customer_id AS \"__shoal_k1\", CASE WHEN amount > 10 THEN 1 END AS \"__shoal_x1\", \
+         CASE WHEN note LIKE 'n%' THEN amount END AS \"__shoal_x2\""
+    ));
+    assert!(s.contains("max(CASE WHEN note = 'n1' THEN amount END) AS \"__shoal_m3\""));
+    assert!(
+        probe_sql(&p).contains("avg(CASE WHEN amount > 0 THEN amount END) AS \"__shoal_agg_5\"")
+    );
 }
 
 #[test]

@@ -111,6 +111,18 @@ const QUERIES: &[(&str, &str)] = &[
          WHERE amount > 100",
     ),
     (
+        "st_filter_agg",
+        "SELECT customer_id, count(*) FILTER (WHERE amount > 50) AS big, \
+         count(note) FILTER (WHERE note = 'n1') AS n1, sum(amount) FILTER (WHERE note <> 'n0') AS s, \
+         avg(amount) FILTER (WHERE amount < 90) AS a, min(amount) FILTER (WHERE note = 'n2') AS lo, \
+         count(DISTINCT note) FILTER (WHERE amount > 20) AS notes FROM orders GROUP BY customer_id",
+    ),
+    (
+        "st_filter_global",
+        "SELECT count(*) FILTER (WHERE i.qty > 3) AS n, max(p.name) FILTER (WHERE i.qty = 0) AS hi \
+         FROM items i JOIN products p ON p.id = i.product_id",
+    ),
+    (
         "st_self_join",
         "SELECT a.id AS a_id, b.id AS b_id FROM orders a JOIN orders b \
          ON a.customer_id = b.customer_id AND a.id < b.id",
