@@ -53,6 +53,18 @@ const STREAMS: &[(&str, &str, &str)] = &[
          FROM orders GROUP BY customer_id",
         "customer_id, big, s, hi",
     ),
+    (
+        "s_left",
+        "SELECT o.customer_id, count(*) AS n, count(p.id) AS matched FROM orders o \
+         LEFT JOIN products p ON p.id = o.product_id AND p.category = 'c1' GROUP BY o.customer_id",
+        "customer_id, n, matched",
+    ),
+    (
+        "s_right",
+        "SELECT p.category, o.customer_id FROM orders o RIGHT JOIN products p \
+         ON o.product_id = p.id AND o.amount > 97",
+        "category, customer_id",
+    ),
 ];
 
 async fn setup(shoal: &Shoal) {

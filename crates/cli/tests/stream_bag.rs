@@ -76,6 +76,9 @@ const COUNT_DISTINCT: &str = "SELECT b.k, count(DISTINCT a.j) AS js, sum(DISTINC
                               FROM a JOIN b ON b.i = a.i GROUP BY b.k";
 const FILTERED: &str = "SELECT a.j, count(*) FILTER (WHERE b.k > 1) AS n, \
                         sum(a.i) FILTER (WHERE b.k = 0) AS s FROM a JOIN b ON b.i = a.i GROUP BY a.j";
+/// Rows of `a` whose matches in `b` appear (k = 9) and go.
+const LEFT: &str = "SELECT a.j, b.k FROM a LEFT JOIN b ON b.i = a.i AND (b.k = 9 OR b.id % 17 = 1)";
+const FULL: &str = "SELECT a.i, b.k FROM a FULL JOIN b ON b.i = a.i AND a.j = 1 AND b.k = 0";
 /// Groups near the bound: reshuffling moves some across it.
 const HAVING: &str = "SELECT a.i, count(*) AS n FROM a JOIN b ON b.i = a.i GROUP BY a.i \
                       HAVING count(*) >= 240 AND max(b.k) > 0";
@@ -207,6 +210,22 @@ const CASES: &[Case] = &[
         query: FILTERED,
         columns: "j, n, s",
         summed: "j + n + coalesce(s, 0)",
+        refreshes: "differential",
+    },
+    Case {
+        name: "left_differential",
+        mode: "differential",
+        query: LEFT,
+        columns: "j, k",
+        summed: "j + coalesce(k, 0)",
+        refreshes: "differential",
+    },
+    Case {
+        name: "full_join_auto",
+        mode: "auto",
+        query: FULL,
+        columns: "i, k",
+        summed: "coalesce(i, 0) + coalesce(k, 0)",
         refreshes: "differential",
     },
 ];

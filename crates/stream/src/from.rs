@@ -3,6 +3,7 @@
 
 use pg_query::protobuf::{Alias, JoinType};
 use pg_query::{Node, NodeEnum};
+use serde::{Deserialize, Serialize};
 
 use crate::error::{AnalyzeError, Unsupported};
 use crate::expr::{deparse_from_item, kind_name, node, reserved, string_value, RESERVED_PREFIX};
@@ -25,6 +26,36 @@ pub(crate) struct FromParts<'a> {
     pub quals: Vec<&'a Node>,
     /// Names of join aliases (`(a JOIN b ON ...) AS j`, `JOIN b USING (i) AS j`).
     pub join_aliases: Vec<String>,
+    /// Whether the item walked may be an outer join: only the whole FROM clause may be one.
+    pub allow_outer: bool,
+    pub outer: Option<OuterJoin>,
+}
+
+/// Which sides of an outer join keep their unmatched rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OuterKind {
+    Left,
+    Right,
+    Full,
+}
+
+impl OuterKind {
+    /// The indexes (0 left, 1 right) of the sources whose unmatched rows are kept.
+    pub fn preserved(self) -> &'static [usize] {
+        match self {
+            OuterKind::Left => &[0],
+            OuterKind::Right => &[1],
+            OuterKind::Full => &[0, 1],
+        }
+    }
+}
+
+/// An outer join of two relations, the whole FROM clause: sources 0 (left) and 1 (right).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OuterJoin {
+    pub kind: OuterKind,
+    /// The ON condition, deparsed.
+    pub condition: String,
 }
 
 fn alias_name(alias: &Alias, at: impl Fn() -> Option<String>) -> Result<String, AnalyzeError> {
@@ -72,14 +103,42 @@ pub(crate) fn collect_from<'a>(
             Ok(node(NodeEnum::RangeVar(slot)))
         }
         Some(NodeEnum::JoinExpr(j)) => {
+            let allow_outer = std::mem::take(&mut parts.allow_outer);
             if j.jointype != JoinType::JoinInner as i32 {
-                let kind = match JoinType::try_from(j.jointype) {
-                    Ok(JoinType::JoinLeft) => "LEFT JOIN",
-                    Ok(JoinType::JoinRight) => "RIGHT JOIN",
-                    Ok(JoinType::JoinFull) => "FULL JOIN",
-                    _ => "non-inner join",
+                let (name, kind) = match JoinType::try_from(j.jointype) {
+                    Ok(JoinType::JoinLeft) => ("LEFT JOIN", Some(OuterKind::Left)),
+                    Ok(JoinType::JoinRight) => ("RIGHT JOIN", Some(OuterKind::Right)),
+                    Ok(JoinType::JoinFull) => ("FULL JOIN", Some(OuterKind::Full)),
+                    _ => ("non-inner join", None),
                 };
-                return Err(Unsupported::new(format!("outer joins ({kind})"), at()).into());
+                let refuse = |why: &str| -> AnalyzeError {
+                    Unsupported::new(format!("outer joins ({name}) {why}"), at())
+                        .hint("an outer join of two tables, alone in FROM, written with ON")
+                        .into()
+                };
+                let plain = |side: &Option<Box<Node>>| {
+                    matches!(
+                        side.as_deref().and_then(|s| s.node.as_ref()),
+                        Some(NodeEnum::RangeVar(_))
+                    )
+                };
+                let Some(kind) = kind else {
+                    return Err(refuse("of this kind"));
+                };
+                if !allow_outer || !plain(&j.larg) || !plain(&j.rarg) {
+                    return Err(refuse("with other joins or inside them"));
+                }
+                if j.is_natural || !j.using_clause.is_empty() || j.alias.is_some() {
+                    // NULL-extended rows are made with `ON false`, which has no merged columns.
+                    return Err(refuse("with USING, NATURAL or an alias"));
+                }
+                let Some(q) = j.quals.as_deref() else {
+                    return Err(refuse("without ON"));
+                };
+                parts.outer = Some(OuterJoin {
+                    kind,
+                    condition: crate::expr::deparse_expr(q),
+                });
             }
             if j.is_natural {
                 // The columns it joins on depend on the tables' definitions, not on the query.

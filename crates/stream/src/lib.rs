@@ -37,6 +37,11 @@
 //! no term, so an unchanged join partner is only probed by the (small) deltas. A self-join is
 //! two sources that share a delta. Terms grow as 2^(changed sources) − 1.
 //!
+//! An outer join of two relations (LEFT, RIGHT or FULL, alone in FROM) is its inner join plus
+//! the NULL-extended rows of its preserved sides that have no match; the inner part's delta is
+//! the above, the unmatched part's is derived in `outer.rs` from each preserved row's match
+//! count in the other side's new state and in its delta, for only the rows a change reaches.
+//!
 //! # Projection, DISTINCT and duplicates
 //!
 //! Without grouping, the signed rows are summed per distinct output row and merged: the sum is
@@ -91,7 +96,8 @@
 //! # Refusals
 //!
 //! Anything whose delta this algebra does not give exactly is refused in differential mode with
-//! an [`Unsupported`] naming the part: outer joins, NATURAL joins and column alias lists in FROM
+//! an [`Unsupported`] naming the part: outer joins other than one of two tables alone in FROM
+//! with ON, NATURAL joins and column alias lists in FROM
 //! (both depend on the tables' column lists, which a delta reads only in part), subqueries,
 //! CTEs, set operations, window functions, HAVING on columns that are neither keys nor
 //! aggregated, ORDER BY/LIMIT, DISTINCT ON, aggregates other than count/sum/avg/min/max or with
@@ -127,6 +133,7 @@ mod expr;
 mod from;
 mod having;
 mod layout;
+mod outer;
 mod plan;
 mod refresh;
 pub mod runtime;
@@ -134,6 +141,7 @@ pub mod topology;
 
 pub use error::{AnalyzeError, GenerateError, Unsupported};
 pub use expr::AggFunc;
+pub use from::{OuterJoin, OuterKind};
 pub use layout::{
     key_index, plan_for_storage, storage_table, upgrade_sql, view_ddl, OldTable, STORAGE_SCHEMA,
 };
@@ -150,5 +158,7 @@ pub use topology::{
     diff_workers, needs_reinit, needs_reinit_given_drained, LiveWorker, TopologyChange, WorkerSlot,
 };
 
+#[cfg(test)]
+mod shape_tests;
 #[cfg(test)]
 mod tests;

@@ -14,7 +14,7 @@ use crate::expr::{
     figure_colname, kind_name, name_parts, reserved, same_expr, string_value, AggFunc, Call,
     RowExprCheck, RESERVED_PREFIX,
 };
-use crate::from::{collect_from, source_slot, FromParts};
+use crate::from::{collect_from, source_slot, FromParts, OuterJoin};
 use crate::having::Having;
 use shoal_sql::quote_ident;
 
@@ -132,6 +132,8 @@ pub struct Differential {
     /// each term of a delta can put a relation or a delta there and unqualified references to
     /// merged USING columns keep their meaning.
     pub from: String,
+    /// Present when FROM is an outer join of two relations (sources 0 and 1).
+    pub outer: Option<OuterJoin>,
     /// The WHERE clause, deparsed.
     pub filter: Option<String>,
     pub distinct: bool,
@@ -545,7 +547,10 @@ fn differential(
         return Err(unsupported("queries without FROM", None));
     }
 
-    let mut parts = FromParts::default();
+    let mut parts = FromParts {
+        allow_outer: sel.from_clause.len() == 1,
+        ..FromParts::default()
+    };
     let mut template = Vec::new();
     for item in &sel.from_clause {
         template.push(collect_from(item, &mut parts)?);
@@ -560,6 +565,8 @@ fn differential(
         sources,
         quals,
         join_aliases,
+        outer,
+        ..
     } = parts;
     let mut range_names: Vec<String> = sources
         .iter()
@@ -632,6 +639,7 @@ fn differential(
         Differential {
             sources,
             from,
+            outer,
             filter,
             distinct,
             grouping,

@@ -10,6 +10,7 @@ use crate::error::GenerateError;
 use crate::expr::AggFunc;
 use crate::from::source_slot;
 use crate::layout::key_index;
+use crate::outer;
 use crate::plan::{
     hidden_agg, hidden_key, Aggregate, Differential, Grouping, Maintenance, QueryPlan, Source,
     SourceRef,
@@ -310,7 +311,17 @@ pub(crate) fn from_where(
     relation: impl Fn(usize, &Source) -> String,
     extra: &[String],
 ) -> String {
-    let from = fill_slots(&d.from, |i| {
+    from_where_in(d, &d.from, relation, extra)
+}
+
+/// [`from_where`] with another FROM template over the same slots.
+pub(crate) fn from_where_in(
+    d: &Differential,
+    template: &str,
+    relation: impl Fn(usize, &Source) -> String,
+    extra: &[String],
+) -> String {
+    let from = fill_slots(template, |i| {
         let s = &d.sources[i];
         format!("{} AS {}", relation(i, s), qi(s.range_name()))
     });
@@ -441,12 +452,12 @@ pub fn full_refresh_sql(plan: &QueryPlan, table: &QualifiedName) -> Vec<String> 
 
 /// The sign column of source `i`'s delta: named apart from every other source's, so that it is
 /// reachable unqualified, even through a join alias that hides the source's own name.
-fn sign_column(i: usize) -> String {
+pub(crate) fn sign_column(i: usize) -> String {
     format!("__shoal_sign{}", i + 1)
 }
 
 /// The signed union of source `i`'s deleted (-1) and inserted (+1) rows.
-fn signed_delta(delta: &DeltaRelations, i: usize) -> String {
+pub(crate) fn signed_delta(delta: &DeltaRelations, i: usize) -> String {
     format!(
         "(SELECT {m}.*, -1 AS {d} FROM {del} AS {m} UNION ALL SELECT {p}.*, 1 AS {d} FROM {ins} AS {p})",
         m = qi("__shoal_m"),
@@ -489,8 +500,11 @@ pub(crate) fn delta_terms(
             .map(|(name, expr)| format!("{expr} AS {}", qi(name)))
             .collect();
         select.push(format!("{} AS {}", sign.join(" * "), qi(DELTA_COLUMN)));
-        let from = from_where(
+        // An outer join's matched rows are its inner join's; the unmatched ones come after.
+        let inner = d.outer.as_ref().map(outer::inner_from);
+        let from = from_where_in(
             d,
+            inner.as_deref().unwrap_or(&d.from),
             |i, s| match deltas[i] {
                 Some(delta) if subset.contains(&i) => signed_delta(delta, i),
                 _ => s.relation.sql(),
@@ -498,6 +512,9 @@ pub(crate) fn delta_terms(
             &[],
         );
         terms.push(format!("SELECT {} {from}", select.join(", ")));
+    }
+    if let Some(o) = &d.outer {
+        terms.extend(outer::anti_terms(d, o, items, deltas));
     }
     Some(terms.join(" UNION ALL "))
 }

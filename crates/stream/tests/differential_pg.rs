@@ -123,6 +123,32 @@ const QUERIES: &[(&str, &str)] = &[
          FROM items i JOIN products p ON p.id = i.product_id",
     ),
     (
+        "st_left",
+        "SELECT o.customer_id, i.qty FROM orders o LEFT JOIN items i ON i.order_id = o.id \
+         AND i.qty > 1",
+    ),
+    (
+        "st_left_agg",
+        "SELECT o.customer_id, count(*) AS n, count(i.id) AS matched, sum(i.qty) AS q, \
+         max(i.qty) AS hi FROM orders o LEFT JOIN items i ON i.order_id = o.id \
+         WHERE o.amount IS NOT NULL GROUP BY o.customer_id",
+    ),
+    (
+        "st_right",
+        "SELECT p.name, i.qty FROM items i RIGHT JOIN products p ON p.id = i.product_id \
+         AND i.qty < 3",
+    ),
+    (
+        "st_full",
+        "SELECT o.customer_id, i.product_id FROM orders o FULL JOIN items i \
+         ON i.order_id = o.id AND o.note <> 'n0'",
+    ),
+    (
+        "st_left_self",
+        "SELECT a.id, b.amount FROM orders a LEFT JOIN orders b \
+         ON b.customer_id = a.customer_id AND b.id > a.id + 20",
+    ),
+    (
         "st_self_join",
         "SELECT a.id AS a_id, b.id AS b_id FROM orders a JOIN orders b \
          ON a.customer_id = b.customer_id AND a.id < b.id",

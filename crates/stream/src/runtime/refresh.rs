@@ -30,8 +30,8 @@ enum Barrier {
     /// it does not hold, the refresh starts again with [`Barrier::AllSources`].
     ReferenceSources,
     /// Every source's writes wait while every change up to now is captured: a full refresh, a
-    /// MIN or MAX whose deleted extreme is rescanned from the source, or a join where a
-    /// distributed table's current state is read.
+    /// MIN, MAX or DISTINCT aggregate recomputed from the sources, an outer join, or a join
+    /// where a distributed table's current state is read.
     AllSources,
 }
 
@@ -44,7 +44,9 @@ fn initial_barrier(plan: &QueryPlan, has_reference_source: bool) -> Barrier {
         .grouping
         .as_ref()
         .is_some_and(|g| g.aggregates.iter().any(|a| a.func.rescans()));
-    if rescans_extremes {
+    // An outer join's unmatched rows are found by probing the other side's current state, even
+    // where that side is the changed distributed table.
+    if rescans_extremes || d.outer.is_some() {
         Barrier::AllSources
     } else if d.sources.len() > 1 {
         if has_reference_source {
@@ -601,6 +603,15 @@ mod tests {
         );
         assert_eq!(
             barrier("SELECT a.v, b.w FROM a JOIN b ON a.k = b.k", false),
+            Barrier::AllSources
+        );
+        // Distinct aggregates are recomputed; outer joins probe the changed side too.
+        assert_eq!(
+            barrier("SELECT g, count(DISTINCT v) FROM t GROUP BY g", false),
+            Barrier::AllSources
+        );
+        assert_eq!(
+            barrier("SELECT t.v, d.l FROM t LEFT JOIN d ON d.g = t.g", true),
             Barrier::AllSources
         );
     }

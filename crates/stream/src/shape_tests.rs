@@ -1,0 +1,264 @@
+//! Unit tests of the query shapes beyond inner joins and plain aggregates: USING and join
+//! aliases, HAVING, DISTINCT aggregates, FILTER, outer joins; with their generated SQL.
+
+use std::collections::HashMap;
+
+use crate::tests::{generate_all, plan, table, types_for, unsupported};
+use crate::{
+    contents_sql, differential_refresh_sql, full_refresh_sql, probe_sql, storage_ddl,
+    typed_columns, AggFunc, DeltaRelations, SourceRef,
+};
+
+#[test]
+fn joins_using_and_join_aliases_keep_their_scopes() {
+    // The merged USING column, unqualified, and a USING alias.
+    let p = plan(
+        "SELECT id, u.qty, x.order_id FROM orders JOIN items AS u USING (id) \
+         JOIN notes USING (order_id) AS x WHERE id > 0",
+    );
+    let d = p.differential().unwrap();
+    assert_eq!(
+        d.from,
+        "__shoal_src_1_ JOIN __shoal_src_2_ USING (id) JOIN __shoal_src_3_ USING (order_id) AS x"
+    );
+    let stmts = generate_all(&p);
+    // The term with only `items` changed: its delta in its place, the USING clauses kept.
+    assert!(stmts[0].contains(
+        "SELECT id AS \"__shoal_k1\", u.qty AS \"__shoal_k2\", x.order_id AS \"__shoal_k3\", \
+         \"__shoal_sign2\" AS \"__shoal_delta\" FROM \"orders\" AS \"orders\" JOIN (SELECT \"__shoal_m\".*, \
+         -1 AS \"__shoal_sign2\" FROM (SELECT * FROM shoal_stream.del_items) AS \"__shoal_m\" UNION ALL \
+         SELECT \"__shoal_p\".*, 1 AS \"__shoal_sign2\" FROM shoal_stream.ins_items AS \"__shoal_p\") AS \"u\" \
+         USING (id) JOIN \"notes\" AS \"notes\" USING (order_id) AS x WHERE (id > 0)"
+    ));
+
+    // A join alias hides the names inside it: the signs are reached unqualified.
+    let p = plan(
+        "SELECT j.k, count(*) AS n FROM (orders o JOIN items i ON i.order_id = o.id) AS j \
+         GROUP BY j.k",
+    );
+    let stmts = generate_all(&p);
+    assert!(stmts[0].contains("-1 * \"__shoal_sign1\" * \"__shoal_sign2\" AS \"__shoal_delta\""));
+    assert!(stmts[0].contains(
+        "FROM (\"orders\" AS \"o\" JOIN (SELECT \"__shoal_m\".*, -1 AS \"__shoal_sign2\" FROM \
+         (SELECT * FROM shoal_stream.del_items) AS \"__shoal_m\" UNION ALL SELECT \"__shoal_p\".*, \
+         1 AS \"__shoal_sign2\" FROM shoal_stream.ins_items AS \"__shoal_p\") AS \"i\" \
+         ON i.order_id = o.id ) j UNION ALL"
+    ));
+    assert_eq!(
+        unsupported("SELECT x FROM a NATURAL JOIN b"),
+        "NATURAL joins are not supported in differential mode (at `a NATURAL JOIN b`); write \
+         JOIN ... USING (...) with the columns"
+    );
+}
+
+#[test]
+fn having_is_applied_by_the_view_over_every_stored_group() {
+    let p = plan(
+        "SELECT o.customer_id, count(*) AS n FROM orders o GROUP BY o.customer_id \
+         HAVING count(*) > 1 AND sum(o.amount) >= 10 AND customer_id IS NOT NULL",
+    );
+    let g = p.differential().unwrap().grouping.as_ref().unwrap();
+    // count(*) is the output column n; the sum only HAVING uses is a hidden aggregate.
+    assert_eq!(g.aggregates.len(), 2);
+    assert_eq!(g.aggregates[1].func, AggFunc::Sum);
+    assert_eq!(g.aggregates[1].column, None);
+    assert_eq!(
+        g.having.as_deref(),
+        Some("__shoal_t.n > 1 AND __shoal_t.__shoal_agg_2 >= 10 AND __shoal_t.customer_id IS NOT NULL")
+    );
+    assert_eq!(typed_columns(&p), ["customer_id", "n", "__shoal_agg_2"]);
+    assert!(probe_sql(&p).starts_with(
+        "SELECT o.customer_id AS \"customer_id\", count(*) AS \"n\", sum(o.amount) AS \"__shoal_agg_2\" FROM"
+    ));
+    assert_eq!(
+        contents_sql(&p, &table()),
+        "SELECT \"__shoal_t\".\"customer_id\", \"__shoal_t\".\"n\" FROM \"app\".\"St\" AS \"__shoal_t\" \
+         WHERE __shoal_t.n > 1 AND __shoal_t.__shoal_agg_2 >= 10 AND __shoal_t.customer_id IS NOT NULL"
+    );
+    let ddl = storage_ddl(&p, &table(), &types_for(&p)).unwrap();
+    assert!(
+        ddl[0].contains("\"__shoal_agg_2\" numeric, \"__shoal_nn_2\" bigint NOT NULL DEFAULT 0")
+    );
+    assert_eq!(
+        full_refresh_sql(&p, &table())[1],
+        "INSERT INTO \"app\".\"St\" (\"customer_id\", \"n\", \"__shoal_agg_2\", \"__shoal_nn_2\", \
+         \"__shoal_count\") SELECT o.customer_id, count(*), sum(o.amount), count(o.amount), count(*) \
+         FROM \"orders\" AS \"o\" GROUP BY o.customer_id"
+    );
+    let stmts = generate_all(&p);
+    // The hidden aggregate is maintained like a visible one.
+    assert!(stmts[0].contains("\"__shoal_agg_2\" = \"__shoal_s\".\"__shoal_n2\""));
+    assert!(stmts[0].contains(
+        "INSERT (\"customer_id\", \"n\", \"__shoal_agg_2\", \"__shoal_nn_2\", \"__shoal_count\")"
+    ));
+
+    // An aggregate written twice is stored once; a global aggregate's row stays, filtered.
+    let p = plan("SELECT max(qty) AS hi FROM items HAVING max(qty) > 3 OR min(qty) IS NULL");
+    let g = p.differential().unwrap().grouping.as_ref().unwrap();
+    assert_eq!(g.aggregates.len(), 2);
+    assert_eq!(
+        g.having.as_deref(),
+        Some("__shoal_t.hi > 3 OR __shoal_t.__shoal_agg_2 IS NULL")
+    );
+    generate_all(&p);
+    // HAVING alone makes a query grouped.
+    let p = plan("SELECT count(*) AS n FROM items HAVING sum(qty) > 0");
+    assert!(p.differential().unwrap().grouping.is_some());
+}
+
+#[test]
+fn distinct_aggregates_are_recomputed_for_the_groups_whose_values_changed() {
+    let p = plan(
+        "SELECT customer_id, count(DISTINCT note) AS notes, sum(DISTINCT amount) AS s, \
+         avg(DISTINCT amount) AS a, min(DISTINCT amount) AS lo FROM orders GROUP BY customer_id",
+    );
+    let g = p.differential().unwrap().grouping.as_ref().unwrap();
+    let funcs: Vec<AggFunc> = g.aggregates.iter().map(|a| a.func).collect();
+    assert_eq!(
+        funcs,
+        [
+            AggFunc::CountDistinct,
+            AggFunc::SumDistinct,
+            AggFunc::AvgDistinct,
+            AggFunc::Min
+        ]
+    );
+    // Nothing but the value is stored for them.
+    let ddl = storage_ddl(&p, &table(), &types_for(&p)).unwrap();
+    assert!(ddl[0].contains("\"lo\" numeric, \"__shoal_count\" bigint NOT NULL"));
+    let s = &generate_all(&p)[0];
+    for part in [
+        // A group is flagged when a non-NULL value of the argument came or went.
+        "count(\"__shoal_x1\") AS \"__shoal_touch1\"",
+        "COALESCE(\"__shoal_o1\", 0) AS \"__shoal_n1\"",
+        "(COALESCE(\"__shoal_ocount\", 0) + \"__shoal_dcount\" > 0 AND (\"__shoal_touch1\" > 0 OR \
+         \"__shoal_touch2\" > 0 OR \"__shoal_touch3\" > 0 OR (\"__shoal_del4\" IS NOT NULL",
+        // and recomputed from the sources with the extremes.
+        "\"__shoal_r\" AS (SELECT customer_id AS \"__shoal_k1\", hash_record_extended(ROW(customer_id), 0) \
+         AS \"__shoal_rid\", count(DISTINCT note) AS \"__shoal_m1\", sum(DISTINCT amount) AS \"__shoal_m2\", \
+         avg(DISTINCT amount) AS \"__shoal_m3\", min(amount) AS \"__shoal_m4\" FROM \"orders\" AS \"orders\" WHERE",
+        "\"notes\" = CASE WHEN \"__shoal_s\".\"__shoal_ncount\" <= 0 THEN 0 WHEN \"__shoal_s\".\"__shoal_rescan\" \
+         THEN \"__shoal_s\".\"__shoal_m1\" ELSE \"__shoal_s\".\"__shoal_n1\" END",
+        "\"s\" = CASE WHEN \"__shoal_s\".\"__shoal_ncount\" <= 0 THEN NULL WHEN",
+    ] {
+        assert!(s.contains(part), "missing {part}\nin {s}");
+    }
+    // Without GROUP BY too; and in HAVING.
+    generate_all(&plan("SELECT count(DISTINCT qty) AS n FROM items"));
+    let p = plan("SELECT order_id FROM items GROUP BY order_id HAVING count(DISTINCT qty) > 1");
+    assert_eq!(
+        p.differential()
+            .unwrap()
+            .grouping
+            .as_ref()
+            .unwrap()
+            .having
+            .as_deref(),
+        Some("__shoal_t.__shoal_agg_1 > 1")
+    );
+    assert!(probe_sql(&p).contains("count(DISTINCT qty) AS \"__shoal_agg_1\""));
+}
+
+#[test]
+fn filter_clauses_fold_into_the_aggregates_argument() {
+    let p = plan(
+        "SELECT customer_id, count(*) FILTER (WHERE amount > 10) AS big, \
+         sum(amount) FILTER (WHERE note LIKE 'n%') AS s, max(amount) FILTER (WHERE note = 'n1') AS hi, \
+         count(DISTINCT note) FILTER (WHERE amount IS NOT NULL) AS notes \
+         FROM orders GROUP BY customer_id HAVING avg(amount) FILTER (WHERE amount > 0) > 5",
+    );
+    let g = p.differential().unwrap().grouping.as_ref().unwrap();
+    let aggs: Vec<(AggFunc, Option<&str>)> = g
+        .aggregates
+        .iter()
+        .map(|a| (a.func, a.arg.as_deref()))
+        .collect();
+    assert_eq!(
+        aggs,
+        [
+            (AggFunc::Count, Some("CASE WHEN amount > 10 THEN 1 END")),
+            (
+                AggFunc::Sum,
+                Some("CASE WHEN note LIKE 'n%' THEN amount END")
+            ),
+            (AggFunc::Max, Some("CASE WHEN note = 'n1' THEN amount END")),
+            (
+                AggFunc::CountDistinct,
+                Some("CASE WHEN amount IS NOT NULL THEN note END")
+            ),
+            (AggFunc::Avg, Some("CASE WHEN amount > 0 THEN amount END")),
+        ]
+    );
+    // The output columns keep the query's own text for full refreshes.
+    assert_eq!(p.columns[1].expr, "count(*) FILTER (WHERE amount > 10)");
+    let s = &generate_all(&p)[0];
+    assert!(s.contains(
+        "SELECT customer_id AS \"__shoal_k1\", CASE WHEN amount > 10 THEN 1 END AS \"__shoal_x1\", \
+         CASE WHEN note LIKE 'n%' THEN amount END AS \"__shoal_x2\""
+    ));
+    assert!(s.contains("max(CASE WHEN note = 'n1' THEN amount END) AS \"__shoal_m3\""));
+    assert!(
+        probe_sql(&p).contains("avg(CASE WHEN amount > 0 THEN amount END) AS \"__shoal_agg_5\"")
+    );
+}
+
+#[test]
+fn outer_joins_add_the_unmatched_rows_of_their_preserved_sides() {
+    let p = plan(
+        "SELECT o.id, i.qty FROM orders o LEFT JOIN items i ON i.order_id = o.id WHERE o.id > 0",
+    );
+    let d = p.differential().unwrap();
+    assert_eq!(
+        d.from,
+        "__shoal_src_1_ LEFT JOIN __shoal_src_2_ ON i.order_id = o.id"
+    );
+    assert_eq!(d.outer.as_ref().unwrap().condition, "i.order_id = o.id");
+    let s = &generate_all(&p)[0];
+    let del_items = "(SELECT \"__shoal_m\".*, -1 AS \"__shoal_sign2\" FROM (SELECT * FROM \
+                     shoal_stream.del_items) AS \"__shoal_m\" UNION ALL SELECT \"__shoal_p\".*, 1 AS \
+                     \"__shoal_sign2\" FROM shoal_stream.ins_items AS \"__shoal_p\")";
+    for part in [
+        // The matched rows: the inner join's three terms.
+        "FROM \"orders\" AS \"o\" JOIN (SELECT".to_string(),
+        // Orders a changed item matches: unmatched now minus unmatched before.
+        format!(
+            "SELECT o.id AS \"__shoal_k1\", i.qty AS \"__shoal_k2\", (CASE WHEN \"__shoal_matches\" = 0 \
+             THEN 1 ELSE 0 END) - (CASE WHEN \"__shoal_matches\" - \"__shoal_dmatches\" = 0 THEN 1 \
+             ELSE 0 END) AS \"__shoal_delta\" FROM \"orders\" AS \"o\" LEFT JOIN \"items\" AS \"i\" ON false \
+             CROSS JOIN LATERAL (SELECT count(*) AS \"__shoal_matches\" FROM \"items\" AS \"i\" \
+             WHERE (i.order_id = o.id)) AS \"__shoal_mm\" CROSS JOIN LATERAL (SELECT \
+             coalesce(sum(\"__shoal_sign2\"), 0) AS \"__shoal_dmatches\" FROM {del_items} AS \"i\" \
+             WHERE (i.order_id = o.id)) AS \"__shoal_dd\" WHERE (o.id > 0) AND (EXISTS (SELECT 1 FROM \
+             {del_items} AS \"i\" WHERE (i.order_id = o.id)))"
+        ),
+        // Changed orders, unmatched before the window's item changes.
+        "\"__shoal_sign1\" * (CASE WHEN \"__shoal_matches\" - \"__shoal_dmatches\" = 0 THEN 1 ELSE 0 END) \
+         AS \"__shoal_delta\" FROM (SELECT"
+            .to_string(),
+    ] {
+        assert!(s.contains(&part), "missing {part}\nin {s}");
+    }
+    // Only the orders changed: no term for matches that come and go.
+    let mut one = HashMap::new();
+    one.insert(
+        SourceRef::new(None, "orders"),
+        DeltaRelations {
+            deleted_sql: "d".into(),
+            inserted_sql: "i".into(),
+        },
+    );
+    let s = &differential_refresh_sql(&p, &table(), &one).unwrap()[1];
+    assert!(s.contains(
+        "\"__shoal_sign1\" * (CASE WHEN \"__shoal_matches\" = 0 THEN 1 ELSE 0 END) AS \"__shoal_delta\""
+    ));
+    assert!(!s.contains("__shoal_dmatches"));
+
+    // RIGHT keeps the right side's rows, FULL both.
+    let p = plan("SELECT p.name FROM items i RIGHT JOIN products p ON p.id = i.product_id");
+    let s = &generate_all(&p)[0];
+    assert!(s.contains("FROM \"products\" AS \"p\" LEFT JOIN \"items\" AS \"i\" ON false"));
+    let p = plan("SELECT p.name FROM items i FULL JOIN products p ON p.id = i.product_id");
+    let s = &generate_all(&p)[0];
+    assert!(s.contains("FROM \"products\" AS \"p\" LEFT JOIN \"items\" AS \"i\" ON false"));
+    assert!(s.contains("FROM \"items\" AS \"i\" LEFT JOIN \"products\" AS \"p\" ON false"));
+}
