@@ -65,6 +65,13 @@ const STREAMS: &[(&str, &str, &str)] = &[
          ON o.product_id = p.id AND o.amount > 97",
         "category, customer_id",
     ),
+    (
+        "s_union_all",
+        "SELECT customer_id, amount FROM orders WHERE amount > 90 UNION ALL \
+         SELECT o.customer_id, p.id FROM orders o JOIN products p ON p.id = o.product_id \
+         WHERE p.category = 'c2'",
+        "customer_id, amount",
+    ),
 ];
 
 async fn setup(shoal: &Shoal) {

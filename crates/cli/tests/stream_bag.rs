@@ -79,6 +79,8 @@ const FILTERED: &str = "SELECT a.j, count(*) FILTER (WHERE b.k > 1) AS n, \
 /// Rows of `a` whose matches in `b` appear (k = 9) and go.
 const LEFT: &str = "SELECT a.j, b.k FROM a LEFT JOIN b ON b.i = a.i AND (b.k = 9 OR b.id % 17 = 1)";
 const FULL: &str = "SELECT a.i, b.k FROM a FULL JOIN b ON b.i = a.i AND a.j = 1 AND b.k = 0";
+const UNION_ALL: &str = "SELECT a.j AS x, a.i AS y FROM a UNION ALL SELECT b.k, b.i FROM b";
+const UNION: &str = "SELECT a.j AS x FROM a WHERE a.i < 20 UNION SELECT b.k FROM b";
 /// Groups near the bound: reshuffling moves some across it.
 const HAVING: &str = "SELECT a.i, count(*) AS n FROM a JOIN b ON b.i = a.i GROUP BY a.i \
                       HAVING count(*) >= 240 AND max(b.k) > 0";
@@ -226,6 +228,22 @@ const CASES: &[Case] = &[
         query: FULL,
         columns: "i, k",
         summed: "coalesce(i, 0) + coalesce(k, 0)",
+        refreshes: "differential",
+    },
+    Case {
+        name: "union_all_auto",
+        mode: "auto",
+        query: UNION_ALL,
+        columns: "x, y",
+        summed: "x + y",
+        refreshes: "differential",
+    },
+    Case {
+        name: "union_differential",
+        mode: "differential",
+        query: UNION,
+        columns: "x",
+        summed: "x",
         refreshes: "differential",
     },
 ];

@@ -42,6 +42,10 @@
 //! the above, the unmatched part's is derived in `outer.rs` from each preserved row's match
 //! count in the other side's new state and in its delta, for only the rows a change reaches.
 //!
+//! A UNION ALL of projections is the bag sum of its branches, so its delta is the union of the
+//! branches' terms, each over its own sources and projecting its own expressions; UNION is the
+//! same bag shown once per row, as DISTINCT is (`union.rs`).
+//!
 //! # Projection, DISTINCT and duplicates
 //!
 //! Without grouping, the signed rows are summed per distinct output row and merged: the sum is
@@ -99,7 +103,8 @@
 //! an [`Unsupported`] naming the part: outer joins other than one of two tables alone in FROM
 //! with ON, NATURAL joins and column alias lists in FROM
 //! (both depend on the tables' column lists, which a delta reads only in part), subqueries,
-//! CTEs, set operations, window functions, HAVING on columns that are neither keys nor
+//! CTEs, INTERSECT/EXCEPT, UNION of grouped or DISTINCT branches or mixed with UNION ALL, window
+//! functions, HAVING on columns that are neither keys nor
 //! aggregated, ORDER BY/LIMIT, DISTINCT ON, aggregates other than count/sum/avg/min/max or with
 //! ORDER BY, expressions over aggregates, volatile or time-dependent values.
 //! [`Mode::Auto`] then chooses full refresh and says why. Full refresh (TRUNCATE + INSERT into
@@ -138,6 +143,7 @@ mod plan;
 mod refresh;
 pub mod runtime;
 pub mod topology;
+mod union;
 
 pub use error::{AnalyzeError, GenerateError, Unsupported};
 pub use expr::AggFunc;
@@ -157,6 +163,7 @@ pub use refresh::{
 pub use topology::{
     diff_workers, needs_reinit, needs_reinit_given_drained, LiveWorker, TopologyChange, WorkerSlot,
 };
+pub use union::{Union, UnionBranch};
 
 #[cfg(test)]
 mod shape_tests;

@@ -16,6 +16,7 @@ use crate::expr::{
 };
 use crate::from::{collect_from, source_slot, FromParts, OuterJoin};
 use crate::having::Having;
+use crate::union::{analyze_union, Union};
 use shoal_sql::quote_ident;
 
 /// A relation as the defining query names it: schema-qualified or not, unquoted parts exactly as
@@ -134,6 +135,9 @@ pub struct Differential {
     pub from: String,
     /// Present when FROM is an outer join of two relations (sources 0 and 1).
     pub outer: Option<OuterJoin>,
+    /// Present for a UNION [ALL] of projections: then the fields above are its first branch's
+    /// (with `distinct` for UNION), and refreshes go by the branches.
+    pub union: Option<Union>,
     /// The WHERE clause, deparsed.
     pub filter: Option<String>,
     pub distinct: bool,
@@ -465,14 +469,24 @@ fn differential(
     names: &[String],
 ) -> Result<(Differential, Vec<OutputColumn>), AnalyzeError> {
     if sel.op != SetOperation::SetopNone as i32 {
-        let op = match SetOperation::try_from(sel.op) {
-            Ok(SetOperation::SetopUnion) => "UNION",
-            Ok(SetOperation::SetopIntersect) => "INTERSECT",
-            _ => "EXCEPT",
-        };
-        return Err(unsupported(
-            "set operations (UNION, INTERSECT, EXCEPT)",
-            Some(op.into()),
+        if !sel.sort_clause.is_empty()
+            || sel.limit_count.is_some()
+            || sel.limit_offset.is_some()
+            || sel.with_clause.is_some()
+            || !sel.locking_clause.is_empty()
+        {
+            return Err(unsupported(
+                "ORDER BY, LIMIT, WITH and locking clauses around set operations",
+                Some("... UNION ...".into()),
+            ));
+        }
+        let (d, columns, union) = analyze_union(sel, names, differential)?;
+        return Ok((
+            Differential {
+                union: Some(union),
+                ..d
+            },
+            columns,
         ));
     }
     if let Some(with) = &sel.with_clause {
@@ -640,6 +654,7 @@ fn differential(
             sources,
             from,
             outer,
+            union: None,
             filter,
             distinct,
             grouping,

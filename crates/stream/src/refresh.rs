@@ -15,6 +15,7 @@ use crate::plan::{
     hidden_agg, hidden_key, Aggregate, Differential, Grouping, Maintenance, QueryPlan, Source,
     SourceRef,
 };
+use crate::union::Union;
 use shoal_sql::{quote_ident, QualifiedName};
 
 /// Multiplicity of a stored row: how many rows of the query result it stands for (for a group,
@@ -136,7 +137,7 @@ pub(crate) fn hidden_aggregates(g: &Grouping) -> impl Iterator<Item = usize> + '
 /// A query returning no rows whose columns are [`typed_columns`]: run it (or `CREATE TEMP TABLE
 /// ... AS` it) to learn the types.
 pub fn probe_sql(plan: &QueryPlan) -> String {
-    let Some(d) = plan.differential() else {
+    let Some(d) = plan.differential().filter(|d| d.union.is_none()) else {
         return format!(
             "SELECT * FROM ({}) AS {} LIMIT 0",
             plan.query,
@@ -371,7 +372,10 @@ fn fill_slots(template: &str, fill: impl Fn(usize) -> String) -> String {
 /// The statements of a full refresh, to run in one transaction.
 pub fn full_refresh_sql(plan: &QueryPlan, table: &QualifiedName) -> Vec<String> {
     let truncate = format!("TRUNCATE {}", table.quoted());
-    let Some(d) = plan.differential() else {
+    let union = plan.differential().and_then(|d| d.union.as_ref());
+    let Some(d) = plan.differential().filter(|_| union.is_none()) else {
+        // Counted over the query as it is, or, for a UNION, over its branches' bag.
+        let query = union.map_or_else(|| plan.query.clone(), |u| u.bag_sql());
         let cols: Vec<String> = plan.columns.iter().map(|c| qi(&c.name)).collect();
         let positions: Vec<String> = (1..=cols.len()).map(|i| i.to_string()).collect();
         let select: Vec<String> = plan
@@ -385,7 +389,7 @@ pub fn full_refresh_sql(plan: &QueryPlan, table: &QualifiedName) -> Vec<String> 
             cols.join(", "),
             qi(COUNT_COLUMN),
             select.join(", "),
-            plan.query,
+            query,
             full_only_alias(plan),
             positions.join(", ")
         );
@@ -531,15 +535,22 @@ pub fn differential_refresh_sql(
         Maintenance::Differential(d) => d,
         Maintenance::FullOnly(u) => return Err(GenerateError::NotDifferential(u.clone())),
     };
+    let branches: Vec<&Differential> = match &d.union {
+        Some(u) => u.branches.iter().map(|b| &b.differential).collect(),
+        None => vec![d],
+    };
     for r in deltas.keys() {
-        if !d.sources.iter().any(|s| &s.relation == r) {
+        if !branches
+            .iter()
+            .any(|b| b.sources.iter().any(|s| &s.relation == r))
+        {
             return Err(GenerateError::UnknownSource(r.to_string()));
         }
     }
     let per_source: Vec<Option<&DeltaRelations>> =
         d.sources.iter().map(|s| deltas.get(&s.relation)).collect();
     let stmt = match &d.grouping {
-        None => projection_merge(plan, d, table, &per_source),
+        None => projection_merge(plan, d.union.as_ref(), &branches, table, deltas),
         Some(g) => aggregate::aggregate_merge(plan, d, g, table, &per_source),
     };
     // Delta queries are small but their plans can look costly (rescan branches that usually do
@@ -559,20 +570,35 @@ pub(crate) fn x(j: usize) -> String {
 
 /// Without grouping: sum the signed rows per distinct row, then add the sums to the stored
 /// multiplicities, deleting rows whose multiplicity reaches zero.
+/// For a UNION, the terms of every branch with changed sources, each projecting its own
+/// expressions onto the shared columns.
 fn projection_merge(
     plan: &QueryPlan,
-    d: &Differential,
+    union: Option<&Union>,
+    branches: &[&Differential],
     table: &QualifiedName,
-    deltas: &[Option<&DeltaRelations>],
+    deltas: &HashMap<SourceRef, DeltaRelations>,
 ) -> Option<String> {
-    let items: Vec<(String, String)> = plan
-        .columns
-        .iter()
-        .enumerate()
-        .map(|(i, c)| (k(i), c.expr.clone()))
-        .collect();
-    let terms = delta_terms(d, &items, deltas)?;
-    let n = items.len();
+    let mut all_terms = Vec::new();
+    for (b, d) in branches.iter().enumerate() {
+        let exprs: Vec<String> = match union {
+            Some(u) => u.branches[b].exprs.clone(),
+            None => plan.columns.iter().map(|c| c.expr.clone()).collect(),
+        };
+        let items: Vec<(String, String)> = exprs
+            .into_iter()
+            .enumerate()
+            .map(|(i, e)| (k(i), e))
+            .collect();
+        let per_source: Vec<Option<&DeltaRelations>> =
+            d.sources.iter().map(|s| deltas.get(&s.relation)).collect();
+        all_terms.extend(delta_terms(d, &items, &per_source));
+    }
+    if all_terms.is_empty() {
+        return None;
+    }
+    let terms = all_terms.join(" UNION ALL ");
+    let n = plan.columns.len();
     let ks: Vec<String> = (0..n).map(|i| qi(&k(i))).collect();
     let s = |col: &str| qc("__shoal_s", col);
     let t = |col: &str| qc("__shoal_t", col);

@@ -262,3 +262,63 @@ fn outer_joins_add_the_unmatched_rows_of_their_preserved_sides() {
     assert!(s.contains("FROM \"products\" AS \"p\" LEFT JOIN \"items\" AS \"i\" ON false"));
     assert!(s.contains("FROM \"items\" AS \"i\" LEFT JOIN \"products\" AS \"p\" ON false"));
 }
+
+#[test]
+fn union_all_sums_its_branches_deltas() {
+    let p = plan(
+        "SELECT o.id, o.note FROM orders o WHERE o.amount > 1 \
+         UNION ALL SELECT i.order_id, p.name FROM items i JOIN products p ON p.id = i.product_id",
+    );
+    let d = p.differential().unwrap();
+    let u = d.union.as_ref().unwrap();
+    assert!(u.all && !d.distinct);
+    assert_eq!(u.branches.len(), 2);
+    assert_eq!(u.branches[1].exprs, ["i.order_id", "p.name"]);
+    assert_eq!(
+        u.bag_sql(),
+        "(SELECT o.id, o.note FROM orders o WHERE o.amount > 1) UNION ALL \
+         (SELECT i.order_id, p.name FROM items i JOIN products p ON p.id = i.product_id)"
+    );
+    assert_eq!(
+        probe_sql(&p),
+        format!(
+            "SELECT * FROM ({}) AS \"__shoal_q\"(\"id\", \"note\") LIMIT 0",
+            p.query
+        )
+    );
+    assert!(full_refresh_sql(&p, &table())[1].starts_with(
+        "INSERT INTO \"app\".\"St\" (\"id\", \"note\", \"__shoal_count\") SELECT \"__shoal_q\".\"id\", \
+         \"__shoal_q\".\"note\", count(*) FROM ((SELECT o.id, o.note FROM orders o WHERE o.amount > 1) \
+         UNION ALL (SELECT"
+    ));
+    let s = &generate_all(&p)[0];
+    // One term for the first branch, three for the join of the second, under one sum.
+    assert!(s.starts_with(
+        "WITH \"__shoal_d\" AS (SELECT o.id AS \"__shoal_k1\", o.note AS \"__shoal_k2\", \
+         \"__shoal_sign1\" AS \"__shoal_delta\" FROM (SELECT"
+    ));
+    assert_eq!(
+        s.matches("SELECT i.order_id AS \"__shoal_k1\", p.name AS \"__shoal_k2\"")
+            .count(),
+        3
+    );
+    // Only the first branch's source changed.
+    let mut one = HashMap::new();
+    one.insert(
+        SourceRef::new(None, "orders"),
+        DeltaRelations {
+            deleted_sql: "d".into(),
+            inserted_sql: "i".into(),
+        },
+    );
+    let s = &differential_refresh_sql(&p, &table(), &one).unwrap()[1];
+    assert!(!s.contains("i.order_id"));
+
+    // UNION: the same bag, shown once per row.
+    let p = plan("SELECT note FROM orders UNION SELECT name FROM products");
+    assert!(p.differential().unwrap().distinct);
+    assert!(!contents_sql(&p, &table()).contains("generate_series"));
+    assert!(full_refresh_sql(&p, &table())[1]
+        .contains("FROM ((SELECT note FROM orders) UNION ALL (SELECT name FROM products))"));
+    generate_all(&p);
+}

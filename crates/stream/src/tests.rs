@@ -255,8 +255,11 @@ fn refusals_name_the_unsupported_part() {
             "WITH big AS (SELECT * FROM orders) SELECT id FROM big",
             "common table expressions are not supported in differential mode (at `WITH big AS (...)`)",
         ),
-        ("SELECT id FROM a UNION SELECT id FROM b", "set operations (UNION, INTERSECT, EXCEPT) are not supported in differential mode (at `UNION`)"),
+        ("SELECT id FROM a INTERSECT SELECT id FROM b", "INTERSECT and EXCEPT are not supported in differential mode (at `INTERSECT`)"),
         ("SELECT id FROM a EXCEPT SELECT id FROM b", "(at `EXCEPT`)"),
+        ("SELECT id FROM a UNION SELECT id FROM b UNION ALL SELECT id FROM c", "UNION mixed with UNION ALL are not supported in differential mode (at `UNION"),
+        ("SELECT id FROM a UNION ALL SELECT max(id) FROM b", "grouped or DISTINCT branches of UNION are not supported in differential mode (at `SELECT max(id) FROM b`)"),
+        ("SELECT id FROM a UNION ALL SELECT id FROM b ORDER BY 1", "ORDER BY, LIMIT, WITH and locking clauses around set operations"),
         (
             "SELECT o.id, count(*) AS n FROM orders o GROUP BY o.id HAVING o.note <> ''",
             "HAVING conditions on columns that are neither GROUP BY keys nor aggregated are not \

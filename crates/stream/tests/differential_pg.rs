@@ -149,6 +149,16 @@ const QUERIES: &[(&str, &str)] = &[
          ON b.customer_id = a.customer_id AND b.id > a.id + 20",
     ),
     (
+        "st_union_all",
+        "SELECT customer_id, note FROM orders WHERE amount > 30 \
+         UNION ALL SELECT i.order_id, p.name FROM items i JOIN products p ON p.id = i.product_id \
+         UNION ALL SELECT customer_id, note FROM orders",
+    ),
+    (
+        "st_union",
+        "SELECT customer_id AS c FROM orders UNION SELECT order_id FROM items WHERE qty > 4",
+    ),
+    (
         "st_self_join",
         "SELECT a.id AS a_id, b.id AS b_id FROM orders a JOIN orders b \
          ON a.customer_id = b.customer_id AND a.id < b.id",

@@ -40,6 +40,15 @@ fn initial_barrier(plan: &QueryPlan, has_reference_source: bool) -> Barrier {
     let Some(d) = plan.differential() else {
         return Barrier::AllSources;
     };
+    if let Some(u) = &d.union {
+        // Projections of single sources read nothing but changes; a branch with a join may
+        // read any source.
+        return if u.branches.iter().all(|b| b.differential.sources.len() == 1) {
+            Barrier::None
+        } else {
+            Barrier::AllSources
+        };
+    }
     let rescans_extremes = d
         .grouping
         .as_ref()
@@ -612,6 +621,17 @@ mod tests {
         );
         assert_eq!(
             barrier("SELECT t.v, d.l FROM t LEFT JOIN d ON d.g = t.g", true),
+            Barrier::AllSources
+        );
+        assert_eq!(
+            barrier("SELECT v FROM t UNION ALL SELECT w FROM u", false),
+            Barrier::None
+        );
+        assert_eq!(
+            barrier(
+                "SELECT v FROM t UNION SELECT d.l FROM t JOIN d ON d.g = t.g",
+                true
+            ),
             Barrier::AllSources
         );
     }
