@@ -20,6 +20,23 @@ const QUERIES: &[(&str, &str)] = &[
         "st_join",
         "SELECT d.label, count(*) AS n, sum(s.val) AS total FROM src s JOIN dim d ON d.grp = s.grp GROUP BY d.label",
     ),
+    // Half the rows unmatched: their NULL-extended rows form one group.
+    (
+        "st_left_join",
+        "SELECT d.label, count(*) AS n, sum(s.val) AS total FROM src s \
+         LEFT JOIN dim d ON d.grp = s.grp AND d.grp < 500 GROUP BY d.label",
+    ),
+    (
+        "st_having",
+        "SELECT grp, count(*) AS n, sum(val) AS total FROM src GROUP BY grp \
+         HAVING sum(val) > 50000 * count(*)",
+    ),
+    // Recomputes the groups whose values changed, found by the index on grp.
+    ("st_count_distinct", "SELECT grp, count(DISTINCT val) AS vals FROM src GROUP BY grp"),
+    (
+        "st_union_all",
+        "SELECT id, val FROM src WHERE val % 3 = 0 UNION ALL SELECT id, grp FROM src WHERE grp < 100",
+    ),
 ];
 
 /// `src` (rows, two shards, filled on the workers directly) and `dim` (a reference table).
@@ -27,6 +44,7 @@ async fn setup(pg: &TestCluster, cluster: &Cluster, rows: i64) -> anyhow::Result
     let sql = pg.coordinator.connect().await;
     sql.batch_execute(
         "CREATE TABLE src (id bigint PRIMARY KEY, grp int, val int, pad text);
+         CREATE INDEX src_grp ON src (grp);
          CREATE TABLE dim (grp int PRIMARY KEY, label text);
          INSERT INTO dim SELECT g, 'label ' || (g % 50) FROM generate_series(0, 999) g;",
     )
