@@ -91,6 +91,8 @@ pub enum Command {
     /// or the coordinator, and why) and through the coordinator (what each worker runs, how
     /// many rows it ships, what the coordinator does itself)
     Explain(ExplainArgs),
+    /// Refresh the coordinator's planner statistics of distributed tables from their shards
+    Analyze(crate::analyze::AnalyzeArgs),
 }
 
 /// The endpoint's part is its router's decision for a statement outside a transaction block;

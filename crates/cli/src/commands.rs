@@ -24,6 +24,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Explain(args) => {
             crate::explain::run(&connect(&coordinator()?).await?, &args).await
         }
+        Command::Analyze(args) => crate::analyze::run(&connect(&coordinator()?).await?, args).await,
         Command::Local(command) => local(command).await,
         Command::Demo(args) => crate::demo::run(&args).await,
         Command::Stream(command) => {

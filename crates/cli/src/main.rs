@@ -1,6 +1,7 @@
 //! `shoal`: the command-line interface. Parses arguments, finds the coordinator, runs one
 //! command and turns any error into one line that says what to do next.
 
+mod analyze;
 mod args;
 mod commands;
 mod config;

@@ -33,6 +33,7 @@ pub mod pushdown;
 pub mod reference;
 mod resolve;
 mod schema;
+pub mod statistics;
 mod switch;
 pub mod topology;
 mod undistribute;

@@ -1,0 +1,668 @@
+//! Carries out [`super::plan_table`]: reads what the nodes and the coordinator have, analyzes
+//! shards on their nodes (every node at once), and gives the coordinator's relations new
+//! statistics by the coordinator's [`Method`].
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Instant;
+
+use futures_util::future::join_all;
+use serde::Serialize;
+use tokio_postgres::Client;
+
+use super::{
+    node_column_stats_sql, plan_table, CoordinatorRelation, Method, NodeShard, ShardAction,
+    ShardObservation, TableObservation, TablePlan, CLEAR_COLUMNS_SQL, RESTORE_COLUMNS_SQL,
+    RESTORE_RELATION_SQL, TEXT_FORMAT_SETTINGS,
+};
+use crate::error::{ClusterError, PgContext};
+use crate::layout;
+use crate::resolve::resolve_relation;
+use crate::Cluster;
+use shoal_catalog::model::{self, DistributedTable, Node, ShardPlacement, TableKind};
+use shoal_sql::QualifiedName;
+
+/// Which statistics to look at.
+#[derive(Debug, Clone, Default)]
+pub struct Scope {
+    /// Tables by name as in SQL; empty: every hash-distributed and distributed schema's table.
+    pub tables: Vec<String>,
+    /// Only these shards, and not the tables' own statistics (a move changes where a shard's
+    /// rows are, not what they are).
+    pub shards: Vec<i64>,
+    /// Refresh whatever the counters say.
+    pub force: bool,
+}
+
+impl Scope {
+    pub fn shards(shards: Vec<i64>) -> Scope {
+        Scope {
+            shards,
+            ..Scope::default()
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TableReport {
+    pub table: QualifiedName,
+    pub shards: usize,
+    /// Shards analyzed on their nodes.
+    pub analyzed_on_nodes: usize,
+    /// Shards whose coordinator relations got new statistics.
+    pub refreshed: usize,
+    /// The table's own statistics were refreshed.
+    pub table_refreshed: bool,
+    /// Shards left as they were because their node could not be read.
+    pub unreachable: Vec<i64>,
+    pub errors: Vec<String>,
+    pub elapsed_ms: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StatisticsReport {
+    pub method: Method,
+    pub tables: Vec<TableReport>,
+    pub elapsed_ms: f64,
+}
+
+impl StatisticsReport {
+    pub fn errors(&self) -> Vec<String> {
+        self.tables
+            .iter()
+            .flat_map(|t| t.errors.iter().map(move |e| format!("{}: {e}", t.table)))
+            .collect()
+    }
+}
+
+/// One shard as the refresh sees it.
+struct Shard {
+    placement: ShardPlacement,
+    /// The shard's partitioned table on the coordinator.
+    middle: QualifiedName,
+}
+
+struct Table {
+    table: DistributedTable,
+    shards: Vec<Shard>,
+}
+
+/// The statistics a node has of one shard table.
+#[derive(Default)]
+struct NodeStatistics {
+    relpages: i32,
+    reltuples: f32,
+    version: i32,
+    columns: Vec<ColumnStatistics>,
+}
+
+/// One row of the node's `pg_stats`, in [`node_column_stats_sql`]'s order.
+struct ColumnStatistics {
+    name: String,
+    null_frac: Option<f32>,
+    avg_width: Option<i32>,
+    n_distinct: Option<f32>,
+    /// most_common_vals, most_common_freqs, histogram_bounds, most_common_elems,
+    /// most_common_elem_freqs, elem_count_histogram, range_length_histogram,
+    /// range_bounds_histogram.
+    texts: [Option<String>; 8],
+    correlation: Option<f32>,
+    range_empty_frac: Option<f32>,
+}
+
+/// Refreshes the statistics in `scope` that went stale; `progress` hears of each table done.
+pub async fn refresh(
+    cluster: &Cluster,
+    scope: &Scope,
+    mut progress: impl FnMut(&TableReport),
+) -> Result<StatisticsReport, ClusterError> {
+    let started = Instant::now();
+    let version: i32 = cluster
+        .client()
+        .query_one("SELECT current_setting('server_version_num')::int", &[])
+        .await?
+        .get(0);
+    let method = Method::for_version(version);
+    let tables = load_tables(cluster, scope).await?;
+    let nodes: HashMap<i32, Node> = model::list_nodes(cluster.client())
+        .await?
+        .into_iter()
+        .map(|n| (n.node_id, n))
+        .collect();
+
+    // Every node at once: what it has of its shards.
+    let mut on_node: BTreeMap<i32, Vec<QualifiedName>> = BTreeMap::new();
+    for table in &tables {
+        for shard in &table.shards {
+            on_node
+                .entry(shard.placement.node_id)
+                .or_default()
+                .push(shard.placement.shard_table.clone());
+        }
+    }
+    let label = format!("{} statistics", cluster.label());
+    let observed = join_all(on_node.into_iter().map(|(node_id, names)| {
+        let node = nodes.get(&node_id).cloned();
+        let label = label.clone();
+        async move {
+            let result = match node {
+                Some(node) => observe_node(cluster, &node, &label, &names).await,
+                None => Err(ClusterError::UnknownNode(node_id.to_string())),
+            };
+            (node_id, result)
+        }
+    }))
+    .await;
+    let mut node_clients: HashMap<i32, (Client, i32)> = HashMap::new();
+    let mut node_shards: HashMap<(i32, QualifiedName), NodeShard> = HashMap::new();
+    let mut node_errors: HashMap<i32, String> = HashMap::new();
+    for (node_id, result) in observed {
+        match result {
+            Ok((client, node_version, shards)) => {
+                node_clients.insert(node_id, (client, node_version));
+                for (name, shard) in shards {
+                    node_shards.insert((node_id, name), shard);
+                }
+            }
+            Err(error) => {
+                tracing::warn!(node_id, %error, "statistics: node not read");
+                node_errors.insert(node_id, error.to_string());
+            }
+        }
+    }
+
+    let coordinator = cluster.coordinator(&label).await?;
+    coordinator
+        .batch_execute(&format!("{TEXT_FORMAT_SETTINGS}; SET lock_timeout = '10s'"))
+        .await?;
+    let mut plans = Vec::new();
+    for table in &tables {
+        let observation = observe_coordinator(&coordinator, table, &node_shards, scope).await?;
+        plans.push(plan_table(&observation, method, scope.force));
+    }
+
+    // Every node at once: ANALYZE what needs it, and read what the coordinator will copy.
+    let mut work: BTreeMap<i32, (Vec<QualifiedName>, Vec<QualifiedName>)> = BTreeMap::new();
+    for (table, plan) in tables.iter().zip(&plans) {
+        for action in &plan.shards {
+            let shard = shard_of(table, action.shard_id);
+            let entry = work.entry(shard.placement.node_id).or_default();
+            if action.analyze_on_node {
+                entry.0.push(shard.placement.shard_table.clone());
+            }
+            if method == Method::Restore && (action.leaf || action.middle) {
+                entry.1.push(shard.placement.shard_table.clone());
+            }
+        }
+    }
+    let done = join_all(work.into_iter().map(|(node_id, (analyze, read))| {
+        let client = node_clients.get(&node_id);
+        async move {
+            let Some((client, node_version)) = client else {
+                return (node_id, Err("not reachable".to_string()));
+            };
+            let result = analyze_and_read(client, *node_version, &analyze, &read).await;
+            (node_id, result.map_err(|e| e.to_string()))
+        }
+    }))
+    .await;
+    let mut copied: HashMap<(i32, QualifiedName), NodeStatistics> = HashMap::new();
+    for (node_id, result) in done {
+        match result {
+            Ok(statistics) => {
+                for (name, stats) in statistics {
+                    copied.insert((node_id, name), stats);
+                }
+            }
+            Err(error) => {
+                node_errors.insert(node_id, error);
+            }
+        }
+    }
+
+    let mut reports = Vec::new();
+    for (table, plan) in tables.iter().zip(&plans) {
+        let table_started = Instant::now();
+        let mut report = TableReport {
+            table: table.table.name.clone(),
+            shards: table.shards.len(),
+            analyzed_on_nodes: 0,
+            refreshed: 0,
+            table_refreshed: false,
+            unreachable: plan.unreachable.clone(),
+            errors: Vec::new(),
+            elapsed_ms: 0.0,
+        };
+        if !plan.is_empty() {
+            apply_plan(
+                &coordinator,
+                method,
+                table,
+                plan,
+                &copied,
+                &node_errors,
+                &mut report,
+            )
+            .await;
+        }
+        report.elapsed_ms = table_started.elapsed().as_secs_f64() * 1000.0;
+        progress(&report);
+        reports.push(report);
+    }
+    Ok(StatisticsReport {
+        method,
+        tables: reports,
+        elapsed_ms: started.elapsed().as_secs_f64() * 1000.0,
+    })
+}
+
+fn shard_of(table: &Table, shard_id: i64) -> &Shard {
+    table
+        .shards
+        .iter()
+        .find(|s| s.placement.shard_id == shard_id)
+        .expect("planned from the table's own shards")
+}
+
+async fn load_tables(cluster: &Cluster, scope: &Scope) -> Result<Vec<Table>, ClusterError> {
+    let all = model::list_tables(cluster.client()).await?;
+    let mut wanted: Option<Vec<u32>> = None;
+    if !scope.tables.is_empty() {
+        let mut relids = Vec::new();
+        for text in &scope.tables {
+            let relation = resolve_relation(cluster.client(), text).await?;
+            match all.iter().find(|t| t.relid == relation.relid) {
+                Some(t) if t.kind != TableKind::Reference => relids.push(t.relid),
+                Some(t) => {
+                    return Err(ClusterError::Unsupported(format!(
+                        "{} is a reference table: a real table on the coordinator, which \
+                         autovacuum analyzes; run ANALYZE {} for it",
+                        t.name, t.name
+                    )))
+                }
+                None => return Err(ClusterError::NotDistributed(relation.name.to_string())),
+            }
+        }
+        wanted = Some(relids);
+    }
+    let mut placements: HashMap<i32, Vec<ShardPlacement>> = HashMap::new();
+    for placement in model::all_placements(cluster.client()).await? {
+        if scope.shards.is_empty() || scope.shards.contains(&placement.shard_id) {
+            placements
+                .entry(placement.table_id)
+                .or_default()
+                .push(placement);
+        }
+    }
+    Ok(all
+        .into_iter()
+        .filter(|t| t.kind != TableKind::Reference)
+        .filter(|t| wanted.as_ref().is_none_or(|w| w.contains(&t.relid)))
+        .filter_map(|table| {
+            let shards: Vec<Shard> = placements
+                .remove(&table.table_id)?
+                .into_iter()
+                .map(|placement| Shard {
+                    middle: match table.kind {
+                        TableKind::Schema => table.name.clone(),
+                        _ => layout::shard_partition(&placement.shard_table),
+                    },
+                    placement,
+                })
+                .collect();
+            Some(Table { table, shards })
+        })
+        .collect())
+}
+
+fn split(names: &[QualifiedName]) -> (Vec<String>, Vec<String>) {
+    names
+        .iter()
+        .map(|n| (n.schema.clone(), n.name.clone()))
+        .unzip()
+}
+
+/// A node's connection, its version, and what it reports of `names`.
+async fn observe_node(
+    cluster: &Cluster,
+    node: &Node,
+    label: &str,
+    names: &[QualifiedName],
+) -> Result<(Client, i32, Vec<(QualifiedName, NodeShard)>), ClusterError> {
+    let client = cluster.node_client(node, label).await?;
+    client.batch_execute(TEXT_FORMAT_SETTINGS).await?;
+    let version: i32 = client
+        .query_one("SELECT current_setting('server_version_num')::int", &[])
+        .await?
+        .get(0);
+    let (schemas, tables) = split(names);
+    let rows = client
+        .query(
+            "SELECT t.schema_name, t.table_name, c.reltuples::float8, c.relpages,
+                    coalesce(s.n_live_tup, 0), coalesce(s.n_mod_since_analyze, 0),
+                    coalesce(s.last_analyze IS NOT NULL OR s.last_autoanalyze IS NOT NULL, false)
+             FROM unnest($1::text[], $2::text[]) AS t(schema_name, table_name)
+             JOIN pg_catalog.pg_namespace n ON n.nspname = t.schema_name
+             JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = t.table_name
+             LEFT JOIN pg_catalog.pg_stat_user_tables s ON s.relid = c.oid",
+            &[&schemas, &tables],
+        )
+        .await
+        .context(|| format!("reading shard statistics on node {}", node.address()))?;
+    let shards = rows
+        .iter()
+        .map(|row| {
+            (
+                QualifiedName::new(row.get::<_, String>(0), row.get::<_, String>(1)),
+                NodeShard {
+                    reltuples: row.get(2),
+                    relpages: row.get(3),
+                    live_rows: row.get(4),
+                    modified_since_analyze: row.get(5),
+                    analyzed: row.get(6),
+                },
+            )
+        })
+        .collect();
+    Ok((client, version, shards))
+}
+
+async fn observe_coordinator(
+    coordinator: &Client,
+    table: &Table,
+    node_shards: &HashMap<(i32, QualifiedName), NodeShard>,
+    scope: &Scope,
+) -> Result<TableObservation, ClusterError> {
+    // Every relation of the table, each with whether its statistics are the inherited kind.
+    let mut names = vec![table.table.name.quoted()];
+    let mut inherited = vec![true];
+    for shard in &table.shards {
+        names.push(shard.placement.shard_table.quoted());
+        inherited.push(false);
+        names.push(shard.middle.quoted());
+        inherited.push(true);
+    }
+    let rows = coordinator
+        .query(
+            "SELECT t.i::int, coalesce(c.reltuples::float8, -1), coalesce(c.relpages, 0),
+                    EXISTS (SELECT 1 FROM pg_catalog.pg_stats s
+                            WHERE s.schemaname = n.nspname AND s.tablename = c.relname
+                              AND s.inherited = t.inherited)
+             FROM unnest($1::text[], $2::boolean[]) WITH ORDINALITY AS t(name, inherited, i)
+             LEFT JOIN pg_catalog.pg_class c ON c.oid = pg_catalog.to_regclass(t.name)
+             LEFT JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace",
+            &[&names, &inherited],
+        )
+        .await
+        .context(|| {
+            format!(
+                "reading the coordinator's statistics of {}",
+                table.table.name
+            )
+        })?;
+    let mut relations = vec![CoordinatorRelation::NONE; names.len()];
+    for row in rows {
+        let i = row.get::<_, i32>(0) as usize - 1;
+        relations[i] = CoordinatorRelation {
+            reltuples: row.get(1),
+            relpages: row.get(2),
+            has_columns: row.get(3),
+        };
+    }
+    Ok(TableObservation {
+        has_parent_level: table.table.kind == TableKind::Hash && scope.shards.is_empty(),
+        parent: relations[0],
+        shards: table
+            .shards
+            .iter()
+            .enumerate()
+            .map(|(i, shard)| ShardObservation {
+                shard_id: shard.placement.shard_id,
+                node: node_shards
+                    .get(&(shard.placement.node_id, shard.placement.shard_table.clone()))
+                    .cloned(),
+                leaf: relations[1 + 2 * i],
+                middle: relations[2 + 2 * i],
+            })
+            .collect(),
+    })
+}
+
+/// On one node: `ANALYZE` of `analyze` (local, in one statement), then the statistics of `read`.
+async fn analyze_and_read(
+    client: &Client,
+    node_version: i32,
+    analyze: &[QualifiedName],
+    read: &[QualifiedName],
+) -> Result<Vec<(QualifiedName, NodeStatistics)>, ClusterError> {
+    if !analyze.is_empty() {
+        let list: Vec<String> = analyze.iter().map(QualifiedName::quoted).collect();
+        client
+            .batch_execute(&format!("ANALYZE {}", list.join(", ")))
+            .await
+            .context(|| "analyzing shards".to_string())?;
+    }
+    if read.is_empty() {
+        return Ok(Vec::new());
+    }
+    let (schemas, tables) = split(read);
+    let mut out: HashMap<QualifiedName, NodeStatistics> = HashMap::new();
+    for row in client
+        .query(
+            "SELECT t.schema_name, t.table_name, c.relpages, c.reltuples
+             FROM unnest($1::text[], $2::text[]) AS t(schema_name, table_name)
+             JOIN pg_catalog.pg_namespace n ON n.nspname = t.schema_name
+             JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = t.table_name",
+            &[&schemas, &tables],
+        )
+        .await?
+    {
+        out.insert(
+            QualifiedName::new(row.get::<_, String>(0), row.get::<_, String>(1)),
+            NodeStatistics {
+                relpages: row.get(2),
+                reltuples: row.get(3),
+                version: node_version,
+                columns: Vec::new(),
+            },
+        );
+    }
+    for row in client
+        .query(&node_column_stats_sql(node_version), &[&schemas, &tables])
+        .await
+        .context(|| "reading shard column statistics".to_string())?
+    {
+        let name = QualifiedName::new(row.get::<_, String>(0), row.get::<_, String>(1));
+        let Some(stats) = out.get_mut(&name) else {
+            continue;
+        };
+        stats.columns.push(ColumnStatistics {
+            name: row.get(2),
+            null_frac: row.get(3),
+            avg_width: row.get(4),
+            n_distinct: row.get(5),
+            texts: [
+                row.get(6),
+                row.get(7),
+                row.get(8),
+                row.get(10),
+                row.get(11),
+                row.get(12),
+                row.get(13),
+                row.get(15),
+            ],
+            correlation: row.get(9),
+            range_empty_frac: row.get(14),
+        });
+    }
+    Ok(out.into_iter().collect())
+}
+
+async fn apply_plan(
+    coordinator: &Client,
+    method: Method,
+    table: &Table,
+    plan: &TablePlan,
+    copied: &HashMap<(i32, QualifiedName), NodeStatistics>,
+    node_errors: &HashMap<i32, String>,
+    report: &mut TableReport,
+) {
+    for action in &plan.shards {
+        let shard = shard_of(table, action.shard_id);
+        let node_id = shard.placement.node_id;
+        if let Some(error) = node_errors.get(&node_id) {
+            report.errors.push(format!(
+                "shard {}: node {node_id}: {error}",
+                action.shard_id
+            ));
+            continue;
+        }
+        if action.analyze_on_node {
+            report.analyzed_on_nodes += 1;
+        }
+        if !(action.leaf || action.middle) {
+            continue;
+        }
+        let result = match method {
+            Method::Restore => match copied.get(&(node_id, shard.placement.shard_table.clone())) {
+                Some(stats) => restore_shard(coordinator, shard, action, stats).await,
+                None => Err(ClusterError::Unsupported(format!(
+                    "the node has no table {}",
+                    shard.placement.shard_table
+                ))),
+            },
+            // One ANALYZE of the shard's partitioned table does its foreign table too.
+            _ if action.middle => analyze(coordinator, &shard.middle, false).await,
+            _ => analyze(coordinator, &shard.placement.shard_table, false).await,
+        };
+        match result {
+            Ok(()) => report.refreshed += 1,
+            Err(error) => report
+                .errors
+                .push(format!("shard {}: {error}", action.shard_id)),
+        }
+    }
+    let parent = if plan.whole_table {
+        Some(analyze(coordinator, &table.table.name, false).await)
+    } else if plan.parent {
+        Some(analyze(coordinator, &table.table.name, true).await)
+    } else {
+        None
+    };
+    match parent {
+        Some(Ok(())) => {
+            report.table_refreshed = true;
+            if plan.whole_table {
+                report.refreshed = table.shards.len();
+            }
+        }
+        Some(Err(error)) => report.errors.push(error.to_string()),
+        None => {}
+    }
+}
+
+/// `ANALYZE`, or with `only` (PostgreSQL 18) `ANALYZE ONLY`: the table's own statistics, from
+/// a sample over its partitions, without analyzing each of them.
+async fn analyze(
+    coordinator: &Client,
+    relation: &QualifiedName,
+    only: bool,
+) -> Result<(), ClusterError> {
+    let only = if only { "ONLY " } else { "" };
+    coordinator
+        .batch_execute(&format!("ANALYZE {only}{}", relation.quoted()))
+        .await
+        .context(|| format!("ANALYZE {only}{relation}"))
+}
+
+/// Copies a node's statistics of a shard onto the coordinator's foreign table and the shard's
+/// partitioned table, in one transaction.
+async fn restore_shard(
+    coordinator: &Client,
+    shard: &Shard,
+    action: &ShardAction,
+    stats: &NodeStatistics,
+) -> Result<(), ClusterError> {
+    let mut targets: Vec<(&QualifiedName, bool)> = Vec::new();
+    if action.leaf {
+        targets.push((&shard.placement.shard_table, false));
+    }
+    if action.middle {
+        targets.push((&shard.middle, true));
+    }
+    let names: Vec<&str> = stats.columns.iter().map(|c| c.name.as_str()).collect();
+    let null_frac: Vec<Option<f32>> = stats.columns.iter().map(|c| c.null_frac).collect();
+    let avg_width: Vec<Option<i32>> = stats.columns.iter().map(|c| c.avg_width).collect();
+    let n_distinct: Vec<Option<f32>> = stats.columns.iter().map(|c| c.n_distinct).collect();
+    let correlation: Vec<Option<f32>> = stats.columns.iter().map(|c| c.correlation).collect();
+    let empty_frac: Vec<Option<f32>> = stats.columns.iter().map(|c| c.range_empty_frac).collect();
+    let text = |i: usize| -> Vec<Option<&str>> {
+        stats
+            .columns
+            .iter()
+            .map(|c| c.texts[i].as_deref())
+            .collect()
+    };
+    let (mcv, mcf, hist, mce, mcef, ech, rlh, rbh) = (
+        text(0),
+        text(1),
+        text(2),
+        text(3),
+        text(4),
+        text(5),
+        text(6),
+        text(7),
+    );
+    let context = || format!("copying the statistics of {}", shard.placement.shard_table);
+    coordinator.batch_execute("BEGIN").await.context(context)?;
+    let result = async {
+        for (relation, inherited) in &targets {
+            coordinator
+                .query(
+                    CLEAR_COLUMNS_SQL,
+                    &[&relation.schema, &relation.name, inherited],
+                )
+                .await
+                .context(context)?;
+            coordinator
+                .query(
+                    RESTORE_COLUMNS_SQL,
+                    &[
+                        &relation.schema,
+                        &relation.name,
+                        inherited,
+                        &stats.version,
+                        &names,
+                        &null_frac,
+                        &avg_width,
+                        &n_distinct,
+                        &mcv,
+                        &mcf,
+                        &hist,
+                        &correlation,
+                        &mce,
+                        &mcef,
+                        &ech,
+                        &rlh,
+                        &empty_frac,
+                        &rbh,
+                    ],
+                )
+                .await
+                .context(context)?;
+            // A partitioned table has no pages of its own.
+            let pages = if *inherited { 0 } else { stats.relpages };
+            coordinator
+                .query(
+                    RESTORE_RELATION_SQL,
+                    &[&relation.schema, &relation.name, &pages, &stats.reltuples],
+                )
+                .await
+                .context(context)?;
+        }
+        Ok::<_, ClusterError>(())
+    }
+    .await;
+    let end = if result.is_ok() { "COMMIT" } else { "ROLLBACK" };
+    let ended = coordinator.batch_execute(end).await.context(context);
+    result.and(ended)
+}
