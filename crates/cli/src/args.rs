@@ -233,6 +233,11 @@ pub struct ServeArgs {
     /// warning)
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(i32).range(1..=10000))]
     pub worker_retry_ticks: i32,
+    /// Seconds between two checks of the distributed tables' planner statistics: shards that
+    /// changed by more than 10% get new statistics on the coordinator, as `shoal analyze` gives
+    /// them; 0 turns the checks off
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(0..=86400))]
+    pub statistics_interval: u64,
     /// Address of Shoal's PostgreSQL endpoint, which applications connect to like to the
     /// coordinator (same database, users and passwords); `off` disables it
     #[arg(long, default_value = "127.0.0.1:6432")]

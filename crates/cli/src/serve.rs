@@ -4,6 +4,8 @@
 //! - the executor of background jobs (rebalances, drains), see `shoal-jobs`;
 //! - Shoal's PostgreSQL endpoint (`--listen`), see `shoal-endpoint`;
 //! - the HTTP endpoint (`--http`): `/metrics` (Prometheus) and `/status` (JSON);
+//! - the statistics loop, which gives the coordinator new planner statistics of the shards
+//!   that changed by more than 10% (`shoal_cluster::statistics`, as `shoal analyze`);
 //! - the cleanup loop, which removes what finished operations left for later (a source shard
 //!   still being read when its move completed) and what failed ones could not remove at once
 //!   (a node that was down).
@@ -20,7 +22,7 @@ use tokio::sync::watch;
 
 use crate::args::ServeArgs;
 use shoal_catalog::ConnectParams;
-use shoal_cluster::{cleanup, Cluster};
+use shoal_cluster::{cleanup, statistics, Cluster};
 
 /// Tells a duty to stop: `changed()` resolves when the daemon shuts down.
 pub type Shutdown = watch::Receiver<bool>;
@@ -35,6 +37,15 @@ pub async fn run(params: ConnectParams, args: &ServeArgs) -> anyhow::Result<()> 
         shutdown.clone(),
         |cluster| async move { cleanup_pass(&cluster).await },
     ));
+    if args.statistics_interval > 0 {
+        duties.spawn(every(
+            "statistics",
+            params.clone(),
+            Duration::from_secs(args.statistics_interval),
+            shutdown.clone(),
+            |cluster| async move { statistics_pass(&cluster).await },
+        ));
+    }
     let holder = format!(
         "{}:{}:{}",
         std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".into()),
@@ -75,9 +86,9 @@ pub async fn run(params: ConnectParams, args: &ServeArgs) -> anyhow::Result<()> 
         shutdown.clone(),
     ));
     eprintln!(
-        "shoal serve: cleanup every {} s, stream tables refreshed on their schedules; \
-         Ctrl-C or SIGTERM stops it",
-        args.cleanup_interval
+        "shoal serve: cleanup every {} s, planner statistics checked every {} s, stream tables \
+         refreshed on their schedules; Ctrl-C or SIGTERM stops it",
+        args.cleanup_interval, args.statistics_interval
     );
     let mut endpoint = None;
     if args.listen != "off" {
@@ -154,6 +165,25 @@ pub async fn every<F, Fut>(
             _ = shutdown.changed() => return,
         }
     }
+}
+
+async fn statistics_pass(cluster: &Cluster) -> anyhow::Result<()> {
+    let report = statistics::refresh(cluster, &statistics::Scope::default(), |table| {
+        if table.refreshed > 0 || table.table_refreshed {
+            tracing::info!(
+                table = %table.table,
+                shards = table.refreshed,
+                whole_table = table.table_refreshed,
+                elapsed_ms = table.elapsed_ms,
+                "statistics refreshed"
+            );
+        }
+    })
+    .await?;
+    for error in report.errors() {
+        tracing::warn!(%error, "statistics: will retry");
+    }
+    Ok(())
 }
 
 async fn cleanup_pass(cluster: &Cluster) -> anyhow::Result<()> {

@@ -94,7 +94,9 @@ pub async fn run(
     let result = transfer.run(cancel).await;
     watcher.abort();
     let _ = watcher.await;
-    let report = result?;
+    let mut report = result?;
+    let warnings = shoal_transfer::refresh_moved_statistics(cluster, &report).await;
+    report.warnings.extend(warnings);
     print_report(&report, args.json)
 }
 

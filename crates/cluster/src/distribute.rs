@@ -20,6 +20,7 @@ use crate::layout;
 use crate::locks;
 use crate::placement::{place_in_group, place_new_group};
 use crate::resolve::{resolve_column_name, resolve_relation, resolve_relation_by_oid, Relation};
+use crate::statistics;
 use crate::switch::{copy_rows, replace_table, settle};
 use crate::Cluster;
 use shoal_catalog::model::{self, CleanupObject, CleanupPolicy, ColocationGroup, Node, TableKind};
@@ -284,6 +285,8 @@ pub async fn distribute_tables(
         &format!("distributing {}", names.join(", ")),
     )
     .await?;
+    let names = planned.iter().map(|t| t.def.name.clone()).collect();
+    statistics::refresh::refresh_after_distributing(cluster, names).await;
     Ok(planned
         .iter()
         .zip(rows)

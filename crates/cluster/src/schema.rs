@@ -237,6 +237,10 @@ async fn place_schema_tables(
     .await;
     let what = format!("distributing schema {schema}");
     let (rows_moved, colocation_id) = settle(cluster, operation_id, tx, result, &what).await?;
+    if !defs.is_empty() {
+        let names = defs.iter().map(|d| d.name.clone()).collect();
+        crate::statistics::refresh::refresh_after_distributing(cluster, names).await;
+    }
     Ok(SchemaReport {
         schema,
         colocation_id,

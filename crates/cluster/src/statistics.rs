@@ -110,11 +110,39 @@ impl CoordinatorRelation {
     }
 }
 
+/// Why a shard is analyzed on its node before the coordinator's statistics are planned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeAnalysis {
+    /// The node's statistics are current.
+    None,
+    /// The node never analyzed it (a new shard, a move's target), or the refresh is forced.
+    Missing,
+    /// This many rows changed since its last analysis, beyond the threshold: the coordinator,
+    /// refreshed from that analysis at best, is stale too.
+    Changed(i64),
+}
+
+/// Decides from a node's report whether it analyzes the shard first (step 1).
+pub fn node_analysis(node: &NodeShard, force: bool) -> NodeAnalysis {
+    if !node.analyzed || node.reltuples < 0.0 {
+        NodeAnalysis::Missing
+    } else if node.modified_since_analyze as f64 > threshold(node.reltuples) {
+        NodeAnalysis::Changed(node.modified_since_analyze)
+    } else if force {
+        NodeAnalysis::Missing
+    } else {
+        NodeAnalysis::None
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct ShardObservation {
     pub shard_id: i64,
-    /// None: its node could not be read (it is left as it is).
+    /// What its node reports after step 1; None: its node could not be read (the shard is left
+    /// as it is).
     pub node: Option<NodeShard>,
+    /// What step 1 did.
+    pub analysis: NodeAnalysis,
     /// The foreign table.
     pub leaf: CoordinatorRelation,
     /// The shard's partitioned table (for a distributed schema's table: the table itself).
@@ -134,18 +162,10 @@ pub struct TableObservation {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
 pub struct ShardAction {
     pub shard_id: i64,
-    /// `ANALYZE` the shard table on its node first.
-    pub analyze_on_node: bool,
     /// New statistics for the coordinator's foreign table.
     pub leaf: bool,
     /// New statistics for the shard's partitioned table.
     pub middle: bool,
-}
-
-impl ShardAction {
-    fn any(&self) -> bool {
-        self.analyze_on_node || self.leaf || self.middle
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
@@ -167,7 +187,8 @@ impl TablePlan {
     }
 }
 
-/// Plans one table's refresh. `force`: everything, whatever the counters say.
+/// Plans one table's coordinator statistics (step 2) from what the nodes report after step 1.
+/// `force`: everything, whatever the counters say.
 pub fn plan_table(observation: &TableObservation, method: Method, force: bool) -> TablePlan {
     let mut plan = TablePlan::default();
     let mut rows_now = 0.0;
@@ -178,48 +199,35 @@ pub fn plan_table(observation: &TableObservation, method: Method, force: bool) -
             rows_now += shard.leaf.reltuples.max(0.0);
             continue;
         };
-        let analyze_on_node = force
-            || !node.analyzed
-            || node.reltuples < 0.0
-            || node.modified_since_analyze as f64 > threshold(node.reltuples);
-        // What the node's statistics will say once analyzed (its live count until then).
-        let rows = if analyze_on_node {
-            node.live_rows.max(0) as f64
-        } else {
+        // An empty shard the node never analyzed keeps -1; its live count says how big it is.
+        let rows = if node.reltuples >= 0.0 {
             node.reltuples
+        } else {
+            node.live_rows.max(0) as f64
         };
         let drifted = |relation: &CoordinatorRelation| {
             relation.missing()
                 || (rows - relation.reltuples).abs() > threshold(relation.reltuples)
                 // A copy is exact: different numbers mean the node analyzed since.
-                || (method == Method::Restore
-                    && !analyze_on_node
-                    && relation.reltuples != node.reltuples)
+                || (method == Method::Restore && relation.reltuples != node.reltuples)
         };
-        // New node statistics beyond the threshold are stale on the coordinator too: it was
-        // refreshed from them at best.
-        let changed = force || analyze_on_node && node.analyzed && node.reltuples >= 0.0;
-        let leaf = changed || drifted(&shard.leaf);
-        let middle = changed || drifted(&shard.middle);
+        let changed = force || matches!(shard.analysis, NodeAnalysis::Changed(_));
         let action = ShardAction {
             shard_id: shard.shard_id,
-            analyze_on_node,
-            leaf,
-            middle,
+            leaf: changed || drifted(&shard.leaf),
+            middle: changed || drifted(&shard.middle),
         };
         // The shard's data changed when its partitioned table's statistics did (a new foreign
-        // table alone is a move). A never analyzed shard counts its inserts as changes: only
-        // its size tells.
-        if middle {
+        // table alone is a move).
+        if action.middle {
             let moved = (rows - shard.middle.reltuples.max(0.0)).abs();
-            rows_changed += if node.analyzed && node.reltuples >= 0.0 {
-                moved.max(node.modified_since_analyze as f64)
-            } else {
-                moved
+            rows_changed += match shard.analysis {
+                NodeAnalysis::Changed(rows) => moved.max(rows as f64),
+                _ => moved,
             };
         }
         rows_now += rows;
-        if action.any() {
+        if action.leaf || action.middle {
             plan.shards.push(action);
         }
     }
@@ -233,10 +241,7 @@ pub fn plan_table(observation: &TableObservation, method: Method, force: bool) -
     if plan.parent && method != Method::Restore {
         plan.whole_table = true;
         plan.parent = false;
-        for action in &mut plan.shards {
-            action.leaf = false;
-            action.middle = false;
-        }
+        plan.shards.clear();
     }
     plan
 }
@@ -304,14 +309,14 @@ pub const RESTORE_RELATION_SQL: &str = "SELECT pg_catalog.pg_restore_relation_st
 mod tests {
     use super::*;
 
-    fn node(reltuples: f64, live: i64, modified: i64) -> Option<NodeShard> {
-        Some(NodeShard {
+    fn node(reltuples: f64, live: i64, modified: i64) -> NodeShard {
+        NodeShard {
             reltuples,
             relpages: (reltuples.max(0.0) / 100.0) as i32,
             live_rows: live,
             modified_since_analyze: modified,
             analyzed: reltuples >= 0.0,
-        })
+        }
     }
 
     fn coordinator(reltuples: f64) -> CoordinatorRelation {
@@ -322,10 +327,18 @@ mod tests {
         }
     }
 
-    fn shard(shard_id: i64, node: Option<NodeShard>, leaf: f64, middle: f64) -> ShardObservation {
+    /// A shard as step 2 sees it: `after` is what its node reports once step 1 ran.
+    fn shard(
+        shard_id: i64,
+        analysis: NodeAnalysis,
+        after: NodeShard,
+        leaf: f64,
+        middle: f64,
+    ) -> ShardObservation {
         ShardObservation {
             shard_id,
-            node,
+            node: Some(after),
+            analysis,
             leaf: coordinator(leaf),
             middle: coordinator(middle),
         }
@@ -340,7 +353,21 @@ mod tests {
     }
 
     fn in_sync(shard_id: i64, rows: f64) -> ShardObservation {
-        shard(shard_id, node(rows, rows as i64, 0), rows, rows)
+        shard(
+            shard_id,
+            NodeAnalysis::None,
+            node(rows, rows as i64, 0),
+            rows,
+            rows,
+        )
+    }
+
+    fn both(shard_id: i64) -> ShardAction {
+        ShardAction {
+            shard_id,
+            leaf: true,
+            middle: true,
+        }
     }
 
     #[test]
@@ -352,41 +379,47 @@ mod tests {
     }
 
     #[test]
-    fn a_freshly_distributed_table_gets_everything() {
-        // The nodes never analyzed their new shards, the coordinator has nothing.
-        let observation = table(
-            -1.0,
-            vec![
-                shard(1, node(-1.0, 0, 1000), -1.0, -1.0),
-                shard(2, node(-1.0, 0, 1000), -1.0, -1.0),
-            ],
-        );
-        let plan = plan_table(&observation, Method::Restore, false);
+    fn nodes_analyze_new_and_changed_shards() {
+        // Never analyzed: a new shard, or a move's target.
         assert_eq!(
-            plan.shards,
-            vec![
-                ShardAction {
-                    shard_id: 1,
-                    analyze_on_node: true,
-                    leaf: true,
-                    middle: true
-                },
-                ShardAction {
-                    shard_id: 2,
-                    analyze_on_node: true,
-                    leaf: true,
-                    middle: true
-                },
-            ]
+            node_analysis(&node(-1.0, 0, 0), false),
+            NodeAnalysis::Missing
         );
+        // 10% of 10,000 plus 50 is the threshold, as autovacuum's.
+        assert_eq!(
+            node_analysis(&node(10000.0, 11000, 1050), false),
+            NodeAnalysis::None
+        );
+        assert_eq!(
+            node_analysis(&node(10000.0, 11000, 1051), false),
+            NodeAnalysis::Changed(1051)
+        );
+        assert_eq!(
+            node_analysis(&node(10000.0, 10000, 0), true),
+            NodeAnalysis::Missing
+        );
+    }
+
+    #[test]
+    fn a_freshly_distributed_table_gets_everything() {
+        let fresh = |id| {
+            shard(
+                id,
+                NodeAnalysis::Missing,
+                node(10000.0, 0, 10000),
+                -1.0,
+                -1.0,
+            )
+        };
+        let observation = table(-1.0, vec![fresh(1), fresh(2)]);
+        let plan = plan_table(&observation, Method::Restore, false);
+        assert_eq!(plan.shards, vec![both(1), both(2)]);
         assert!(plan.parent && !plan.whole_table);
-        // Before 18 one ANALYZE of the table does every level, after the nodes analyzed.
-        let plan = plan_table(&observation, Method::Analyze, false);
-        assert!(plan.whole_table && !plan.parent);
-        assert!(plan
-            .shards
-            .iter()
-            .all(|a| a.analyze_on_node && !a.leaf && !a.middle));
+        // Before 18 one ANALYZE of the table does every level.
+        for method in [Method::SampledAnalyze, Method::Analyze] {
+            let plan = plan_table(&observation, method, false);
+            assert!(plan.whole_table && !plan.parent && plan.shards.is_empty());
+        }
     }
 
     #[test]
@@ -394,69 +427,84 @@ mod tests {
         let observation = table(20000.0, vec![in_sync(1, 10000.0), in_sync(2, 10000.0)]);
         for method in [Method::Restore, Method::SampledAnalyze, Method::Analyze] {
             assert!(plan_table(&observation, method, false).is_empty());
-            let forced = plan_table(&observation, method, true);
-            assert_eq!(forced.shards.len(), 2);
         }
+        let forced = plan_table(&observation, Method::Restore, true);
+        assert_eq!(forced.shards, vec![both(1), both(2)]);
+        assert!(forced.parent);
+        assert!(plan_table(&observation, Method::Analyze, true).whole_table);
     }
 
     #[test]
-    fn a_moved_shard_needs_only_its_new_foreign_table() {
-        // The cutover made a new foreign table; the shard's partitioned table kept its own.
-        let observation = table(
-            20000.0,
-            vec![
-                in_sync(1, 10000.0),
-                shard(2, node(-1.0, 10000, 10000), -1.0, 10000.0),
-            ],
+    fn a_moved_shard_needs_its_new_foreign_table() {
+        // The cutover made a new foreign table; the shard's partitioned table kept its own,
+        // and the target's own analysis estimates the same rows a little differently.
+        let moved = shard(
+            2,
+            NodeAnalysis::Missing,
+            node(10020.0, 0, 10000),
+            -1.0,
+            10000.0,
         );
+        let observation = table(20000.0, vec![in_sync(1, 10000.0), moved]);
         let plan = plan_table(&observation, Method::Analyze, false);
         assert_eq!(
             plan.shards,
             vec![ShardAction {
                 shard_id: 2,
-                analyze_on_node: true,
                 leaf: true,
                 middle: false
             }]
         );
         assert!(!plan.parent && !plan.whole_table);
+        // A copy is exact, and cheap: both get the target's numbers.
+        let plan = plan_table(&observation, Method::Restore, false);
+        assert_eq!(plan.shards, vec![both(2)]);
+        assert!(!plan.parent);
     }
 
     #[test]
     fn changes_below_the_threshold_wait_and_above_it_refresh() {
-        // 5% modified on one shard: nothing.
-        let small = table(
-            20000.0,
-            vec![
-                shard(1, node(10000.0, 10500, 500), 10000.0, 10000.0),
-                in_sync(2, 10000.0),
-            ],
+        // 30% inserted into one shard and analyzed there: that shard, and the table (6,000
+        // rows of 20,000 changed).
+        let grown = shard(
+            1,
+            NodeAnalysis::Changed(6000),
+            node(16000.0, 16000, 0),
+            10000.0,
+            10000.0,
         );
-        assert!(plan_table(&small, Method::SampledAnalyze, false).is_empty());
-        // 30% inserted into one shard: that shard, and the table (6,000 rows of 20,000 > 10%).
-        let large = table(
-            20000.0,
-            vec![
-                shard(1, node(10000.0, 16000, 6000), 10000.0, 10000.0),
-                in_sync(2, 10000.0),
-            ],
+        let plan = plan_table(
+            &table(20000.0, vec![grown, in_sync(2, 10000.0)]),
+            Method::Restore,
+            false,
         );
-        let plan = plan_table(&large, Method::Restore, false);
-        assert_eq!(
-            plan.shards,
-            vec![ShardAction {
-                shard_id: 1,
-                analyze_on_node: true,
-                leaf: true,
-                middle: true
-            }]
-        );
+        assert_eq!(plan.shards, vec![both(1)]);
         assert!(plan.parent);
+        // Updates that keep the size still count, as their number.
+        let updated = shard(
+            1,
+            NodeAnalysis::Changed(3000),
+            node(10000.0, 10000, 0),
+            10000.0,
+            10000.0,
+        );
+        let plan = plan_table(
+            &table(20000.0, vec![updated, in_sync(2, 10000.0)]),
+            Method::SampledAnalyze,
+            false,
+        );
+        assert!(plan.whole_table);
         // 15% into one of 32 shards: the shard, not the table.
         let mut shards: Vec<ShardObservation> = (1..=32).map(|i| in_sync(i, 10000.0)).collect();
-        shards[0] = shard(1, node(10000.0, 11500, 1500), 10000.0, 10000.0);
+        shards[0] = shard(
+            1,
+            NodeAnalysis::Changed(1500),
+            node(11500.0, 11500, 0),
+            10000.0,
+            10000.0,
+        );
         let plan = plan_table(&table(320000.0, shards), Method::SampledAnalyze, false);
-        assert_eq!(plan.shards.len(), 1);
+        assert_eq!(plan.shards, vec![both(1)]);
         assert!(!plan.parent && !plan.whole_table);
     }
 
@@ -466,55 +514,50 @@ mod tests {
         let observation = table(
             20000.0,
             vec![
-                shard(1, node(10800.0, 10800, 0), 10000.0, 10000.0),
+                shard(
+                    1,
+                    NodeAnalysis::None,
+                    node(10800.0, 10800, 0),
+                    10000.0,
+                    10000.0,
+                ),
                 in_sync(2, 10000.0),
             ],
         );
         let plan = plan_table(&observation, Method::Restore, false);
-        assert_eq!(
-            plan.shards,
-            vec![ShardAction {
-                shard_id: 1,
-                analyze_on_node: false,
-                leaf: true,
-                middle: true
-            }]
-        );
+        assert_eq!(plan.shards, vec![both(1)]);
         assert!(!plan.parent);
-        // An ANALYZE there would read the shard again for 8%: it waits for the threshold.
+        // An ANALYZE through the coordinator would read the shard again for 8%: it waits.
         assert!(plan_table(&observation, Method::Analyze, false).is_empty());
     }
 
     #[test]
     fn an_unreachable_node_leaves_its_shards_and_the_table_alone() {
+        let mut gone = shard(1, NodeAnalysis::None, node(0.0, 0, 0), -1.0, -1.0);
+        gone.node = None;
         let observation = table(
             -1.0,
             vec![
-                shard(1, None, -1.0, -1.0),
-                shard(2, node(-1.0, 10, 10), -1.0, -1.0),
+                gone,
+                shard(2, NodeAnalysis::Missing, node(10.0, 10, 10), -1.0, -1.0),
             ],
         );
         let plan = plan_table(&observation, Method::Analyze, false);
         assert_eq!(plan.unreachable, vec![1]);
         assert!(!plan.parent && !plan.whole_table);
-        assert_eq!(
-            plan.shards,
-            vec![ShardAction {
-                shard_id: 2,
-                analyze_on_node: true,
-                leaf: true,
-                middle: true
-            }]
-        );
+        assert_eq!(plan.shards, vec![both(2)]);
     }
 
     #[test]
     fn a_schema_table_has_no_level_above_its_shard() {
-        let mut observation = table(-1.0, vec![shard(1, node(-1.0, 5, 5), -1.0, -1.0)]);
+        let mut observation = table(
+            -1.0,
+            vec![shard(1, NodeAnalysis::Missing, node(5.0, 5, 5), -1.0, -1.0)],
+        );
         observation.has_parent_level = false;
         let plan = plan_table(&observation, Method::Analyze, false);
         assert!(!plan.parent && !plan.whole_table);
-        assert!(plan.shards[0].leaf && plan.shards[0].middle);
+        assert_eq!(plan.shards, vec![both(1)]);
     }
 
     #[test]

@@ -146,7 +146,9 @@ impl Runner<'_> {
         set_task_operation(self.cluster.client(), self.task_id, transfer.operation_id())
             .await
             .map_err(|e| TransferError::Refused(e.to_string()))?;
-        let report = transfer.run(self.cancel.clone()).await?;
+        let mut report = transfer.run(self.cancel.clone()).await?;
+        let warnings = shoal_transfer::refresh_moved_statistics(self.cluster, &report).await;
+        report.warnings.extend(warnings);
         let mut text = format!(
             "moved in {:.1} s by operation {} ({}), writes blocked {:.1} ms",
             report.elapsed_ms / 1000.0,

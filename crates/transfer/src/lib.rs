@@ -100,6 +100,30 @@ impl CancelToken {
     }
 }
 
+/// After a move: the moved shards' new foreign tables on the coordinator get statistics (the
+/// cutover made them without any; see `shoal_cluster::statistics`). Apart from the transfer, so
+/// that the move's own time and locks do not include it; a failure leaves a warning only (the
+/// next `shoal analyze` or pass of `shoal serve` retries). Returns the warnings.
+pub async fn refresh_moved_statistics(
+    cluster: &shoal_cluster::Cluster,
+    report: &TransferReport,
+) -> Vec<String> {
+    if report.operation != Operation::Move {
+        return Vec::new();
+    }
+    let scope = shoal_cluster::statistics::Scope::shards(report.shard_ids.clone());
+    match shoal_cluster::statistics::refresh(cluster, &scope, |_| {}).await {
+        Ok(refreshed) => refreshed
+            .errors()
+            .into_iter()
+            .map(|e| format!("statistics not refreshed: {e} (run `shoal analyze`)"))
+            .collect(),
+        Err(error) => vec![format!(
+            "statistics not refreshed: {error} (run `shoal analyze`)"
+        )],
+    }
+}
+
 /// One row of `shoal.transfer`, for progress displays.
 #[derive(Debug, Clone, Serialize)]
 pub struct TransferState {

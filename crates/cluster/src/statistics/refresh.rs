@@ -10,9 +10,9 @@ use serde::Serialize;
 use tokio_postgres::Client;
 
 use super::{
-    node_column_stats_sql, plan_table, CoordinatorRelation, Method, NodeShard, ShardAction,
-    ShardObservation, TableObservation, TablePlan, CLEAR_COLUMNS_SQL, RESTORE_COLUMNS_SQL,
-    RESTORE_RELATION_SQL, TEXT_FORMAT_SETTINGS,
+    node_analysis, node_column_stats_sql, plan_table, CoordinatorRelation, Method, NodeAnalysis,
+    NodeShard, ShardAction, ShardObservation, TableObservation, TablePlan, CLEAR_COLUMNS_SQL,
+    RESTORE_COLUMNS_SQL, RESTORE_RELATION_SQL, TEXT_FORMAT_SETTINGS,
 };
 use crate::error::{ClusterError, PgContext};
 use crate::layout;
@@ -109,6 +109,26 @@ struct ColumnStatistics {
     range_empty_frac: Option<f32>,
 }
 
+/// After tables were distributed: their new foreign tables have no statistics and their shards
+/// were just written, so the nodes analyze them and the coordinator takes theirs. The tables
+/// are distributed either way: a failure is a warning, and `shoal analyze` retries.
+pub(crate) async fn refresh_after_distributing(cluster: &Cluster, tables: Vec<QualifiedName>) {
+    let scope = Scope {
+        tables: tables.iter().map(QualifiedName::quoted).collect(),
+        ..Scope::default()
+    };
+    match refresh(cluster, &scope, |_| {}).await {
+        Ok(report) => {
+            for error in report.errors() {
+                tracing::warn!(%error, "statistics after distributing; run `shoal analyze`");
+            }
+        }
+        Err(error) => {
+            tracing::warn!(%error, "statistics after distributing; run `shoal analyze`")
+        }
+    }
+}
+
 /// Refreshes the statistics in `scope` that went stale; `progress` hears of each table done.
 pub async fn refresh(
     cluster: &Cluster,
@@ -129,7 +149,7 @@ pub async fn refresh(
         .map(|n| (n.node_id, n))
         .collect();
 
-    // Every node at once: what it has of its shards.
+    // Every node at once: what it has of its shards, analyzing those that need it (step 1).
     let mut on_node: BTreeMap<i32, Vec<QualifiedName>> = BTreeMap::new();
     for table in &tables {
         for shard in &table.shards {
@@ -145,7 +165,7 @@ pub async fn refresh(
         let label = label.clone();
         async move {
             let result = match node {
-                Some(node) => observe_node(cluster, &node, &label, &names).await,
+                Some(node) => analyze_on_node(cluster, &node, &label, &names, scope.force).await,
                 None => Err(ClusterError::UnknownNode(node_id.to_string())),
             };
             (node_id, result)
@@ -153,14 +173,14 @@ pub async fn refresh(
     }))
     .await;
     let mut node_clients: HashMap<i32, (Client, i32)> = HashMap::new();
-    let mut node_shards: HashMap<(i32, QualifiedName), NodeShard> = HashMap::new();
+    let mut node_shards: HashMap<(i32, QualifiedName), (NodeAnalysis, NodeShard)> = HashMap::new();
     let mut node_errors: HashMap<i32, String> = HashMap::new();
     for (node_id, result) in observed {
         match result {
             Ok((client, node_version, shards)) => {
                 node_clients.insert(node_id, (client, node_version));
-                for (name, shard) in shards {
-                    node_shards.insert((node_id, name), shard);
+                for (name, analysis, shard) in shards {
+                    node_shards.insert((node_id, name), (analysis, shard));
                 }
             }
             Err(error) => {
@@ -170,6 +190,7 @@ pub async fn refresh(
         }
     }
 
+    // Step 2, planned against what the coordinator has.
     let coordinator = cluster.coordinator(&label).await?;
     coordinator
         .batch_execute(&format!("{TEXT_FORMAT_SETTINGS}; SET lock_timeout = '10s'"))
@@ -180,27 +201,26 @@ pub async fn refresh(
         plans.push(plan_table(&observation, method, scope.force));
     }
 
-    // Every node at once: ANALYZE what needs it, and read what the coordinator will copy.
-    let mut work: BTreeMap<i32, (Vec<QualifiedName>, Vec<QualifiedName>)> = BTreeMap::new();
-    for (table, plan) in tables.iter().zip(&plans) {
-        for action in &plan.shards {
-            let shard = shard_of(table, action.shard_id);
-            let entry = work.entry(shard.placement.node_id).or_default();
-            if action.analyze_on_node {
-                entry.0.push(shard.placement.shard_table.clone());
-            }
-            if method == Method::Restore && (action.leaf || action.middle) {
-                entry.1.push(shard.placement.shard_table.clone());
+    // Every node at once: the statistics the coordinator will copy.
+    let mut reads: BTreeMap<i32, Vec<QualifiedName>> = BTreeMap::new();
+    if method == Method::Restore {
+        for (table, plan) in tables.iter().zip(&plans) {
+            for action in &plan.shards {
+                let shard = shard_of(table, action.shard_id);
+                reads
+                    .entry(shard.placement.node_id)
+                    .or_default()
+                    .push(shard.placement.shard_table.clone());
             }
         }
     }
-    let done = join_all(work.into_iter().map(|(node_id, (analyze, read))| {
+    let done = join_all(reads.into_iter().map(|(node_id, read)| {
         let client = node_clients.get(&node_id);
         async move {
             let Some((client, node_version)) = client else {
                 return (node_id, Err("not reachable".to_string()));
             };
-            let result = analyze_and_read(client, *node_version, &analyze, &read).await;
+            let result = read_statistics(client, *node_version, &read).await;
             (node_id, result.map_err(|e| e.to_string()))
         }
     }))
@@ -225,7 +245,15 @@ pub async fn refresh(
         let mut report = TableReport {
             table: table.table.name.clone(),
             shards: table.shards.len(),
-            analyzed_on_nodes: 0,
+            analyzed_on_nodes: table
+                .shards
+                .iter()
+                .filter(|s| {
+                    node_shards
+                        .get(&(s.placement.node_id, s.placement.shard_table.clone()))
+                        .is_some_and(|(analysis, _)| *analysis != NodeAnalysis::None)
+                })
+                .count(),
             refreshed: 0,
             table_refreshed: false,
             unreachable: plan.unreachable.clone(),
@@ -321,19 +349,62 @@ fn split(names: &[QualifiedName]) -> (Vec<String>, Vec<String>) {
         .unzip()
 }
 
-/// A node's connection, its version, and what it reports of `names`.
-async fn observe_node(
+/// A node's connection, its version, and what it reports of `names` once it analyzed those
+/// that needed it (all in one local `ANALYZE`).
+async fn analyze_on_node(
     cluster: &Cluster,
     node: &Node,
     label: &str,
     names: &[QualifiedName],
-) -> Result<(Client, i32, Vec<(QualifiedName, NodeShard)>), ClusterError> {
+    force: bool,
+) -> Result<(Client, i32, Vec<(QualifiedName, NodeAnalysis, NodeShard)>), ClusterError> {
     let client = cluster.node_client(node, label).await?;
     client.batch_execute(TEXT_FORMAT_SETTINGS).await?;
     let version: i32 = client
         .query_one("SELECT current_setting('server_version_num')::int", &[])
         .await?
         .get(0);
+    let before = observe_node(&client, node, names).await?;
+    let analyses: Vec<(QualifiedName, NodeAnalysis)> = before
+        .iter()
+        .map(|(name, shard)| (name.clone(), node_analysis(shard, force)))
+        .collect();
+    let analyze: Vec<String> = analyses
+        .iter()
+        .filter(|(_, analysis)| *analysis != NodeAnalysis::None)
+        .map(|(name, _)| name.quoted())
+        .collect();
+    if analyze.is_empty() {
+        let shards = analyses
+            .into_iter()
+            .zip(before)
+            .map(|((name, analysis), (_, shard))| (name, analysis, shard))
+            .collect();
+        return Ok((client, version, shards));
+    }
+    client
+        .batch_execute(&format!("ANALYZE {}", analyze.join(", ")))
+        .await
+        .context(|| format!("analyzing shards on node {}", node.address()))?;
+    let mut after: HashMap<QualifiedName, NodeShard> = observe_node(&client, node, names)
+        .await?
+        .into_iter()
+        .collect();
+    let shards = analyses
+        .into_iter()
+        .filter_map(|(name, analysis)| {
+            let shard = after.remove(&name)?;
+            Some((name, analysis, shard))
+        })
+        .collect();
+    Ok((client, version, shards))
+}
+
+async fn observe_node(
+    client: &Client,
+    node: &Node,
+    names: &[QualifiedName],
+) -> Result<Vec<(QualifiedName, NodeShard)>, ClusterError> {
     let (schemas, tables) = split(names);
     let rows = client
         .query(
@@ -348,7 +419,7 @@ async fn observe_node(
         )
         .await
         .context(|| format!("reading shard statistics on node {}", node.address()))?;
-    let shards = rows
+    Ok(rows
         .iter()
         .map(|row| {
             (
@@ -362,14 +433,13 @@ async fn observe_node(
                 },
             )
         })
-        .collect();
-    Ok((client, version, shards))
+        .collect())
 }
 
 async fn observe_coordinator(
     coordinator: &Client,
     table: &Table,
-    node_shards: &HashMap<(i32, QualifiedName), NodeShard>,
+    node_shards: &HashMap<(i32, QualifiedName), (NodeAnalysis, NodeShard)>,
     scope: &Scope,
 ) -> Result<TableObservation, ClusterError> {
     // Every relation of the table, each with whether its statistics are the inherited kind.
@@ -415,35 +485,27 @@ async fn observe_coordinator(
             .shards
             .iter()
             .enumerate()
-            .map(|(i, shard)| ShardObservation {
-                shard_id: shard.placement.shard_id,
-                node: node_shards
-                    .get(&(shard.placement.node_id, shard.placement.shard_table.clone()))
-                    .cloned(),
-                leaf: relations[1 + 2 * i],
-                middle: relations[2 + 2 * i],
+            .map(|(i, shard)| {
+                let node = node_shards
+                    .get(&(shard.placement.node_id, shard.placement.shard_table.clone()));
+                ShardObservation {
+                    shard_id: shard.placement.shard_id,
+                    analysis: node.map_or(NodeAnalysis::None, |(analysis, _)| *analysis),
+                    node: node.map(|(_, shard)| shard.clone()),
+                    leaf: relations[1 + 2 * i],
+                    middle: relations[2 + 2 * i],
+                }
             })
             .collect(),
     })
 }
 
-/// On one node: `ANALYZE` of `analyze` (local, in one statement), then the statistics of `read`.
-async fn analyze_and_read(
+/// What a node has of the shard tables `read`: relation and column statistics.
+async fn read_statistics(
     client: &Client,
     node_version: i32,
-    analyze: &[QualifiedName],
     read: &[QualifiedName],
 ) -> Result<Vec<(QualifiedName, NodeStatistics)>, ClusterError> {
-    if !analyze.is_empty() {
-        let list: Vec<String> = analyze.iter().map(QualifiedName::quoted).collect();
-        client
-            .batch_execute(&format!("ANALYZE {}", list.join(", ")))
-            .await
-            .context(|| "analyzing shards".to_string())?;
-    }
-    if read.is_empty() {
-        return Ok(Vec::new());
-    }
     let (schemas, tables) = split(read);
     let mut out: HashMap<QualifiedName, NodeStatistics> = HashMap::new();
     for row in client
@@ -514,12 +576,6 @@ async fn apply_plan(
                 "shard {}: node {node_id}: {error}",
                 action.shard_id
             ));
-            continue;
-        }
-        if action.analyze_on_node {
-            report.analyzed_on_nodes += 1;
-        }
-        if !(action.leaf || action.middle) {
             continue;
         }
         let result = match method {
