@@ -275,6 +275,50 @@ impl Managed {
     }
 }
 
+/// The coordinator's planner statistics of a distributed table, made by the admin role (its
+/// owner, no superuser): after distribute and after a move, every foreign table has its
+/// shard's row count and column statistics; `shoal analyze --force` redoes them all.
+#[tokio::test]
+async fn a_managed_admin_role_keeps_planner_statistics() {
+    let mut managed = Managed::start(shoal_testkit::binaries().clone(), false).await;
+    let admin = managed.distribute_items().await;
+    let assert_statistics = |admin: tokio_postgres::Client| async move {
+        let rows = admin
+            .query(
+                "SELECT s.shard_table, c.reltuples,
+                        (SELECT count(*) FROM pg_stats p
+                         WHERE p.schemaname = 'public' AND p.tablename = c.relname
+                           AND NOT p.inherited)
+                 FROM shoal.shards s JOIN pg_class c ON c.oid = to_regclass(s.shard_table)
+                 WHERE s.table_name = 'items'::regclass",
+                &[],
+            )
+            .await
+            .unwrap();
+        assert_eq!(rows.len(), 4);
+        for row in rows {
+            let (shard, reltuples, columns): (String, f32, i64) =
+                (row.get(0), row.get(1), row.get(2));
+            let count: i64 = admin
+                .query_one(&format!("SELECT count(*) FROM {shard}"), &[])
+                .await
+                .unwrap()
+                .get(0);
+            assert_eq!(reltuples, count as f32, "{shard}");
+            assert_eq!(columns, 3, "{shard}");
+        }
+        admin
+    };
+    let admin = assert_statistics(admin).await;
+    managed.move_first_shard(&admin, "block_writes").await;
+    let admin = assert_statistics(admin).await;
+    let analyzed = managed.cli(&["analyze", "--force", "--json"]).await;
+    let report: serde_json::Value = serde_json::from_str(analyzed.assert_ok()).unwrap();
+    assert_eq!(report["tables"][0]["refreshed"], 4, "{report}");
+    assert_eq!(report["tables"][0]["table_refreshed"], true, "{report}");
+    assert_statistics(admin).await;
+}
+
 /// Binaries on which the admin role may create subscriptions (16 and newer).
 fn managed_binaries() -> PgBinaries {
     match shoal_testkit::binaries() {
