@@ -8,6 +8,7 @@ mod moves;
 mod queries;
 mod rebalance;
 mod stall;
+mod statistics;
 mod streams;
 
 use clap::{Parser, Subcommand};
@@ -15,7 +16,7 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(
     name = "shoal-bench",
-    about = "Benchmarks of moves, rebalances, stream tables, DDL and queries (see BENCHMARKS.md)"
+    about = "Benchmarks of moves, rebalances, stream tables, DDL, queries and statistics (see BENCHMARKS.md)"
 )]
 struct Args {
     #[command(subcommand)]
@@ -89,6 +90,15 @@ enum Command {
         #[arg(long, default_value_t = 4)]
         clients: u32,
     },
+    /// Planner statistics of orders on the coordinator: ANALYZE there vs `shoal analyze`
+    Statistics {
+        /// Rows of orders (2,000,000 in the reference data set)
+        #[arg(long, default_value_t = 2_000_000)]
+        orders: i64,
+        /// Runs of each measurement; medians are reported
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+    },
     /// Latency of single-row inserts (pgbench --rate) into a shard group during its move
     Stall {
         /// Inserts per second
@@ -140,6 +150,7 @@ fn main() -> anyhow::Result<()> {
                 clients,
             } => endpoint::run(orders, seconds, clients).await,
             Command::Stream { rows } => streams::run(rows).await,
+            Command::Statistics { orders, runs } => statistics::run(orders, runs).await,
         }
     })
 }
