@@ -91,7 +91,7 @@ pub enum Command {
     /// or the coordinator, and why) and through the coordinator (what each worker runs, how
     /// many rows it ships, what the coordinator does itself)
     Explain(ExplainArgs),
-    /// Refresh the coordinator's planner statistics of distributed tables from their shards
+    // Its help is `AnalyzeArgs`'s (the methods by version).
     Analyze(crate::analyze::AnalyzeArgs),
 }
 
