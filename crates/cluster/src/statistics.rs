@@ -21,6 +21,7 @@
 use serde::Serialize;
 
 pub mod refresh;
+mod restore;
 
 pub use refresh::{refresh, Scope, StatisticsReport, TableReport};
 
