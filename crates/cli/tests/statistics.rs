@@ -192,9 +192,8 @@ async fn estimated_rows(sql: &Client, query: &str) -> f64 {
     plan[0]["Plan"]["Plan Rows"].as_f64().unwrap()
 }
 
-#[tokio::test]
-async fn coordinator_statistics_follow_distribute_moves_and_writes() {
-    let shoal = common::start(2).await;
+/// `TABLE` (20,000 rows, 4 shards) and `LINES` colocated with it, both distributed.
+async fn create_tables(shoal: &Shoal) {
     let sql = shoal.coordinator().await;
     sql.batch_execute(&format!(
         "CREATE SCHEMA \"my s\";
@@ -233,6 +232,12 @@ async fn coordinator_statistics_follow_distribute_moves_and_writes() {
         ])
         .await
         .assert_ok();
+}
+
+#[tokio::test]
+async fn coordinator_statistics_follow_distribute_moves_and_writes() {
+    let shoal = common::start(2).await;
+    create_tables(&shoal).await;
     assert_statistics_true(&shoal, ROWS).await;
 
     // The table's own statistics reach the planner: without them it guesses 200 groups.
@@ -346,4 +351,28 @@ async fn coordinator_statistics_follow_distribute_moves_and_writes() {
         .cli(&["analyze", "no_such_table"])
         .await
         .assert_error(&["does not exist"]);
+}
+
+/// Nodes of another major than the coordinator's (a rolling upgrade): their statistics reach
+/// the coordinator as well (on 18, copied from a 15 node's `pg_stats`).
+#[tokio::test]
+async fn statistics_come_from_nodes_of_another_major() {
+    let mut pg = shoal_testkit::TestCluster::start(1).await;
+    pg.add_worker_from(shoal_testkit::other_major()).await;
+    let shoal = common::with_cluster(pg).await;
+    create_tables(&shoal).await;
+    assert_statistics_true(&shoal, ROWS).await;
+    let report: serde_json::Value = serde_json::from_str(
+        shoal
+            .cli(&["analyze", "--force", "--json"])
+            .await
+            .assert_ok(),
+    )
+    .unwrap();
+    assert_eq!(
+        report["tables"][0]["errors"],
+        serde_json::json!([]),
+        "{report}"
+    );
+    assert_statistics_true(&shoal, ROWS).await;
 }
