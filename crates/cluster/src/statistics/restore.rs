@@ -136,6 +136,15 @@ pub(super) async fn restore_shard(
     let context = || format!("copying the statistics of {}", shard.placement.shard_table);
     coordinator.batch_execute("BEGIN").await.context(context)?;
     let result = async {
+        // The shard's partitioned table before its foreign table, as a move's cutover locks
+        // them: the other order could make the two wait for each other.
+        coordinator
+            .batch_execute(&format!(
+                "LOCK TABLE {} IN SHARE UPDATE EXCLUSIVE MODE",
+                shard.middle.quoted()
+            ))
+            .await
+            .context(context)?;
         for (relation, inherited) in &targets {
             coordinator
                 .query(
