@@ -325,18 +325,7 @@ async fn split_queries_answer_as_the_coordinator_on_random_data() {
     // Eight shards: a handful of rows leaves most of them empty.
     shoal.distribute("orders", "id", "8").await;
     for table in ["items", r#""Order Refunds""#] {
-        shoal
-            .cli(&[
-                "table",
-                "distribute",
-                table,
-                "--column",
-                "order_id",
-                "--colocate-with",
-                "orders",
-            ])
-            .await
-            .assert_ok();
+        shoal.colocate(table, "order_id", "orders").await;
     }
     shoal
         .cli(&["table", "reference", "products"])

@@ -32,6 +32,21 @@ impl Shoal {
         .assert_ok();
     }
 
+    /// `shoal table distribute TABLE --column COLUMN --colocate-with WITH`, which must succeed.
+    pub async fn colocate(&self, table: &str, column: &str, with: &str) {
+        self.cli(&[
+            "table",
+            "distribute",
+            table,
+            "--column",
+            column,
+            "--colocate-with",
+            with,
+        ])
+        .await
+        .assert_ok();
+    }
+
     /// Starts `shoal serve` with its endpoint on a free port and waits until it accepts.
     pub async fn start_endpoint(&self) -> Endpoint {
         let port = shoal_testkit::ports::reserve();
