@@ -68,16 +68,12 @@ pub fn endpoint_path(sql: &str, topology: &Topology) -> EndpointPath {
     match shoal_route::plan_scatter(sql, topology) {
         Ok(scatter) => EndpointPath::Split {
             nodes: scatter
-                .per_node
+                .shard_statements
                 .iter()
-                .map(|(node, sql)| {
-                    // Split statements are single SELECTs: UNION ALL only joins the shards'.
-                    let parts: Vec<&str> = sql.split(" UNION ALL ").collect();
-                    SplitPart {
-                        node: *node,
-                        shard_statements: parts.len(),
-                        first: parts[0].to_string(),
-                    }
+                .map(|(node, parts)| SplitPart {
+                    node: *node,
+                    shard_statements: parts.len(),
+                    first: parts[0].clone(),
                 })
                 .collect(),
             merge: scatter.merge_shown(),

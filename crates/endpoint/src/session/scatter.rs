@@ -51,15 +51,14 @@ impl Session {
             }
         }
         let mut running = Vec::new();
-        for (node, sql) in &scatter.per_node {
-            let place = Place::Node(*node);
+        for (node, sql) in scatter.per_node() {
+            let place = Place::Node(node);
             let mut pooled = match self.shared.pool.get(place).await {
                 Ok(pooled) => pooled,
                 Err(_) => return Ok(None),
             };
             let settings = self.settings.apply_sql(&pooled.settings);
             let values = self.settings.values.clone();
-            let sql = sql.clone();
             running.push(tokio::spawn(async move {
                 if let Some(apply) = settings {
                     if let Err(error) = pooled.conn.simple_query(&apply).await {

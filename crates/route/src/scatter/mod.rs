@@ -36,8 +36,8 @@ use syntax::{
 /// A split read: the statement for each node, and how to merge what they return.
 #[derive(Debug, Clone)]
 pub struct Scatter {
-    /// Per node, one statement over all its shards (their partials, UNION ALL).
-    pub per_node: Vec<(i32, String)>,
+    /// Per node, the statement of each of its shards (see [`Scatter::per_node`]).
+    pub shard_statements: Vec<(i32, Vec<String>)>,
     /// Partial columns, in order: the grouping expressions, then the partial aggregates.
     pub partial_columns: usize,
     /// The merging statement, over `{partials}` (a relation `p(c0, c1, ...)` of typed rows).
@@ -311,10 +311,6 @@ pub fn plan_scatter(sql: &str, topology: &Topology) -> Result<Scatter, NotRoutab
             None => per_node.push((node, vec![sql])),
         }
     }
-    let per_node = per_node
-        .into_iter()
-        .map(|(node, parts)| (node, parts.join(" UNION ALL ")))
-        .collect();
 
     // The merge, over the partials.
     let finals: Vec<String> = outputs
@@ -350,7 +346,7 @@ pub fn plan_scatter(sql: &str, topology: &Topology) -> Result<Scatter, NotRoutab
         merge.push_str(&format!(" OFFSET {n}"));
     }
     Ok(Scatter {
-        per_node,
+        shard_statements: per_node,
         partial_columns: partials.len(),
         merge,
         tables: from.tables(),
@@ -358,6 +354,14 @@ pub fn plan_scatter(sql: &str, topology: &Topology) -> Result<Scatter, NotRoutab
 }
 
 impl Scatter {
+    /// Per node, one statement over all its shards: their partials, UNION ALL.
+    pub fn per_node(&self) -> Vec<(i32, String)> {
+        self.shard_statements
+            .iter()
+            .map(|(node, parts)| (*node, parts.join(" UNION ALL ")))
+            .collect()
+    }
+
     /// The merging statement for people to read: the partial rows named as such, and each
     /// type the nodes' answer fixes as `<type of cN>`.
     pub fn merge_shown(&self) -> String {

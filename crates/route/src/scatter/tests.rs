@@ -65,8 +65,8 @@ fn topology() -> Topology {
 #[test]
 fn a_count_is_counted_per_shard_on_each_node_and_summed() {
     let scatter = plan_scatter("SELECT count(*) FROM orders", &topology()).unwrap();
-    assert_eq!(scatter.per_node.len(), 2);
-    let (node, sql) = &scatter.per_node[0];
+    assert_eq!(scatter.per_node().len(), 2);
+    let (node, sql) = &scatter.per_node()[0];
     assert_eq!(*node, 1);
     assert_eq!(
         sql,
@@ -94,10 +94,10 @@ fn groups_are_merged_with_their_aggregates() {
         &topology(),
     )
     .unwrap();
-    assert!(scatter.per_node[1].1.starts_with(
+    assert!(scatter.per_node()[1].1.starts_with(
         "SELECT customer_id % 100 AS c0, count(*) AS c1, sum(amount) AS c2 FROM public.orders_101 \
          orders WHERE amount > 5 GROUP BY customer_id % 100 UNION ALL"
-    ), "{}", scatter.per_node[1].1);
+    ), "{}", scatter.per_node()[1].1);
     assert_eq!(
         scatter.merge,
         "SELECT p.c0 AS \"?column?\", sum(p.c1)::bigint AS \"count\", sum(p.c2)::{t2} AS \"sum\" \
@@ -121,12 +121,12 @@ fn averages_divide_the_summed_sums_and_order_and_limit_apply_to_the_merge() {
     )
     .unwrap();
     assert!(
-        scatter.per_node[0].1.starts_with(
+        scatter.per_node()[0].1.starts_with(
             "SELECT customer_id AS c0, sum(amount) AS c1, count(amount) AS c2, max(id) AS c3 \
              FROM public.orders_100 o GROUP BY customer_id"
         ),
         "{}",
-        scatter.per_node[0].1
+        scatter.per_node()[0].1
     );
     assert_eq!(
         scatter.merge,
@@ -157,12 +157,12 @@ fn a_sorted_limit_takes_each_shards_first_rows_and_merges_them() {
     )
     .unwrap();
     assert!(
-        scatter.per_node[0].1.starts_with(
+        scatter.per_node()[0].1.starts_with(
             "(SELECT id AS c0, amount AS c1 FROM public.orders_100 orders WHERE amount > 1 \
              ORDER BY 2 DESC, 1 LIMIT 12) UNION ALL (SELECT"
         ),
         "{}",
-        scatter.per_node[0].1
+        scatter.per_node()[0].1
     );
     assert_eq!(
         scatter.merge,
@@ -212,7 +212,7 @@ fn a_colocated_join_runs_per_shard_pair_and_a_reference_join_against_the_replica
     )
     .unwrap();
     assert_eq!(
-        scatter.per_node[1].1,
+        scatter.per_node()[1].1,
         "SELECT count(*) AS c0, sum(i.qty) AS c1 FROM public.orders_101 o \
          JOIN public.items_201 i ON i.order_id = o.id JOIN public.kinds k ON k.id = i.kind \
          WHERE k.id > 2 UNION ALL SELECT count(*) AS c0, sum(i.qty) AS c1 FROM public.orders_103 o \
@@ -248,13 +248,13 @@ fn grouping_by_the_distribution_column_runs_whole_groups_on_the_shards() {
     )
     .unwrap();
     assert!(
-        scatter.per_node[0].1.starts_with(
+        scatter.per_node()[0].1.starts_with(
             "(SELECT o.id AS c0, sum(i.qty) AS c1, string_agg(i.kind::text, ',') AS c2 \
              FROM public.orders_100 o JOIN public.items_200 i ON i.order_id = o.id \
              GROUP BY o.id HAVING count(*) > 1 ORDER BY 2 DESC, 1 LIMIT 15) UNION ALL ("
         ),
         "{}",
-        scatter.per_node[0].1
+        scatter.per_node()[0].1
     );
     assert_eq!(
         scatter.merge,
@@ -272,12 +272,12 @@ fn having_filters_the_merged_groups_and_distinct_keys_count_per_shard() {
     )
     .unwrap();
     assert!(
-        scatter.per_node[0].1.starts_with(
+        scatter.per_node()[0].1.starts_with(
             "SELECT customer_id AS c0, count(DISTINCT id) AS c1, sum(amount) AS c2, \
              max(amount) AS c3 FROM public.orders_100 orders GROUP BY customer_id UNION ALL"
         ),
         "{}",
-        scatter.per_node[0].1
+        scatter.per_node()[0].1
     );
     assert_eq!(
         scatter.merge,
