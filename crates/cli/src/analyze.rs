@@ -26,9 +26,8 @@ pub struct AnalyzeArgs {
     /// Refresh everything, whatever changed
     #[arg(long)]
     pub force: bool,
-    /// Print JSON instead of text
-    #[arg(long)]
-    pub json: bool,
+    #[command(flatten)]
+    pub json: crate::args::JsonFlag,
 }
 
 pub async fn run(cluster: &Cluster, args: AnalyzeArgs) -> anyhow::Result<()> {
@@ -37,7 +36,7 @@ pub async fn run(cluster: &Cluster, args: AnalyzeArgs) -> anyhow::Result<()> {
         shards: Vec::new(),
         force: args.force,
     };
-    let json = args.json;
+    let json = args.json.json;
     let report = statistics::refresh(cluster, &scope, |table| {
         if !json {
             eprintln!("{}", progress_line(table));

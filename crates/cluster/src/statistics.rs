@@ -23,7 +23,7 @@ use serde::Serialize;
 pub mod refresh;
 mod restore;
 
-pub use refresh::{refresh, Scope, StatisticsReport, TableReport};
+pub use refresh::{refresh, refresh_or_warnings, Scope, StatisticsReport, TableReport};
 
 /// A relation's statistics are stale once more than this fraction of its rows changed (or its
 /// row count moved by more), as autovacuum's `autovacuum_analyze_scale_factor`.

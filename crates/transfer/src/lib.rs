@@ -112,16 +112,7 @@ pub async fn refresh_moved_statistics(
         return Vec::new();
     }
     let scope = shoal_cluster::statistics::Scope::shards(report.shard_ids.clone());
-    match shoal_cluster::statistics::refresh(cluster, &scope, |_| {}).await {
-        Ok(refreshed) => refreshed
-            .errors()
-            .into_iter()
-            .map(|e| format!("statistics not refreshed: {e} (run `shoal analyze`)"))
-            .collect(),
-        Err(error) => vec![format!(
-            "statistics not refreshed: {error} (run `shoal analyze`)"
-        )],
-    }
+    shoal_cluster::statistics::refresh_or_warnings(cluster, &scope).await
 }
 
 /// One row of `shoal.transfer`, for progress displays.

@@ -94,16 +94,22 @@ pub(crate) async fn refresh_after_distributing(cluster: &Cluster, tables: Vec<Qu
         tables: tables.iter().map(QualifiedName::quoted).collect(),
         ..Scope::default()
     };
-    match refresh(cluster, &scope, |_| {}).await {
-        Ok(report) => {
-            for error in report.errors() {
-                tracing::warn!(%error, "statistics after distributing; run `shoal analyze`");
-            }
-        }
-        Err(error) => {
-            tracing::warn!(%error, "statistics after distributing; run `shoal analyze`")
-        }
+    for warning in refresh_or_warnings(cluster, &scope).await {
+        tracing::warn!(%warning, "statistics after distributing");
     }
+}
+
+/// [`refresh`] as the last step of another operation, which stands whatever happens here: what
+/// went wrong, as warnings that say how to retry.
+pub async fn refresh_or_warnings(cluster: &Cluster, scope: &Scope) -> Vec<String> {
+    let errors = match refresh(cluster, scope, |_| {}).await {
+        Ok(report) => report.errors(),
+        Err(error) => vec![error.to_string()],
+    };
+    errors
+        .into_iter()
+        .map(|e| format!("statistics not refreshed: {e} (run `shoal analyze`)"))
+        .collect()
 }
 
 /// Refreshes the statistics in `scope` that went stale; `progress` hears of each table done.
