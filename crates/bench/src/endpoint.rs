@@ -26,10 +26,13 @@ pub struct InProcess {
 }
 
 impl InProcess {
-    pub async fn start(pg: &TestCluster) -> anyhow::Result<InProcess> {
+    pub async fn start(
+        pg: &TestCluster,
+        options: shoal_endpoint::Options,
+    ) -> anyhow::Result<InProcess> {
         let (stop, shutdown) = watch::channel(false);
         let params = ConnectParams::parse(&pg.coordinator_uri())?;
-        let (endpoint, _duty) = shoal_endpoint::start(params, "127.0.0.1:0", shutdown)
+        let (endpoint, _duty) = shoal_endpoint::start(params, "127.0.0.1:0", options, shutdown)
             .await
             .map_err(|e| anyhow::anyhow!("the endpoint did not start: {e}"))?;
         let port = endpoint.address.port();
@@ -68,7 +71,7 @@ const SCRIPTS: [(&str, &str, Option<f64>); 3] = [
 
 pub async fn run(orders: i64, seconds: u32, clients: u32) -> anyhow::Result<()> {
     let (single, pg, _cluster) = load_reference(orders).await?;
-    let endpoint = InProcess::start(&pg).await?;
+    let endpoint = InProcess::start(&pg, shoal_endpoint::Options::default()).await?;
     scripts(&single, &pg, &endpoint.uri, orders, seconds, clients).await?;
     tpc_b(seconds, clients).await?;
     Ok(())
@@ -149,7 +152,7 @@ async fn tpc_b(seconds: u32, clients: u32) -> anyhow::Result<()> {
         Colocate::With("pgbench_accounts".into()),
     )
     .await?;
-    let endpoint = InProcess::start(&pg).await?;
+    let endpoint = InProcess::start(&pg, shoal_endpoint::Options::default()).await?;
     let through_endpoint = endpoint.uri.clone();
     let args = |uri: &str| -> Vec<String> {
         vec![

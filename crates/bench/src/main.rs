@@ -76,6 +76,11 @@ enum Command {
         /// Only the queries whose label starts with this, e.g. Q5
         #[arg(long)]
         only: Option<String>,
+        /// Connections per node the endpoint uses for a read split across shards
+        /// (`shoal serve --scatter-connections`)
+        #[arg(long, default_value_t = shoal_endpoint::Options::default().scatter_connections as u16,
+              value_parser = clap::value_parser!(u16).range(1..=64))]
+        scatter_connections: u16,
     },
     /// pgbench through Shoal's endpoint, through the coordinator and on one plain server:
     /// key lookups, one-shard-group and two-order transactions, built-in TPC-B
@@ -143,7 +148,12 @@ fn main() -> anyhow::Result<()> {
                 moves,
                 endpoint,
             } => stall::run(rate, mb, moves, endpoint).await,
-            Command::Queries { orders, runs, only } => queries::run(orders, runs, only).await,
+            Command::Queries {
+                orders,
+                runs,
+                only,
+                scatter_connections,
+            } => queries::run(orders, runs, only, usize::from(scatter_connections)).await,
             Command::Endpoint {
                 orders,
                 seconds,

@@ -67,15 +67,26 @@ const QUERIES: &[(&str, &str, f64)] = &[
     ),
 ];
 
-pub async fn run(orders: i64, runs: usize, only: Option<String>) -> anyhow::Result<()> {
+pub async fn run(
+    orders: i64,
+    runs: usize,
+    only: Option<String>,
+    scatter_connections: usize,
+) -> anyhow::Result<()> {
     let (single, pg, _cluster) = load_reference(orders).await?;
     let plain = single.coordinator.connect().await;
     let sql = pg.coordinator.connect().await;
-    let endpoint = crate::endpoint::InProcess::start(&pg).await?;
+    let options = shoal_endpoint::Options {
+        scatter_connections,
+    };
+    let endpoint = crate::endpoint::InProcess::start(&pg, options).await?;
     let (app, connection) = tokio_postgres::connect(&endpoint.uri, tokio_postgres::NoTls).await?;
     tokio::spawn(connection);
 
-    println!("Queries on the reference data set ({orders} orders), medians of {runs} runs, ms");
+    println!(
+        "Queries on the reference data set ({orders} orders), medians of {runs} runs, ms; \
+         the endpoint splits reads over {scatter_connections} connection(s) per node"
+    );
     println!(
         "{:<30} {:>11} {:>11} {:>8} {:>11} {:>8} {:>10}",
         "query", "one server", "coordinator", "ratio", "endpoint", "ratio", "Citus"

@@ -76,7 +76,7 @@ pub async fn run(rate: u32, mb: u64, moves: usize, endpoint: bool) -> anyhow::Re
         },
     )?;
     let in_process = if endpoint {
-        Some(crate::endpoint::InProcess::start(&pg).await?)
+        Some(crate::endpoint::InProcess::start(&pg, shoal_endpoint::Options::default()).await?)
     } else {
         None
     };

@@ -242,6 +242,11 @@ pub struct ServeArgs {
     /// coordinator (same database, users and passwords); `off` disables it
     #[arg(long, default_value = "127.0.0.1:6432")]
     pub listen: String,
+    /// Connections per node the endpoint uses at once for a read it splits across shards, each
+    /// answering for a share of the node's shards (about the node's cores the read may use)
+    #[arg(long, default_value_t = shoal_endpoint::Options::default().scatter_connections as u16,
+          value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub scatter_connections: u16,
     /// Address of the HTTP endpoint (/metrics for Prometheus, /status as JSON); `off` disables it
     #[arg(long, default_value = "127.0.0.1:9187")]
     pub http: String,

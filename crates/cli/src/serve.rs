@@ -92,9 +92,13 @@ pub async fn run(params: ConnectParams, args: &ServeArgs) -> anyhow::Result<()> 
     );
     let mut endpoint = None;
     if args.listen != "off" {
-        let (started, duty) = shoal_endpoint::start(params.clone(), &args.listen, shutdown.clone())
-            .await
-            .map_err(|e| anyhow::anyhow!("the PostgreSQL endpoint did not start: {e}"))?;
+        let options = shoal_endpoint::Options {
+            scatter_connections: usize::from(args.scatter_connections),
+        };
+        let (started, duty) =
+            shoal_endpoint::start(params.clone(), &args.listen, options, shutdown.clone())
+                .await
+                .map_err(|e| anyhow::anyhow!("the PostgreSQL endpoint did not start: {e}"))?;
         eprintln!(
             "shoal serve: applications connect to postgresql://{}/{} (same users and passwords as the coordinator)",
             started.address, params.dbname

@@ -987,6 +987,60 @@ async fn reads_split_across_the_nodes_answer_as_the_coordinator_does() {
             }
         }
     }
+    // A prepared statement's parameters (binary, NULL, text, declared or inferred types) go
+    // to every node with its part.
+    let like = "k1%".to_string();
+    let no_customer: Option<i64> = None;
+    let parameterized: [(&str, Vec<&(dyn tokio_postgres::types::ToSql + Sync)>); 4] = [
+        (
+            "SELECT count(*)::text, sum(qty)::text FROM orders WHERE qty > $1 AND customer_id <> $2",
+            vec![&3i32, &5i64],
+        ),
+        (
+            "SELECT count(*)::text FROM orders o JOIN kinds k ON k.id = o.customer_id \
+             WHERE k.name LIKE $1",
+            vec![&like],
+        ),
+        (
+            "SELECT (customer_id % 3)::text, count(*)::text FROM orders \
+             WHERE customer_id IS DISTINCT FROM $1 GROUP BY customer_id % 3 ORDER BY 1",
+            vec![&no_customer],
+        ),
+        (
+            "SELECT o.id::text, sum(i.qty)::text FROM orders o JOIN items i ON i.order_id = o.id \
+             AND i.kind < $1 GROUP BY o.id ORDER BY 2 DESC NULLS LAST, 1 LIMIT 4",
+            vec![&9i32],
+        ),
+    ];
+    let rows_of = |rows: Vec<tokio_postgres::Row>| -> Vec<Vec<Option<String>>> {
+        rows.iter()
+            .map(|r| (0..r.len()).map(|i| r.get(i)).collect())
+            .collect()
+    };
+    for (query, values) in &parameterized {
+        let expected = rows_of(sql.query(*query, values).await.unwrap());
+        let before = endpoint.metrics().await["shoal_endpoint_statements_scattered_total"];
+        let got = rows_of(app.query(*query, values).await.unwrap());
+        assert_eq!(got, expected, "{query}");
+        let after = endpoint.metrics().await["shoal_endpoint_statements_scattered_total"];
+        assert_eq!(after, before + 1, "not split: {query}");
+    }
+    let typed = app
+        .prepare_typed(
+            "SELECT count(*)::text FROM orders WHERE qty > $1",
+            &[tokio_postgres::types::Type::INT8],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        rows_of(app.query(&typed, &[&2i64]).await.unwrap()),
+        rows_of(
+            sql.query("SELECT count(*)::text FROM orders WHERE qty > 2", &[])
+                .await
+                .unwrap()
+        )
+    );
+
     // An answer too long for one merge (a group per order, no LIMIT) goes to the coordinator,
     // the nodes' partial answers dropped unread.
     sql.batch_execute(

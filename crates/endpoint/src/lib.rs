@@ -26,3 +26,4 @@ pub mod wire;
 
 pub use error::{EndpointError, ServerError};
 pub use runtime::{start, Endpoint};
+pub use shared::Options;

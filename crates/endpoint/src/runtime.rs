@@ -13,7 +13,7 @@ use tokio_postgres::Client;
 
 use crate::error::EndpointError;
 use crate::gate::Group;
-use crate::shared::Shared;
+use crate::shared::{Options, Shared};
 use crate::{listener, twophase};
 use shoal_catalog::{model, ConnectParams};
 use shoal_cluster::fence;
@@ -35,6 +35,7 @@ pub struct Endpoint {
 pub async fn start(
     params: ConnectParams,
     listen: &str,
+    options: Options,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(Endpoint, tokio::task::JoinHandle<()>), EndpointError> {
     let listener = TcpListener::bind(listen).await.map_err(|e| {
@@ -45,7 +46,7 @@ pub async fn start(
     let address = listener.local_addr()?;
     let instance = rand::random::<i32>().abs().max(1);
     let lock = lock_instance(&params, instance).await?;
-    let shared = Arc::new(Shared::new(params.clone(), instance));
+    let shared = Arc::new(Shared::new(params.clone(), options, instance));
     let mut servers = Servers::default();
     refresh(&shared, &lock).await?;
     recover(&shared, &lock, &mut servers).await;

@@ -287,6 +287,46 @@ impl ServerConn {
             pgwire::messages::simplequery::Query::new(sql.to_string()),
         ))?;
         self.framed.flush().await?;
+        self.read_typed(max_rows).await
+    }
+
+    /// Like [`ServerConn::simple_query_typed`] for one statement with parameters, by the
+    /// extended protocol: `types` as a client's Parse declared them (0 for the server to
+    /// infer), the values and their formats as its Bind carried them; text results.
+    pub async fn extended_query_typed(
+        &mut self,
+        sql: &str,
+        types: &[u32],
+        parameters: &[Option<Bytes>],
+        formats: &[i16],
+        max_rows: usize,
+    ) -> Result<(Vec<u32>, Vec<Vec<Option<String>>>), EndpointError> {
+        use pgwire::messages::extendedquery::{Bind, Describe, Execute, Parse, Sync};
+        let messages = [
+            PgWireFrontendMessage::Parse(Parse::new(None, sql.to_string(), types.to_vec())),
+            PgWireFrontendMessage::Bind(Bind::new(
+                None,
+                None,
+                formats.to_vec(),
+                parameters.to_vec(),
+                Vec::new(),
+            )),
+            PgWireFrontendMessage::Describe(Describe::new(b'P', None)),
+            PgWireFrontendMessage::Execute(Execute::new(None, 0)),
+            PgWireFrontendMessage::Sync(Sync::new()),
+        ];
+        for message in &messages {
+            self.framed.queue_frontend(message)?;
+        }
+        self.framed.flush().await?;
+        self.read_typed(max_rows).await
+    }
+
+    /// The column types and text rows of the last result up to ReadyForQuery.
+    async fn read_typed(
+        &mut self,
+        max_rows: usize,
+    ) -> Result<(Vec<u32>, Vec<Vec<Option<String>>>), EndpointError> {
         let (mut types, mut rows, mut error) = (Vec::new(), Vec::new(), None);
         loop {
             match self.framed.read_backend().await? {

@@ -15,9 +15,26 @@ use shoal_route::Topology;
 /// What a session runs now, for a cancel request to interrupt.
 pub type Running = Arc<Mutex<Option<CancelHandle>>>;
 
+/// How an endpoint runs, as `shoal serve` was told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Options {
+    /// Connections per node a read split across shards uses at once, each answering for a
+    /// share of the node's shards: a node runs one statement per connection on one core.
+    pub scatter_connections: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            scatter_connections: 4,
+        }
+    }
+}
+
 pub struct Shared {
     /// Shoal's own connection parameters to the coordinator.
     pub coordinator: ConnectParams,
+    pub options: Options,
     pub pool: Pool,
     /// Every session's view differs only in its search path.
     pub topology: RwLock<Arc<Topology>>,
@@ -41,9 +58,10 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(coordinator: ConnectParams, instance: i32) -> Shared {
+    pub fn new(coordinator: ConnectParams, options: Options, instance: i32) -> Shared {
         Shared {
             coordinator,
+            options,
             pool: Pool::default(),
             topology: RwLock::new(Arc::new(Topology::default())),
             instance,

@@ -10,7 +10,8 @@
 //! ```
 //!
 //! The first term reaches only the P rows a changed O row matches, the second only the changed
-//! P rows; both read O's new state, probed per row. A NULL-extended row is made by joining p to
+//! P rows; both read O's new state, probed per row, except that when O did not change the
+//! second is an anti-join of the changed P rows with O. A NULL-extended row is made by joining p to
 //! O `ON false`, so the query's own expressions give it its NULLs.
 
 use crate::from::{source_slot, OuterJoin};
@@ -96,23 +97,35 @@ pub(crate) fn anti_terms(
             terms.push(format!("SELECT {} {from}", select(sign)));
         }
         if let Some(delta) = deltas[p] {
-            // Term 2: P's changed rows, unmatched in O's old state.
-            let from = from_where_in(
-                d,
-                &null_extended,
-                |i, s| {
-                    if i == p {
-                        signed_delta(delta, p)
-                    } else {
-                        s.relation.sql()
-                    }
-                },
-                &[],
-            );
-            let sign = format!(
-                "{} * (CASE WHEN {old_m} = 0 THEN 1 ELSE 0 END)",
-                qi(&sign_column(p))
-            );
+            // Term 2: P's changed rows, unmatched in O's old state. When O did not change that
+            // is its state now, and an anti-join (which PostgreSQL can hash) says it at once
+            // instead of a count per row.
+            let relation = |i: usize, s: &crate::plan::Source| {
+                if i == p {
+                    signed_delta(delta, p)
+                } else {
+                    s.relation.sql()
+                }
+            };
+            let sign_p = qi(&sign_column(p));
+            let (from, sign) = match &delta_matches {
+                None => {
+                    let unmatched = format!(
+                        "NOT EXISTS (SELECT 1 FROM {} AS {o_name} WHERE ({cond}))",
+                        o_source.relation.sql()
+                    );
+                    let plain = format!(
+                        "{} LEFT JOIN {} ON false",
+                        source_slot(p),
+                        source_slot(other)
+                    );
+                    (from_where_in(d, &plain, relation, &[unmatched]), sign_p)
+                }
+                Some(_) => (
+                    from_where_in(d, &null_extended, relation, &[]),
+                    format!("{sign_p} * (CASE WHEN {old_m} = 0 THEN 1 ELSE 0 END)"),
+                ),
+            };
             terms.push(format!("SELECT {} {from}", select(sign)));
         }
     }

@@ -248,10 +248,17 @@ fn outer_joins_add_the_unmatched_rows_of_their_preserved_sides() {
         },
     );
     let s = &differential_refresh_sql(&p, &table(), &one).unwrap()[1];
-    assert!(s.contains(
-        "\"__shoal_sign1\" * (CASE WHEN \"__shoal_matches\" = 0 THEN 1 ELSE 0 END) AS \"__shoal_delta\""
-    ));
-    assert!(!s.contains("__shoal_dmatches"));
+    assert!(
+        s.contains(
+            "i.qty AS \"__shoal_k2\", \"__shoal_sign1\" AS \"__shoal_delta\" FROM (SELECT \"__shoal_m\".*, \
+             -1 AS \"__shoal_sign1\" FROM d AS \"__shoal_m\" UNION ALL SELECT \
+             \"__shoal_p\".*, 1 AS \"__shoal_sign1\" FROM i AS \"__shoal_p\") AS \"o\" LEFT JOIN \
+             \"items\" AS \"i\" ON false WHERE (o.id > 0) AND (NOT EXISTS (SELECT 1 FROM \"items\" \
+             AS \"i\" WHERE (i.order_id = o.id)))"
+        ),
+        "{s}"
+    );
+    assert!(!s.contains("__shoal_matches"));
 
     // RIGHT keeps the right side's rows, FULL both.
     let p = plan("SELECT p.name FROM items i RIGHT JOIN products p ON p.id = i.product_id");

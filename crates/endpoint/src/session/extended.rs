@@ -13,6 +13,7 @@ use pgwire::messages::extendedquery::{
 };
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 
+use super::scatter::Parameters;
 use super::{params, Await, Dest, Route, Session};
 use crate::control::{self, Control};
 use crate::error::EndpointError;
@@ -380,7 +381,14 @@ impl Session {
         else {
             unreachable!("checked above");
         };
-        match self.gather(&scatter).await? {
+        let parameters = Parameters {
+            types: (self.statements.get(&statement))
+                .map(|p| p.types.clone())
+                .unwrap_or_default(),
+            values: bind.parameters.clone(),
+            formats: bind.parameter_format_codes.clone(),
+        };
+        match self.gather(&scatter, Some(&parameters)).await? {
             Some(merge) => {
                 self.merges += 1;
                 let merge_name = Some(format!("__shoal_merge_{}", self.merges));

@@ -1,16 +1,22 @@
 //! Reads over every shard, through the endpoint (`shoal_route::scatter`): each node
-//! aggregates its shards on one of Shoal's connections, all nodes at once, and the client's
+//! aggregates its shards on a few of Shoal's connections (`Options::scatter_connections`,
+//! each with a share of the shards), all nodes at once, and the client's
 //! coordinator session merges the partial rows, so the client gets PostgreSQL's own types,
 //! names and output. Taken only outside transaction blocks; whatever fails before the merge
 //! leaves the statement to the coordinator, nothing having reached the client.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
 
 use super::{Dest, Session};
 use crate::error::EndpointError;
 use shoal_route::{Place, Privilege, Scatter};
 
-/// Partial rows a node may return for one statement: the merge takes them as one VALUES list
+/// Partial rows per node a split read may bring back: the merge takes them as one VALUES list
 /// on the coordinator session, so a larger answer (grouping by a near-unique column without
-/// LIMIT) goes to the coordinator instead, which streams it.
+/// LIMIT) goes to the coordinator instead, which streams it. One connection alone may not
+/// read more either.
 const MAX_PARTIAL_ROWS: usize = 20_000;
 
 /// Type names of the OIDs partial columns can have (built-in, fixed in every PostgreSQL).
@@ -38,20 +44,39 @@ fn type_name(oid: u32) -> Option<&'static str> {
     })
 }
 
+/// A client's parameters for a split read: the types its Parse declared (0 where the server
+/// infers them) and the values of its Bind, in their formats.
+pub(super) struct Parameters {
+    pub types: Vec<u32>,
+    pub values: Vec<Option<Bytes>>,
+    pub formats: Vec<i16>,
+}
+
 impl Session {
     /// The merging statement for `scatter`, once every node answered; `None` when the
     /// coordinator should run the statement instead.
     pub(super) async fn gather(
         &mut self,
         scatter: &Scatter,
+        parameters: Option<&Parameters>,
     ) -> Result<Option<String>, EndpointError> {
+        let parameters = match (scatter.parameters, parameters) {
+            (true, None) => return Ok(None),
+            (true, Some(given)) => Some(Arc::new(Parameters {
+                types: given.types.clone(),
+                values: given.values.clone(),
+                formats: given.formats.clone(),
+            })),
+            (false, _) => None,
+        };
         for table in &scatter.tables {
             if !self.may(table, Privilege::Select).await? {
                 return Ok(None);
             }
         }
         let mut running = Vec::new();
-        for (node, sql) in scatter.per_node() {
+        let connections = self.shared.options.scatter_connections;
+        for (node, sql) in scatter.per_connection(connections) {
             let place = Place::Node(node);
             let mut pooled = match self.shared.pool.get(place).await {
                 Ok(pooled) => pooled,
@@ -59,6 +84,7 @@ impl Session {
             };
             let settings = self.settings.apply_sql(&pooled.settings);
             let values = self.settings.values.clone();
+            let parameters = parameters.clone();
             running.push(tokio::spawn(async move {
                 if let Some(apply) = settings {
                     if let Err(error) = pooled.conn.simple_query(&apply).await {
@@ -67,7 +93,21 @@ impl Session {
                     }
                     pooled.settings = values;
                 }
-                let result = pooled.conn.simple_query_typed(&sql, MAX_PARTIAL_ROWS).await;
+                let result = match &parameters {
+                    None => pooled.conn.simple_query_typed(&sql, MAX_PARTIAL_ROWS).await,
+                    Some(p) => {
+                        pooled
+                            .conn
+                            .extended_query_typed(
+                                &sql,
+                                &p.types,
+                                &p.values,
+                                &p.formats,
+                                MAX_PARTIAL_ROWS,
+                            )
+                            .await
+                    }
+                };
                 (place, pooled, result)
             }));
         }
@@ -95,7 +135,8 @@ impl Session {
             }
             self.shared.pool.put(place, pooled);
         }
-        let Some(oids) = types.filter(|_| !failed) else {
+        let nodes = scatter.shard_statements.len().max(1);
+        let Some(oids) = types.filter(|_| !failed && rows.len() <= MAX_PARTIAL_ROWS * nodes) else {
             return Ok(None);
         };
         let Some(names) = oids
@@ -114,7 +155,7 @@ impl Session {
         &mut self,
         scatter: &Scatter,
     ) -> Result<bool, EndpointError> {
-        match self.gather(scatter).await? {
+        match self.gather(scatter, None).await? {
             Some(merge) => {
                 self.relay_simple(Dest::Session, &merge).await?;
                 Ok(true)

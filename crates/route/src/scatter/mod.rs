@@ -15,7 +15,8 @@
 //! - a sorted limit without aggregates: each shard's first rows, merged.
 //!
 //! ORDER BY (positions, output names, or output expressions) and constant LIMIT/OFFSET apply
-//! to the merged rows. Anything else is the coordinator's.
+//! to the merged rows. Parameters may appear in WHERE and FROM, which every shard's statement
+//! keeps as written. Anything else is the coordinator's.
 
 mod having;
 mod syntax;
@@ -44,6 +45,9 @@ pub struct Scatter {
     pub merge: String,
     /// The relations it reads, for the caller's privilege check.
     pub tables: Vec<QualifiedName>,
+    /// Whether the shards' statements take the client's parameters (`$1`, ... in WHERE or
+    /// FROM): then they run by the extended protocol with the client's values.
+    pub parameters: bool,
 }
 
 /// An output column of the query.
@@ -150,10 +154,26 @@ pub fn plan_scatter(sql: &str, topology: &Topology) -> Result<Scatter, NotRoutab
     {
         return refuse("its shape is not split across shards");
     }
-    // Nothing nested, nothing the nodes answer differently, no parameters.
+    // Nothing nested, nothing the nodes answer differently. Parameters only where every
+    // shard's statement carries them as written (the nodes get the client's values), never in
+    // what the merge computes.
     let json = serde_json::to_value(raw.stmt.as_deref()).unwrap_or_default();
-    if json.to_string().contains("\"ParamRef\"") {
-        return refuse("it has parameters");
+    let has_parameter = |nodes: &[&Node]| {
+        nodes
+            .iter()
+            .any(|n| serde_json::to_string(n).is_ok_and(|text| text.contains("\"ParamRef\"")))
+    };
+    let merged: Vec<&Node> = select
+        .target_list
+        .iter()
+        .chain(&select.group_clause)
+        .chain(&select.sort_clause)
+        .chain(select.having_clause.as_deref())
+        .chain(select.limit_count.as_deref())
+        .chain(select.limit_offset.as_deref())
+        .collect();
+    if has_parameter(&merged) {
+        return refuse("it has parameters outside WHERE and FROM");
     }
     let from = Shardwise::of(&select, topology)?;
     crate::statement::scan_for_scatter(&json, topology, from.relation_count())?;
@@ -350,16 +370,32 @@ pub fn plan_scatter(sql: &str, topology: &Topology) -> Result<Scatter, NotRoutab
         partial_columns: partials.len(),
         merge,
         tables: from.tables(),
+        parameters: json.to_string().contains("\"ParamRef\""),
     })
 }
 
 impl Scatter {
     /// Per node, one statement over all its shards: their partials, UNION ALL.
     pub fn per_node(&self) -> Vec<(i32, String)> {
-        self.shard_statements
-            .iter()
-            .map(|(node, parts)| (*node, parts.join(" UNION ALL ")))
-            .collect()
+        self.per_connection(1)
+    }
+
+    /// Per node, up to `connections` statements that share its shards between them as evenly
+    /// as shard counts allow (contiguous runs, none empty), for that many connections to run
+    /// at once: a node with several cores answers in a fraction of one connection's time.
+    pub fn per_connection(&self, connections: usize) -> Vec<(i32, String)> {
+        let mut statements = Vec::new();
+        for (node, parts) in &self.shard_statements {
+            let count = connections.clamp(1, parts.len().max(1));
+            let (base, extra) = (parts.len() / count, parts.len() % count);
+            let mut start = 0;
+            for i in 0..count {
+                let end = start + base + usize::from(i < extra);
+                statements.push((*node, parts[start..end].join(" UNION ALL ")));
+                start = end;
+            }
+        }
+        statements
     }
 
     /// The merging statement for people to read: the partial rows named as such, and each

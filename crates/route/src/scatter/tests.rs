@@ -285,3 +285,65 @@ fn having_filters_the_merged_groups_and_distinct_keys_count_per_shard() {
          GROUP BY p.c0 HAVING ((sum(p.c2)::{t2}) > 10 AND (p.c0) IS NOT NULL) OR (max(p.c3)) IN (1, 2)"
     );
 }
+
+#[test]
+fn a_nodes_shards_are_shared_out_over_its_connections() {
+    let scatter = Scatter {
+        shard_statements: vec![
+            (1, (0..5).map(|i| format!("SELECT {i}")).collect()),
+            (2, vec!["SELECT 9".into()]),
+        ],
+        partial_columns: 1,
+        merge: "SELECT p.c0 FROM {partials}".into(),
+        tables: Vec::new(),
+        parameters: false,
+    };
+    let shown = |connections| -> Vec<(i32, String)> { scatter.per_connection(connections) };
+    assert_eq!(
+        shown(2),
+        [
+            (
+                1,
+                "SELECT 0 UNION ALL SELECT 1 UNION ALL SELECT 2".to_string()
+            ),
+            (1, "SELECT 3 UNION ALL SELECT 4".to_string()),
+            (2, "SELECT 9".to_string()),
+        ]
+    );
+    // Never more connections than shards, never an empty statement.
+    assert_eq!(shown(8).len(), 6);
+    assert_eq!(shown(0), scatter.per_node());
+    assert_eq!(scatter.per_node()[0].1.matches("UNION ALL").count(), 4);
+}
+
+#[test]
+fn parameters_split_where_every_shard_keeps_them() {
+    let scatter = plan_scatter(
+        "SELECT customer_id, count(*) FROM orders WHERE amount > $1 AND id <> $2 GROUP BY 1",
+        &topology(),
+    )
+    .unwrap();
+    assert!(scatter.parameters);
+    assert!(
+        scatter.per_node()[0].1.starts_with(
+            "SELECT customer_id AS c0, count(*) AS c1 FROM public.orders_100 orders \
+                          WHERE amount > $1 AND id <> $2 GROUP BY customer_id UNION ALL"
+        ),
+        "{}",
+        scatter.per_node()[0].1
+    );
+    assert!(
+        !plan_scatter("SELECT count(*) FROM orders", &topology())
+            .unwrap()
+            .parameters
+    );
+    for sql in [
+        "SELECT count(*) + $1 FROM orders",
+        "SELECT customer_id, count(*) FROM orders GROUP BY 1 HAVING count(*) > $1",
+        "SELECT id FROM orders ORDER BY amount LIMIT $1",
+        "SELECT customer_id % $1, count(*) FROM orders GROUP BY 1",
+    ] {
+        let refused = plan_scatter(sql, &topology()).unwrap_err();
+        assert!(refused.0.contains("parameters"), "{sql}: {refused:?}");
+    }
+}
