@@ -293,15 +293,22 @@ pub(crate) fn aggregate_merge(
             };
             // All flagged groups in one pass over the sources: a semi-join on the plain key
             // values, which can use indexes and partition pruning, or one scan without them.
+            // Each key is also compared with the array of the flagged groups' values: the
+            // array is computed once, before the scan, so it is a parameter that postgres_fdw
+            // sends to the workers, which then read only those groups (the semi-join itself
+            // stays on the coordinator and reads every row of a distributed source).
             let flagged = format!("{rescan} AND {nonnull}");
-            let plain = branch(
-                flagged.clone(),
-                format!(
-                    "({}) IN (SELECT {} FROM {n} WHERE {flagged})",
-                    key_exprs.join(", "),
-                    n_keys.join(", ")
-                ),
-            );
+            let mut key_match: Vec<String> = key_exprs
+                .iter()
+                .zip(&n_keys)
+                .map(|(e, nk)| format!("({e}) = ANY (ARRAY(SELECT {nk} FROM {n} WHERE {flagged}))"))
+                .collect();
+            key_match.push(format!(
+                "({}) IN (SELECT {} FROM {n} WHERE {flagged})",
+                key_exprs.join(", "),
+                n_keys.join(", ")
+            ));
+            let plain = branch(flagged.clone(), key_match.join(" AND "));
             // Groups with a NULL key need IS NOT DISTINCT FROM, which no index serves; rare.
             let flagged_null = format!("{rescan} AND NOT ({nonnull})");
             let null_match: Vec<String> = key_exprs

@@ -87,6 +87,9 @@
 //! group whose deltas have a non-NULL `x` is flagged the same way and recomputed in the same
 //! rescan as MIN/MAX (`min`/`max` with DISTINCT are the plain ones); only the value is stored.
 //! The cost is a read of the flagged groups' rows, so it pays where groups are many and small.
+//! Each key of the rescan is also compared with the array of the flagged groups' keys, computed
+//! before the scan: a parameter postgres_fdw sends to the workers, so that they return only
+//! those groups' rows (an exact semi-join on the whole key follows).
 //!
 //! A FILTER is folded into the argument: `agg(x) FILTER (WHERE c)` is `agg(CASE WHEN c THEN x
 //! END)` and `count(*) FILTER (WHERE c)` is `count(CASE WHEN c THEN 1 END)`, equal because these

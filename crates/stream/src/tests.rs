@@ -597,7 +597,7 @@ fn differential_aggregate() {
         // MIN/MAX rescans, plain-equality and NULL-safe branches
         "LEAST(\"__shoal_o5\", \"__shoal_ins5\")",
         "\"__shoal_del6\" >= GREATEST(\"__shoal_o6\", \"__shoal_ins6\")",
-        "\"__shoal_r\" AS (SELECT customer_id AS \"__shoal_k1\", hash_record_extended(ROW(customer_id), 0) AS \"__shoal_rid\", min(amount) AS \"__shoal_m5\", max(amount) AS \"__shoal_m6\" FROM \"orders\" AS \"orders\" WHERE ((customer_id) IN (SELECT \"__shoal_n\".\"__shoal_k1\" FROM \"__shoal_n\" WHERE \"__shoal_n\".\"__shoal_rescan\" AND \"__shoal_n\".\"__shoal_k1\" IS NOT NULL)) AND ((SELECT bool_or(\"__shoal_n\".\"__shoal_rescan\" AND \"__shoal_n\".\"__shoal_k1\" IS NOT NULL) FROM \"__shoal_n\")) GROUP BY customer_id",
+        "\"__shoal_r\" AS (SELECT customer_id AS \"__shoal_k1\", hash_record_extended(ROW(customer_id), 0) AS \"__shoal_rid\", min(amount) AS \"__shoal_m5\", max(amount) AS \"__shoal_m6\" FROM \"orders\" AS \"orders\" WHERE ((customer_id) = ANY (ARRAY(SELECT \"__shoal_n\".\"__shoal_k1\" FROM \"__shoal_n\" WHERE \"__shoal_n\".\"__shoal_rescan\" AND \"__shoal_n\".\"__shoal_k1\" IS NOT NULL)) AND (customer_id) IN (SELECT \"__shoal_n\".\"__shoal_k1\" FROM \"__shoal_n\" WHERE \"__shoal_n\".\"__shoal_rescan\" AND \"__shoal_n\".\"__shoal_k1\" IS NOT NULL)) AND ((SELECT bool_or(\"__shoal_n\".\"__shoal_rescan\" AND \"__shoal_n\".\"__shoal_k1\" IS NOT NULL) FROM \"__shoal_n\")) GROUP BY customer_id",
         "AND (customer_id) IS NOT DISTINCT FROM \"__shoal_n\".\"__shoal_k1\")",
         "WHEN MATCHED AND \"__shoal_s\".\"__shoal_ncount\" <= 0 THEN DELETE",
         "WHEN NOT MATCHED AND \"__shoal_s\".\"__shoal_ncount\" > 0 THEN INSERT",
