@@ -91,6 +91,12 @@
 //! before the scan: a parameter postgres_fdw sends to the workers, so that they return only
 //! those groups' rows (an exact semi-join on the whole key follows).
 //!
+//! `bool_and(x)` (`every`) and `bool_or(x)` are kept as the count of non-NULL inputs and of the
+//! deciding ones (false for AND, true for OR), both updated by deltas: AND is true when no false
+//! input remains, OR when a true one does, NULL without input. `string_agg` and `array_agg`
+//! have no inverse: a group with any changed row is flagged and recomputed in the same rescan,
+//! with the call as written (DISTINCT, ORDER BY and FILTER included).
+//!
 //! A FILTER is folded into the argument: `agg(x) FILTER (WHERE c)` is `agg(CASE WHEN c THEN x
 //! END)` and `count(*) FILTER (WHERE c)` is `count(CASE WHEN c THEN 1 END)`, equal because these
 //! aggregates skip NULLs and agree over no rows; the deltas then need nothing else.
@@ -108,8 +114,9 @@
 //! (both depend on the tables' column lists, which a delta reads only in part), subqueries,
 //! CTEs, INTERSECT/EXCEPT, UNION of grouped or DISTINCT branches or mixed with UNION ALL, window
 //! functions, HAVING on columns that are neither keys nor
-//! aggregated, ORDER BY/LIMIT, DISTINCT ON, aggregates other than count/sum/avg/min/max or with
-//! ORDER BY, expressions over aggregates, volatile or time-dependent values.
+//! aggregated, ORDER BY/LIMIT, DISTINCT ON, aggregates other than count/sum/avg/min/max,
+//! bool_and/bool_or/every and string_agg/array_agg, ORDER BY in the others' calls, expressions
+//! over aggregates, volatile or time-dependent values.
 //! [`Mode::Auto`] then chooses full refresh and says why. Full refresh (TRUNCATE + INSERT into
 //! the storage of the query grouped with its multiplicities) handles every query.
 //!

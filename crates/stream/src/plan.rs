@@ -11,8 +11,8 @@ use serde::{Deserialize, Serialize};
 use crate::error::{AnalyzeError, Unsupported};
 use crate::expr::{
     classify_call, contains_aggregate, deparse_expr, deparse_from_list, deparse_stmt,
-    figure_colname, kind_name, name_parts, reserved, same_expr, string_value, AggFunc, Call,
-    RowExprCheck, RESERVED_PREFIX,
+    figure_colname, kind_name, name_parts, reserved, row_parts, same_expr, string_value, AggFunc,
+    Call, RowExprCheck, RESERVED_PREFIX,
 };
 use crate::from::{collect_from, source_slot, FromParts, OuterJoin};
 use crate::having::Having;
@@ -732,14 +732,14 @@ fn grouping(
     for (i, (target, name)) in targets.iter().zip(names).enumerate() {
         let role = match classify_call(target)? {
             Call::Aggregate(func, arg) => {
-                if let Some(arg) = &arg {
-                    if contains_aggregate(arg) {
+                for part in arg.iter().flat_map(|a| row_parts(func, a)) {
+                    if contains_aggregate(part) {
                         return Err(AnalyzeError::Invalid(format!(
                             "aggregate calls cannot be nested (at `{}`)",
                             deparse_expr(target)
                         )));
                     }
-                    arg_check.check(arg)?;
+                    arg_check.check(part)?;
                 }
                 aggregates.push(Aggregate {
                     func,

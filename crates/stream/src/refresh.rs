@@ -71,7 +71,24 @@ pub(crate) fn hidden_sum(j: usize) -> String {
 }
 
 pub(crate) fn needs_nn(func: AggFunc) -> bool {
-    matches!(func, AggFunc::Sum | AggFunc::Avg)
+    matches!(
+        func,
+        AggFunc::Sum | AggFunc::Avg | AggFunc::BoolAnd | AggFunc::BoolOr
+    )
+}
+
+/// The hidden count of the inputs that decide a `bool_and` (false ones) or `bool_or` (true ones).
+pub(crate) fn hidden_hit(j: usize) -> String {
+    format!("__shoal_hit_{}", j + 1)
+}
+
+/// The condition on an input that [`hidden_hit`] counts, if the aggregate keeps one.
+pub(crate) fn hit_test(func: AggFunc) -> Option<&'static str> {
+    match func {
+        AggFunc::BoolAnd => Some("IS FALSE"),
+        AggFunc::BoolOr => Some("IS TRUE"),
+        _ => None,
+    }
 }
 
 /// The stored column holding aggregate `j`: its output column, or a hidden one.
@@ -234,6 +251,9 @@ pub fn storage_ddl(
                 let avg_type = type_of(&agg_column(plan, g, j));
                 defs.push(format!("{} {avg_type}", qi(&hidden_sum(j))));
             }
+            if hit_test(a.func).is_some() {
+                defs.push(format!("{} bigint NOT NULL DEFAULT 0", qi(&hidden_hit(j))));
+            }
         }
     }
     defs.push(format!("{} bigint NOT NULL", qi(COUNT_COLUMN)));
@@ -286,6 +306,9 @@ pub fn storage_columns(plan: &QueryPlan) -> Vec<String> {
                 }
                 if a.func == AggFunc::Avg {
                     names.push(hidden_sum(j));
+                }
+                if hit_test(a.func).is_some() {
+                    names.push(hidden_hit(j));
                 }
             }
         }
@@ -437,6 +460,10 @@ pub fn full_refresh_sql(plan: &QueryPlan, table: &QualifiedName) -> Vec<String> 
                 if a.func == AggFunc::Avg {
                     cols.push(qi(&hidden_sum(j)));
                     vals.push(format!("sum({arg})"));
+                }
+                if let Some(test) = hit_test(a.func) {
+                    cols.push(qi(&hidden_hit(j)));
+                    vals.push(format!("count(*) FILTER (WHERE ({arg}) {test})"));
                 }
             }
             cols.push(qi(COUNT_COLUMN));

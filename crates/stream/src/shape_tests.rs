@@ -1,5 +1,6 @@
 //! Unit tests of the query shapes beyond inner joins and plain aggregates: USING and join
-//! aliases, HAVING, DISTINCT aggregates, FILTER, outer joins; with their generated SQL.
+//! aliases, HAVING, DISTINCT aggregates, FILTER, outer joins, bool/string/array aggregates;
+//! with their generated SQL.
 
 use std::collections::HashMap;
 
@@ -321,4 +322,122 @@ fn union_all_sums_its_branches_deltas() {
     assert!(full_refresh_sql(&p, &table())[1]
         .contains("FROM ((SELECT note FROM orders) UNION ALL (SELECT name FROM products))"));
     generate_all(&p);
+}
+
+#[test]
+fn bool_aggregates_keep_counts_of_their_deciding_inputs() {
+    let p = plan(
+        "SELECT customer_id, bool_and(amount > 10) AS all_big, every(note <> 'x') AS no_x, \
+         bool_or(note = 'n1') FILTER (WHERE amount IS NOT NULL) AS any_n1 \
+         FROM orders GROUP BY customer_id",
+    );
+    let g = p.differential().unwrap().grouping.as_ref().unwrap();
+    let funcs: Vec<AggFunc> = g.aggregates.iter().map(|a| a.func).collect();
+    assert_eq!(funcs, [AggFunc::BoolAnd, AggFunc::BoolAnd, AggFunc::BoolOr]);
+    let ddl = storage_ddl(&p, &table(), &types_for(&p)).unwrap();
+    assert!(
+        ddl[0].contains(
+            "\"__shoal_nn_1\" bigint NOT NULL DEFAULT 0, \"__shoal_hit_1\" bigint NOT NULL DEFAULT 0"
+        ),
+        "{}",
+        ddl[0]
+    );
+    let full = &full_refresh_sql(&p, &table())[1];
+    assert!(
+        full.contains("count(*) FILTER (WHERE (amount > 10) IS FALSE)"),
+        "{full}"
+    );
+    assert!(full.contains(
+        "count(*) FILTER (WHERE (CASE WHEN amount IS NOT NULL THEN note = 'n1' END) IS TRUE)"
+    ));
+    let s = &generate_all(&p)[0];
+    for part in [
+        // per group: the change of the non-NULL and of the deciding inputs
+        "sum(CASE WHEN \"__shoal_x1\" IS FALSE THEN \"__shoal_delta\" ELSE 0 END)::bigint AS \"__shoal_dhit1\"",
+        "sum(CASE WHEN \"__shoal_x3\" IS TRUE THEN \"__shoal_delta\" ELSE 0 END)::bigint AS \"__shoal_dhit3\"",
+        // the value from the counts: NULL without input
+        "CASE WHEN (COALESCE(\"__shoal_onn1\", 0) + \"__shoal_dnn1\") = 0 THEN NULL ELSE \
+         (COALESCE(\"__shoal_ohit1\", 0) + \"__shoal_dhit1\") = 0 END AS \"__shoal_n1\"",
+        "(COALESCE(\"__shoal_ohit3\", 0) + \"__shoal_dhit3\") > 0 END AS \"__shoal_n3\"",
+        "\"__shoal_hit_3\" = \"__shoal_s\".\"__shoal_nhit3\"",
+    ] {
+        assert!(s.contains(part), "missing {part}\nin {s}");
+    }
+    // No rescan: the counts are exact.
+    assert!(!s.contains("\"__shoal_r\" AS"), "{s}");
+    generate_all(&plan("SELECT bool_or(qty > 3) AS any FROM items"));
+}
+
+#[test]
+fn string_and_array_aggregates_are_recomputed_as_written_for_changed_groups() {
+    let p = plan(
+        "SELECT customer_id, string_agg(note, ', ' ORDER BY note DESC) AS notes, \
+         array_agg(DISTINCT amount) FILTER (WHERE amount > 0) AS amounts, count(*) AS n \
+         FROM orders GROUP BY customer_id HAVING array_agg(id ORDER BY id) <> '{}'",
+    );
+    let g = p.differential().unwrap().grouping.as_ref().unwrap();
+    let aggs: Vec<(AggFunc, Option<&str>)> = g
+        .aggregates
+        .iter()
+        .map(|a| (a.func, a.arg.as_deref()))
+        .collect();
+    // The whole call is kept: the FILTER cannot fold into array_agg, which keeps NULLs.
+    assert_eq!(
+        aggs,
+        [
+            (
+                AggFunc::StringAgg,
+                Some("string_agg(note, ', ' ORDER BY note DESC)")
+            ),
+            (
+                AggFunc::ArrayAgg,
+                Some("array_agg(DISTINCT amount) FILTER (WHERE amount > 0)")
+            ),
+            (AggFunc::CountStar, None),
+            (AggFunc::ArrayAgg, Some("array_agg(id ORDER BY id)")),
+        ]
+    );
+    let s = &generate_all(&p)[0];
+    for part in [
+        // Any row of a group coming or going flags it.
+        "count(*) AS \"__shoal_touch1\"",
+        "count(*) AS \"__shoal_touch2\"",
+        "(\"__shoal_touch1\" > 0 OR \"__shoal_touch2\" > 0 OR \"__shoal_touch4\" > 0)",
+        // and the flagged groups are recomputed with the calls as written
+        "string_agg(note, ', ' ORDER BY note DESC) AS \"__shoal_m1\", array_agg(DISTINCT amount) \
+         FILTER (WHERE amount > 0) AS \"__shoal_m2\", array_agg(id ORDER BY id) AS \"__shoal_m4\"",
+        "\"notes\" = CASE WHEN \"__shoal_s\".\"__shoal_ncount\" <= 0 THEN NULL WHEN",
+    ] {
+        assert!(s.contains(part), "missing {part}\nin {s}");
+    }
+    // Nothing per row for them in the delta.
+    assert!(!s.contains("__shoal_x1"), "{s}");
+    assert!(probe_sql(&p).contains("array_agg(id ORDER BY id) AS \"__shoal_agg_4\""));
+    generate_all(&plan(
+        "SELECT string_agg(p.name, ',') AS names FROM items i JOIN products p ON p.id = i.product_id",
+    ));
+    for (sql, refusal) in [
+        (
+            "SELECT customer_id, string_agg(note, ',' ORDER BY random()) AS n FROM orders GROUP BY customer_id",
+            "volatile functions are not supported in differential mode (at `random()`)",
+        ),
+        (
+            "SELECT customer_id, array_agg(id) FILTER (WHERE now() > '2020-01-01') AS n FROM orders GROUP BY customer_id",
+            "(at `now()`)",
+        ),
+        (
+            "SELECT customer_id, array_agg(count(*)) AS n FROM orders GROUP BY customer_id",
+            "",
+        ),
+    ] {
+        match crate::analyze(sql) {
+            Ok(p) => {
+                let crate::Maintenance::FullOnly(u) = &p.maintenance else {
+                    panic!("{sql} should be refused");
+                };
+                assert!(u.to_string().contains(refusal), "{sql}: {u}");
+            }
+            Err(e) => assert!(e.to_string().contains("cannot be nested"), "{sql}: {e}"),
+        }
+    }
 }

@@ -30,8 +30,8 @@ enum Barrier {
     /// it does not hold, the refresh starts again with [`Barrier::AllSources`].
     ReferenceSources,
     /// Every source's writes wait while every change up to now is captured: a full refresh, a
-    /// MIN, MAX or DISTINCT aggregate recomputed from the sources, an outer join, or a join
-    /// where a distributed table's current state is read.
+    /// MIN, MAX, DISTINCT, string_agg or array_agg aggregate recomputed from the sources, an
+    /// outer join, or a join where a distributed table's current state is read.
     AllSources,
 }
 
