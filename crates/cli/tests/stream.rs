@@ -80,6 +80,13 @@ const STREAMS: &[(&str, &str, &str)] = &[
          FROM orders o JOIN products p ON p.id = o.product_id GROUP BY p.category",
         "category, all_big, has_3, ids, customers",
     ),
+    (
+        "s_window",
+        "SELECT o.customer_id, o.amount, rank() OVER (PARTITION BY o.customer_id ORDER BY o.amount) AS r, \
+         count(*) OVER (PARTITION BY o.customer_id) AS n, p.category \
+         FROM orders o JOIN products p ON p.id = o.product_id WHERE o.amount > 80",
+        "customer_id, amount, r, n, category",
+    ),
 ];
 
 async fn setup(shoal: &Shoal) {

@@ -106,14 +106,24 @@
 //! uses are stored hidden (`__shoal_agg_<j>`) and maintained like the others. So a group crossing
 //! the condition either way needs nothing more than its own exact state.
 //!
+//! # Window functions
+//!
+//! When all the window functions of a query share one PARTITION BY, a partition's rows depend
+//! on its own joined rows only, and a condition on the partition key in WHERE removes whole
+//! partitions before windows are computed. A refresh takes the partition keys of every delta
+//! row, deletes the stored rows of those partitions (found by a row id hashing the hidden
+//! partition key columns `__shoal_part_<i>`), and inserts the query's rows restricted to those
+//! partitions, counted per distinct row and shown repeated as any projection is (`window.rs`).
+//!
 //! # Refusals
 //!
 //! Anything whose delta this algebra does not give exactly is refused in differential mode with
 //! an [`Unsupported`] naming the part: outer joins other than one of two tables alone in FROM
 //! with ON, NATURAL joins and column alias lists in FROM
 //! (both depend on the tables' column lists, which a delta reads only in part), subqueries,
-//! CTEs, INTERSECT/EXCEPT, UNION of grouped or DISTINCT branches or mixed with UNION ALL, window
-//! functions, HAVING on columns that are neither keys nor
+//! CTEs, INTERSECT/EXCEPT, UNION of grouped, DISTINCT or windowed branches or mixed with UNION
+//! ALL, window functions without PARTITION BY, with different ones, over expressions or with
+//! GROUP BY or DISTINCT, HAVING on columns that are neither keys nor
 //! aggregated, ORDER BY/LIMIT, DISTINCT ON, aggregates other than count/sum/avg/min/max,
 //! bool_and/bool_or/every and string_agg/array_agg, ORDER BY in the others' calls, expressions
 //! over aggregates, volatile or time-dependent values.
@@ -154,6 +164,7 @@ mod refresh;
 pub mod runtime;
 pub mod topology;
 mod union;
+mod window;
 
 pub use error::{AnalyzeError, GenerateError, Unsupported};
 pub use expr::AggFunc;
@@ -174,6 +185,7 @@ pub use topology::{
     diff_workers, needs_reinit, needs_reinit_given_drained, LiveWorker, TopologyChange, WorkerSlot,
 };
 pub use union::{Union, UnionBranch};
+pub use window::Window;
 
 #[cfg(test)]
 mod shape_tests;

@@ -17,6 +17,7 @@ use crate::expr::{
 use crate::from::{collect_from, source_slot, FromParts, OuterJoin};
 use crate::having::Having;
 use crate::union::{analyze_union, Union};
+use crate::window::{analyze_window, Window};
 use shoal_sql::quote_ident;
 
 /// A relation as the defining query names it: schema-qualified or not, unquoted parts exactly as
@@ -143,6 +144,8 @@ pub struct Differential {
     pub distinct: bool,
     /// Present when the query has GROUP BY or aggregates.
     pub grouping: Option<Grouping>,
+    /// Present when the select list has window functions (then `grouping` is None).
+    pub window: Option<Window>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -539,9 +542,6 @@ fn differential(
             Some("FOR UPDATE/SHARE".into()),
         ));
     }
-    if !sel.window_clause.is_empty() {
-        return Err(unsupported("window functions", Some("WINDOW ...".into())));
-    }
     if sel.group_distinct {
         return Err(unsupported("GROUP BY DISTINCT", None));
     }
@@ -636,7 +636,17 @@ fn differential(
         place: "the select list",
     };
     let mut columns = Vec::new();
-    let grouping = if !grouped {
+    let window = analyze_window(
+        sel,
+        &targets,
+        names,
+        &range_names,
+        distinct || grouped,
+        &mut columns,
+    )?;
+    let grouping = if window.is_some() {
+        None
+    } else if !grouped {
         for (target, name) in targets.iter().zip(names) {
             select_check.check(target)?;
             columns.push(OutputColumn {
@@ -658,6 +668,7 @@ fn differential(
             filter,
             distinct,
             grouping,
+            window,
         },
         columns,
     ))

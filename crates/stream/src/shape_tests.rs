@@ -1,6 +1,6 @@
 //! Unit tests of the query shapes beyond inner joins and plain aggregates: USING and join
-//! aliases, HAVING, DISTINCT aggregates, FILTER, outer joins, bool/string/array aggregates;
-//! with their generated SQL.
+//! aliases, HAVING, DISTINCT aggregates, FILTER, outer joins, bool/string/array aggregates,
+//! window functions; with their generated SQL.
 
 use std::collections::HashMap;
 
@@ -439,5 +439,107 @@ fn string_and_array_aggregates_are_recomputed_as_written_for_changed_groups() {
             }
             Err(e) => assert!(e.to_string().contains("cannot be nested"), "{sql}: {e}"),
         }
+    }
+}
+
+#[test]
+fn window_functions_are_recomputed_for_the_touched_partitions() {
+    let p = plan(
+        "SELECT o.id, o.customer_id, row_number() OVER w AS rn, \
+         sum(o.amount) OVER (PARTITION BY o.customer_id) AS total, \
+         lag(o.amount) OVER (w) AS prev FROM orders o WHERE o.amount > 0 \
+         WINDOW w AS (PARTITION BY customer_id ORDER BY o.amount, o.id)",
+    );
+    let d = p.differential().unwrap();
+    let w = d.window.as_ref().unwrap();
+    assert_eq!(w.partition, ["customer_id"]);
+    assert_eq!(
+        w.clause.as_deref(),
+        Some("WINDOW w AS (PARTITION BY customer_id ORDER BY o.amount, o.id)")
+    );
+    // Stored as a bag, with the partition key hidden and hashed for the lookup.
+    assert_eq!(
+        typed_columns(&p),
+        ["id", "customer_id", "rn", "total", "prev", "__shoal_part_1"]
+    );
+    let ddl = storage_ddl(&p, &table(), &types_for(&p)).unwrap();
+    assert!(ddl[0].contains(
+        "\"__shoal_row_id\" bigint GENERATED ALWAYS AS (hash_record_extended(ROW(\"__shoal_part_1\"), 0)) STORED"
+    ));
+    assert!(ddl[1].starts_with("CREATE INDEX"));
+    assert!(contents_sql(&p, &table()).contains("generate_series"));
+    assert_eq!(
+        full_refresh_sql(&p, &table())[1],
+        "INSERT INTO \"app\".\"St\" (\"id\", \"customer_id\", \"rn\", \"total\", \"prev\", \"__shoal_part_1\", \
+         \"__shoal_count\") SELECT \"__shoal_q\".\"id\", \"__shoal_q\".\"customer_id\", \"__shoal_q\".\"rn\", \
+         \"__shoal_q\".\"total\", \"__shoal_q\".\"prev\", \"__shoal_q\".\"__shoal_part_1\", count(*) FROM \
+         (SELECT o.id AS \"id\", o.customer_id AS \"customer_id\", row_number() OVER w AS \"rn\", \
+         sum(o.amount) OVER (PARTITION BY o.customer_id) AS \"total\", lag(o.amount) OVER (w) AS \"prev\", \
+         customer_id AS \"__shoal_part_1\" FROM \"orders\" AS \"o\" WHERE (o.amount > 0) \
+         WINDOW w AS (PARTITION BY customer_id ORDER BY o.amount, o.id)) AS \"__shoal_q\" GROUP BY 1, 2, 3, 4, 5, 6"
+    );
+    let s = &generate_all(&p)[0];
+    for part in [
+        // the partition keys the delta's rows fall in
+        "WITH \"__shoal_d\" AS (SELECT customer_id AS \"__shoal_k1\", \"__shoal_sign1\" AS \"__shoal_delta\" FROM",
+        "\"__shoal_parts\" AS (SELECT DISTINCT \"__shoal_k1\", hash_record_extended(ROW(\"__shoal_k1\"), 0) \
+         AS \"__shoal_rid\" FROM \"__shoal_d\")",
+        // their stored rows deleted
+        "\"__shoal_x\" AS (DELETE FROM \"app\".\"St\" AS \"__shoal_t\" USING \"__shoal_parts\" WHERE \
+         \"__shoal_t\".\"__shoal_row_id\" = \"__shoal_parts\".\"__shoal_rid\" AND \
+         \"__shoal_t\".\"__shoal_part_1\" IS NOT DISTINCT FROM \"__shoal_parts\".\"__shoal_k1\")",
+        // and recomputed: plain keys by an array the workers get and the exact semi-join
+        "WHERE (o.amount > 0) AND ((customer_id) = ANY (ARRAY(SELECT \"__shoal_parts\".\"__shoal_k1\" FROM \
+         \"__shoal_parts\" WHERE \"__shoal_parts\".\"__shoal_k1\" IS NOT NULL))) AND ((customer_id) IN \
+         (SELECT \"__shoal_parts\".\"__shoal_k1\" FROM \"__shoal_parts\" WHERE \"__shoal_parts\".\"__shoal_k1\" \
+         IS NOT NULL))",
+        // NULL keys null-safely, only when there are some
+        "(SELECT bool_or(NOT (\"__shoal_parts\".\"__shoal_k1\" IS NOT NULL)) FROM \"__shoal_parts\")) \
+         WINDOW w AS (PARTITION BY customer_id ORDER BY o.amount, o.id))",
+    ] {
+        assert!(s.contains(part), "missing {part}\nin {s}");
+    }
+    // Joins and outer joins: the partitions of every joined row a change reaches.
+    generate_all(&plan(
+        "SELECT p.name, i.qty, rank() OVER (PARTITION BY p.name, i.order_id ORDER BY i.qty) AS r \
+         FROM items i LEFT JOIN products p ON p.id = i.product_id",
+    ));
+}
+
+#[test]
+fn window_functions_differential_mode_cannot_maintain_are_refused_by_name() {
+    for (sql, refusal) in [
+        (
+            "SELECT id, row_number() OVER (ORDER BY id) AS rn FROM orders",
+            "window functions without PARTITION BY are not supported in differential mode \
+             (at `row_number() OVER (ORDER BY id)`); the whole result is one partition",
+        ),
+        (
+            "SELECT id, rank() OVER (PARTITION BY note ORDER BY id) AS r, \
+             sum(amount) OVER (PARTITION BY customer_id) AS s FROM orders",
+            "window functions with different PARTITION BY are not supported in differential mode \
+             (at `sum(amount) OVER (PARTITION BY customer_id)`)",
+        ),
+        (
+            "SELECT id, 1 + row_number() OVER (PARTITION BY note) AS r FROM orders",
+            "expressions over window functions",
+        ),
+        (
+            "SELECT customer_id, count(*) AS n, rank() OVER (PARTITION BY customer_id) AS r \
+             FROM orders GROUP BY customer_id",
+            "window functions together with GROUP BY, aggregates or DISTINCT",
+        ),
+        (
+            "SELECT id, sum(amount) OVER (PARTITION BY random() > 0.5) AS s FROM orders",
+            "volatile functions",
+        ),
+        (
+            "SELECT id, row_number() OVER (PARTITION BY note) AS r FROM orders \
+             UNION ALL SELECT id, 1 FROM orders",
+            "window functions in UNION branches",
+        ),
+    ] {
+        let u = unsupported(sql);
+        assert!(u.contains(refusal), "{sql}:\n{u}");
     }
 }

@@ -225,8 +225,8 @@ fn global_aggregate_and_distinct() {
 fn refusals_name_the_unsupported_part() {
     let cases: &[(&str, &str)] = &[
         (
-            "SELECT id, row_number() OVER (PARTITION BY customer_id) AS r FROM orders",
-            "window functions are not supported in differential mode (at `row_number() OVER (PARTITION BY customer_id)`)",
+            "SELECT id, row_number() OVER (ORDER BY id) AS r FROM orders",
+            "window functions without PARTITION BY are not supported in differential mode (at `row_number() OVER (ORDER BY id)`)",
         ),
         (
             "SELECT o.id FROM orders o LEFT JOIN items i ON i.order_id = o.id JOIN p ON p.id = o.id",

@@ -188,6 +188,28 @@ const QUERIES: &[(&str, &str)] = &[
         "SELECT array_agg(qty ORDER BY qty, order_id, id) AS qtys, bool_and(qty > 3) AS big \
          FROM items WHERE qty > 2",
     ),
+    (
+        "st_window",
+        "SELECT o.id, o.customer_id, row_number() OVER w AS rn, \
+         rank() OVER (PARTITION BY o.customer_id ORDER BY o.amount) AS r, \
+         sum(o.amount) OVER (PARTITION BY o.customer_id) AS total, lag(o.amount) OVER w AS prev \
+         FROM orders o WHERE o.note <> 'n2' \
+         WINDOW w AS (PARTITION BY o.customer_id ORDER BY o.amount, o.id)",
+    ),
+    // Duplicate rows, and partitions that move when a product is renamed.
+    (
+        "st_window_join",
+        "SELECT p.name, i.qty, count(*) OVER (PARTITION BY p.name) AS n, \
+         dense_rank() OVER (PARTITION BY p.name ORDER BY i.qty) AS dr, \
+         max(i.qty) OVER (PARTITION BY p.name) AS hi, avg(i.qty) OVER (PARTITION BY p.name) AS mean \
+         FROM items i JOIN products p ON p.id = i.product_id",
+    ),
+    (
+        "st_window_left",
+        "SELECT o.customer_id, i.qty, row_number() OVER (PARTITION BY o.customer_id, o.note \
+         ORDER BY i.qty, i.id, o.id) AS rn, lead(i.qty) OVER (PARTITION BY o.customer_id, o.note \
+         ORDER BY i.qty, i.id, o.id) AS next FROM orders o LEFT JOIN items i ON i.order_id = o.id",
+    ),
 ];
 
 async fn exec(client: &Client, sql: &str) {
