@@ -125,7 +125,8 @@ pub struct Grouping {
 }
 
 /// The shape of a query that differential refresh maintains: an inner join of relations,
-/// filtered, then projected (optionally DISTINCT) or grouped and aggregated.
+/// filtered, then projected (optionally DISTINCT, or with window functions) or grouped and
+/// aggregated.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Differential {
     pub sources: Vec<Source>,
