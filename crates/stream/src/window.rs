@@ -38,9 +38,10 @@ pub(crate) fn hidden_part(i: usize) -> String {
     format!("__shoal_part_{}", i + 1)
 }
 
-fn window_call(node: &Node) -> Option<&pg_query::protobuf::FuncCall> {
+/// The call and its window, when the node is a window function call.
+fn window_call(node: &Node) -> Option<(&pg_query::protobuf::FuncCall, &WindowDef)> {
     match node.node.as_ref() {
-        Some(NodeEnum::FuncCall(f)) if f.over.is_some() => Some(f),
+        Some(NodeEnum::FuncCall(f)) => f.over.as_deref().map(|over| (f.as_ref(), over)),
         _ => None,
     }
 }
@@ -160,7 +161,7 @@ pub(crate) fn analyze_window(
     }
     let mut partition: Option<Vec<&Node>> = None;
     for (target, name) in targets.iter().zip(names) {
-        let Some(f) = window_call(target) else {
+        let Some((f, over)) = window_call(target) else {
             if contains_window(target) {
                 return Err(
                     Unsupported::new("expressions over window functions", at(target))
@@ -176,9 +177,6 @@ pub(crate) fn analyze_window(
         for arg in f.args.iter().chain(f.agg_filter.as_deref()) {
             check.check(arg)?;
         }
-        let Some(over) = f.over.as_deref() else {
-            continue;
-        };
         check_def(over)?;
         let keys = partition_of(over, &named)?;
         if keys.is_empty() {
