@@ -72,6 +72,21 @@ const STREAMS: &[(&str, &str, &str)] = &[
          WHERE p.category = 'c2'",
         "customer_id, amount",
     ),
+    (
+        "s_bool_string_agg",
+        "SELECT p.category, bool_and(o.amount > 2) AS all_big, bool_or(o.customer_id = 3) AS has_3, \
+         string_agg(o.id::text, ',' ORDER BY o.id) FILTER (WHERE o.amount > 95) AS ids, \
+         array_agg(DISTINCT o.customer_id ORDER BY o.customer_id) AS customers \
+         FROM orders o JOIN products p ON p.id = o.product_id GROUP BY p.category",
+        "category, all_big, has_3, ids, customers",
+    ),
+    (
+        "s_window",
+        "SELECT o.customer_id, o.amount, rank() OVER (PARTITION BY o.customer_id ORDER BY o.amount) AS r, \
+         count(*) OVER (PARTITION BY o.customer_id) AS n, p.category \
+         FROM orders o JOIN products p ON p.id = o.product_id WHERE o.amount > 80",
+        "customer_id, amount, r, n, category",
+    ),
 ];
 
 async fn setup(shoal: &Shoal) {

@@ -81,6 +81,14 @@ const LEFT: &str = "SELECT a.j, b.k FROM a LEFT JOIN b ON b.i = a.i AND (b.k = 9
 const FULL: &str = "SELECT a.i, b.k FROM a FULL JOIN b ON b.i = a.i AND a.j = 1 AND b.k = 0";
 const UNION_ALL: &str = "SELECT a.j AS x, a.i AS y FROM a UNION ALL SELECT b.k, b.i FROM b";
 const UNION: &str = "SELECT a.j AS x FROM a WHERE a.i < 20 UNION SELECT b.k FROM b";
+/// Recomputed for the groups a change reaches, or kept as counts (bool_and, bool_or).
+const BOOL_STRING: &str = "SELECT b.k, bool_and(a.j < 2) AS low, bool_or(a.i = 7) AS seven, \
+                           string_agg(DISTINCT a.i::text, ',' ORDER BY a.i::text) AS i_list \
+                           FROM a JOIN b ON b.i = a.i GROUP BY b.k";
+/// Duplicate rows in every partition; reshuffling moves rows between partitions.
+const WINDOW: &str = "SELECT a.i, b.k, count(*) OVER (PARTITION BY a.i) AS n, \
+                      dense_rank() OVER (PARTITION BY a.i ORDER BY b.k) AS dr \
+                      FROM a JOIN b ON b.i = a.i WHERE a.i < 10";
 /// Groups near the bound: reshuffling moves some across it.
 const HAVING: &str = "SELECT a.i, count(*) AS n FROM a JOIN b ON b.i = a.i GROUP BY a.i \
                       HAVING count(*) >= 240 AND max(b.k) > 0";
@@ -237,6 +245,30 @@ const CASES: &[Case] = &[
         columns: "x, y",
         summed: "x + y",
         refreshes: "differential",
+    },
+    Case {
+        name: "bool_string_differential",
+        mode: "differential",
+        query: BOOL_STRING,
+        columns: "k, low, seven, i_list",
+        summed: "k + low::int + seven::int + length(i_list)",
+        refreshes: "differential",
+    },
+    Case {
+        name: "window_differential",
+        mode: "differential",
+        query: WINDOW,
+        columns: "i, k, n, dr",
+        summed: "i + k + n + dr",
+        refreshes: "differential",
+    },
+    Case {
+        name: "window_full",
+        mode: "full",
+        query: WINDOW,
+        columns: "i, k, n, dr",
+        summed: "i + k + n + dr",
+        refreshes: "full",
     },
     Case {
         name: "union_differential",

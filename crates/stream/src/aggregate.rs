@@ -4,9 +4,9 @@
 use crate::expr::AggFunc;
 use crate::plan::{hidden_agg, hidden_key, ColumnRole, Differential, Grouping, QueryPlan};
 use crate::refresh::{
-    agg_call, agg_column, delta_terms, from_where, hidden_aggregates, hidden_nn, hidden_sum, k,
-    key_column, needs_nn, qc, qi, row_hash, x, DeltaRelations, COUNT_COLUMN, DELTA_COLUMN,
-    ROW_ID_COLUMN,
+    agg_call, agg_column, delta_terms, from_where, hidden_aggregates, hidden_hit, hidden_nn,
+    hidden_sum, hit_test, k, key_column, needs_nn, qc, qi, row_hash, x, DeltaRelations,
+    COUNT_COLUMN, DELTA_COLUMN, ROW_ID_COLUMN,
 };
 use shoal_sql::QualifiedName;
 
@@ -37,8 +37,9 @@ pub(crate) fn aggregate_merge(
         .map(|(i, key)| (k(i), key.expr.clone()))
         .collect();
     for (j, a) in g.aggregates.iter().enumerate() {
-        if let Some(arg) = &a.arg {
-            items.push((x(j), arg.clone()));
+        match &a.arg {
+            Some(arg) if !a.func.whole_call() => items.push((x(j), arg.clone())),
+            _ => {}
         }
     }
     let terms = delta_terms(d, &items, deltas)?;
@@ -71,6 +72,21 @@ pub(crate) fn aggregate_merge(
                 g_items.push(format!(
                     "count({xj}) AS {}",
                     qi(&format!("__shoal_touch{}", j + 1))
+                ));
+            }
+            AggFunc::StringAgg | AggFunc::ArrayAgg => {
+                // Any row coming or going may change the result (its place in the order too).
+                g_items.push(format!(
+                    "count(*) AS {}",
+                    qi(&format!("__shoal_touch{}", j + 1))
+                ));
+            }
+            AggFunc::BoolAnd | AggFunc::BoolOr => {
+                g_items.push(nn);
+                let test = hit_test(a.func).unwrap_or_default();
+                g_items.push(format!(
+                    "sum(CASE WHEN {xj} {test} THEN {delta} ELSE 0 END)::bigint AS {}",
+                    qi(&format!("__shoal_dhit{}", j + 1))
                 ));
             }
             AggFunc::Min | AggFunc::Max => {
@@ -133,6 +149,13 @@ pub(crate) fn aggregate_merge(
                 "{} AS {}",
                 q("__shoal_t", &hidden_sum(j)),
                 qi(&format!("__shoal_osum{}", j + 1))
+            ));
+        }
+        if hit_test(a.func).is_some() {
+            j_items.push(format!(
+                "{} AS {}",
+                q("__shoal_t", &hidden_hit(j)),
+                qi(&format!("__shoal_ohit{}", j + 1))
             ));
         }
     }
@@ -212,7 +235,27 @@ pub(crate) fn aggregate_merge(
                 ));
                 candidate
             }
-            AggFunc::CountDistinct | AggFunc::SumDistinct | AggFunc::AvgDistinct => {
+            AggFunc::BoolAnd | AggFunc::BoolOr => {
+                n_items.push(format!("{nn_new} AS {}", jc(format!("__shoal_nnn{n}"))));
+                let hits = format!(
+                    "(COALESCE({}, 0) + {})",
+                    jc(format!("__shoal_ohit{n}")),
+                    jc(format!("__shoal_dhit{n}"))
+                );
+                n_items.push(format!("{hits} AS {}", jc(format!("__shoal_nhit{n}"))));
+                // AND is true without a false input, OR with a true one; NULL without input.
+                let cmp = if a.func == AggFunc::BoolAnd {
+                    "= 0"
+                } else {
+                    "> 0"
+                };
+                format!("CASE WHEN {nn_new} = 0 THEN NULL ELSE {hits} {cmp} END")
+            }
+            AggFunc::CountDistinct
+            | AggFunc::SumDistinct
+            | AggFunc::AvgDistinct
+            | AggFunc::StringAgg
+            | AggFunc::ArrayAgg => {
                 rescan_flags.push(format!("{} > 0", jc(format!("__shoal_touch{n}"))));
                 if a.func == AggFunc::CountDistinct {
                     format!("COALESCE({old}, 0)")
@@ -293,15 +336,22 @@ pub(crate) fn aggregate_merge(
             };
             // All flagged groups in one pass over the sources: a semi-join on the plain key
             // values, which can use indexes and partition pruning, or one scan without them.
+            // Each key is also compared with the array of the flagged groups' values: the
+            // array is computed once, before the scan, so it is a parameter that postgres_fdw
+            // sends to the workers, which then read only those groups (the semi-join itself
+            // stays on the coordinator and reads every row of a distributed source).
             let flagged = format!("{rescan} AND {nonnull}");
-            let plain = branch(
-                flagged.clone(),
-                format!(
-                    "({}) IN (SELECT {} FROM {n} WHERE {flagged})",
-                    key_exprs.join(", "),
-                    n_keys.join(", ")
-                ),
-            );
+            let mut key_match: Vec<String> = key_exprs
+                .iter()
+                .zip(&n_keys)
+                .map(|(e, nk)| format!("({e}) = ANY (ARRAY(SELECT {nk} FROM {n} WHERE {flagged}))"))
+                .collect();
+            key_match.push(format!(
+                "({}) IN (SELECT {} FROM {n} WHERE {flagged})",
+                key_exprs.join(", "),
+                n_keys.join(", ")
+            ));
+            let plain = branch(flagged.clone(), key_match.join(" AND "));
             // Groups with a NULL key need IS NOT DISTINCT FROM, which no index serves; rare.
             let flagged_null = format!("{rescan} AND NOT ({nonnull})");
             let null_match: Vec<String> = key_exprs
@@ -439,6 +489,15 @@ pub(crate) fn aggregate_merge(
                 "{} = {}",
                 qi(&hidden_sum(j)),
                 s(&format!("__shoal_nsum{n}"))
+            ));
+        }
+        if hit_test(a.func).is_some() {
+            cols.push(qi(&hidden_hit(j)));
+            vals.push(s(&format!("__shoal_nhit{n}")));
+            sets.push(format!(
+                "{} = {}",
+                qi(&hidden_hit(j)),
+                s(&format!("__shoal_nhit{n}"))
             ));
         }
     }

@@ -13,22 +13,33 @@ use crate::error::{AnalyzeError, Unsupported};
 pub(crate) const RESERVED_PREFIX: &str = "__shoal_";
 
 /// The aggregates differential mode maintains.
-const SUPPORTED_AGGREGATES: [&str; 5] = ["count", "sum", "avg", "min", "max"];
+const SUPPORTED_AGGREGATES: [&str; 10] = [
+    "count",
+    "sum",
+    "avg",
+    "min",
+    "max",
+    "bool_and",
+    "bool_or",
+    "every",
+    "string_agg",
+    "array_agg",
+];
+
+/// What the refusal of another aggregate says differential mode does maintain.
+const SUPPORTED_LIST: &str =
+    "count, sum, avg, min, max, bool_and, bool_or, every, string_agg and array_agg";
 
 /// Built-in aggregates that differential mode refuses; a user-defined aggregate cannot be told
 /// from a function by name, so the caller's catalog check of `QueryPlan::functions` covers those.
 const OTHER_AGGREGATES: &[&str] = &[
     "any_value",
-    "array_agg",
     "bit_and",
     "bit_or",
     "bit_xor",
-    "bool_and",
-    "bool_or",
     "corr",
     "covar_pop",
     "covar_samp",
-    "every",
     "json_agg",
     "json_agg_strict",
     "json_object_agg",
@@ -58,7 +69,6 @@ const OTHER_AGGREGATES: &[&str] = &[
     "stddev",
     "stddev_pop",
     "stddev_samp",
-    "string_agg",
     "var_pop",
     "var_samp",
     "variance",
@@ -272,6 +282,16 @@ pub enum AggFunc {
     CountDistinct,
     SumDistinct,
     AvgDistinct,
+    /// `bool_and(x)` (and `every(x)`) and `bool_or(x)`: kept as the count of non-NULL inputs
+    /// and of the inputs that decide (false ones for AND, true ones for OR), which deltas
+    /// update exactly.
+    BoolAnd,
+    BoolOr,
+    /// `string_agg(...)` and `array_agg(...)`: no inverse, recomputed for the groups with
+    /// changed rows. Their [`crate::Aggregate::arg`] is the whole call as written (arguments,
+    /// DISTINCT, ORDER BY, FILTER), which the recomputation repeats.
+    StringAgg,
+    ArrayAgg,
 }
 
 impl AggFunc {
@@ -285,11 +305,21 @@ impl AggFunc {
                 | AggFunc::CountDistinct
                 | AggFunc::SumDistinct
                 | AggFunc::AvgDistinct
+                | AggFunc::StringAgg
+                | AggFunc::ArrayAgg
         )
+    }
+
+    /// True for the aggregates whose argument is their whole call ([`AggFunc::StringAgg`]).
+    pub(crate) fn whole_call(self) -> bool {
+        matches!(self, AggFunc::StringAgg | AggFunc::ArrayAgg)
     }
 
     /// The call on `arg` (`*` for count(*)).
     pub(crate) fn call(self, arg: &str) -> String {
+        if self.whole_call() {
+            return arg.to_string();
+        }
         let (name, distinct) = match self {
             AggFunc::CountStar | AggFunc::Count => ("count", ""),
             AggFunc::Sum => ("sum", ""),
@@ -299,6 +329,9 @@ impl AggFunc {
             AggFunc::CountDistinct => ("count", "DISTINCT "),
             AggFunc::SumDistinct => ("sum", "DISTINCT "),
             AggFunc::AvgDistinct => ("avg", "DISTINCT "),
+            AggFunc::BoolAnd => ("bool_and", ""),
+            AggFunc::BoolOr => ("bool_or", ""),
+            AggFunc::StringAgg | AggFunc::ArrayAgg => unreachable!("a whole call"),
         };
         format!("{name}({distinct}{arg})")
     }
@@ -350,16 +383,37 @@ pub(crate) fn classify_call(node: &Node) -> Result<Call, AnalyzeError> {
     let name = parts.last().map(String::as_str).unwrap_or("");
     if !is_catalog_or_unqualified(&parts) || !SUPPORTED_AGGREGATES.contains(&name) {
         return Err(Unsupported::new(
-            "aggregate functions other than count, sum, avg, min and max",
+            format!("aggregate functions other than {SUPPORTED_LIST}"),
             at(),
         )
         .into());
     }
-    if !f.agg_order.is_empty() || f.agg_within_group {
-        return Err(Unsupported::new("ordered aggregates", at()).into());
-    }
     if f.func_variadic {
         return Err(Unsupported::new("VARIADIC aggregate arguments", at()).into());
+    }
+    if matches!(name, "string_agg" | "array_agg") {
+        // Recomputed per group as written, ORDER BY, DISTINCT and FILTER included: a FILTER
+        // cannot be folded into array_agg's argument, which keeps NULLs.
+        let func = match (name, f.args.len(), f.agg_star || f.agg_within_group) {
+            ("string_agg", 2, false) => AggFunc::StringAgg,
+            ("array_agg", 1, false) => AggFunc::ArrayAgg,
+            _ => {
+                return Err(AnalyzeError::Invalid(format!(
+                    "`{}` is not a valid call of the aggregate {name}",
+                    deparse_expr(node)
+                )))
+            }
+        };
+        if f.args
+            .iter()
+            .any(|a| matches!(a.node, Some(NodeEnum::NamedArgExpr(_))))
+        {
+            return Err(Unsupported::new("named aggregate arguments", at()).into());
+        }
+        return Ok(Call::Aggregate(func, Some(Box::new(node.clone()))));
+    }
+    if !f.agg_order.is_empty() || f.agg_within_group {
+        return Err(Unsupported::new("ordered aggregates", at()).into());
     }
     let filtered = |arg: &str| -> Result<Option<Node>, AnalyzeError> {
         match f.agg_filter.as_deref() {
@@ -385,6 +439,9 @@ pub(crate) fn classify_call(node: &Node) -> Result<Call, AnalyzeError> {
         ("avg", false, 1, true) => AggFunc::AvgDistinct,
         ("min", false, 1, _) => AggFunc::Min,
         ("max", false, 1, _) => AggFunc::Max,
+        // One distinct value decides as well as all of them.
+        ("bool_and" | "every", false, 1, _) => AggFunc::BoolAnd,
+        ("bool_or", false, 1, _) => AggFunc::BoolOr,
         _ => {
             return Err(AnalyzeError::Invalid(format!(
                 "`{}` is not a valid call of the aggregate {name}",
@@ -398,6 +455,26 @@ pub(crate) fn classify_call(node: &Node) -> Result<Call, AnalyzeError> {
     }
     let arg = filtered(&deparse_expr(arg))?.unwrap_or_else(|| arg.clone());
     Ok(Call::Aggregate(func, Some(Box::new(arg))))
+}
+
+/// The expressions of an aggregate call [`classify_call`] returned that are evaluated per row,
+/// to check as row-level: the argument, or for a whole call its arguments, ORDER BY keys and
+/// FILTER.
+pub(crate) fn row_parts(func: AggFunc, arg: &Node) -> Vec<&Node> {
+    match arg.node.as_ref() {
+        Some(NodeEnum::FuncCall(f)) if func.whole_call() => {
+            let mut parts: Vec<&Node> = f.args.iter().collect();
+            for sort in &f.agg_order {
+                match sort.node.as_ref() {
+                    Some(NodeEnum::SortBy(sb)) => parts.extend(sb.node.as_deref()),
+                    _ => parts.push(sort),
+                }
+            }
+            parts.extend(f.agg_filter.as_deref());
+            parts
+        }
+        _ => vec![arg],
+    }
 }
 
 /// An expression parsed from SQL text (one made here from deparsed parts).

@@ -8,7 +8,8 @@ use pg_query::{Node, NodeEnum};
 
 use crate::error::{AnalyzeError, Unsupported};
 use crate::expr::{
-    classify_call, contains_aggregate, deparse_expr, is_aggregate_call, node, Call, RowExprCheck,
+    classify_call, contains_aggregate, deparse_expr, is_aggregate_call, node, row_parts, Call,
+    RowExprCheck,
 };
 use crate::plan::{hidden_agg, Aggregate};
 
@@ -69,14 +70,14 @@ impl Having<'_> {
                     let Call::Aggregate(func, arg) = classify_call(n)? else {
                         unreachable!("an aggregate call classifies as one")
                     };
-                    if let Some(arg) = &arg {
-                        if contains_aggregate(arg) {
+                    for part in arg.iter().flat_map(|a| row_parts(func, a)) {
+                        if contains_aggregate(part) {
                             return Err(AnalyzeError::Invalid(format!(
                                 "aggregate calls cannot be nested (at `{}`)",
                                 deparse_expr(n)
                             )));
                         }
-                        self.arg_check.check(arg)?;
+                        self.arg_check.check(part)?;
                     }
                     let arg = arg.as_deref().map(deparse_expr);
                     let j = match aggs.iter().position(|a| a.func == func && a.arg == arg) {

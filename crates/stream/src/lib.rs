@@ -87,6 +87,15 @@
 //! group whose deltas have a non-NULL `x` is flagged the same way and recomputed in the same
 //! rescan as MIN/MAX (`min`/`max` with DISTINCT are the plain ones); only the value is stored.
 //! The cost is a read of the flagged groups' rows, so it pays where groups are many and small.
+//! Each key of the rescan is also compared with the array of the flagged groups' keys, computed
+//! before the scan: a parameter postgres_fdw sends to the workers, so that they return only
+//! those groups' rows (an exact semi-join on the whole key follows).
+//!
+//! `bool_and(x)` (`every`) and `bool_or(x)` are kept as the count of non-NULL inputs and of the
+//! deciding ones (false for AND, true for OR), both updated by deltas: AND is true when no false
+//! input remains, OR when a true one does, NULL without input. `string_agg` and `array_agg`
+//! have no inverse: a group with any changed row is flagged and recomputed in the same rescan,
+//! with the call as written (DISTINCT, ORDER BY and FILTER included).
 //!
 //! A FILTER is folded into the argument: `agg(x) FILTER (WHERE c)` is `agg(CASE WHEN c THEN x
 //! END)` and `count(*) FILTER (WHERE c)` is `count(CASE WHEN c THEN 1 END)`, equal because these
@@ -97,16 +106,27 @@
 //! uses are stored hidden (`__shoal_agg_<j>`) and maintained like the others. So a group crossing
 //! the condition either way needs nothing more than its own exact state.
 //!
+//! # Window functions
+//!
+//! When all the window functions of a query share one PARTITION BY, a partition's rows depend
+//! on its own joined rows only, and a condition on the partition key in WHERE removes whole
+//! partitions before windows are computed. A refresh takes the partition keys of every delta
+//! row, deletes the stored rows of those partitions (found by a row id hashing the hidden
+//! partition key columns `__shoal_part_<i>`), and inserts the query's rows restricted to those
+//! partitions, counted per distinct row and shown repeated as any projection is (`window.rs`).
+//!
 //! # Refusals
 //!
 //! Anything whose delta this algebra does not give exactly is refused in differential mode with
 //! an [`Unsupported`] naming the part: outer joins other than one of two tables alone in FROM
 //! with ON, NATURAL joins and column alias lists in FROM
 //! (both depend on the tables' column lists, which a delta reads only in part), subqueries,
-//! CTEs, INTERSECT/EXCEPT, UNION of grouped or DISTINCT branches or mixed with UNION ALL, window
-//! functions, HAVING on columns that are neither keys nor
-//! aggregated, ORDER BY/LIMIT, DISTINCT ON, aggregates other than count/sum/avg/min/max or with
-//! ORDER BY, expressions over aggregates, volatile or time-dependent values.
+//! CTEs, INTERSECT/EXCEPT, UNION of grouped, DISTINCT or windowed branches or mixed with UNION
+//! ALL, window functions without PARTITION BY, with different ones, over expressions or with
+//! GROUP BY or DISTINCT, HAVING on columns that are neither keys nor
+//! aggregated, ORDER BY/LIMIT, DISTINCT ON, aggregates other than count/sum/avg/min/max,
+//! bool_and/bool_or/every and string_agg/array_agg, ORDER BY in the others' calls, expressions
+//! over aggregates, volatile or time-dependent values.
 //! [`Mode::Auto`] then chooses full refresh and says why. Full refresh (TRUNCATE + INSERT into
 //! the storage of the query grouped with its multiplicities) handles every query.
 //!
@@ -144,6 +164,7 @@ mod refresh;
 pub mod runtime;
 pub mod topology;
 mod union;
+mod window;
 
 pub use error::{AnalyzeError, GenerateError, Unsupported};
 pub use expr::AggFunc;
@@ -164,6 +185,7 @@ pub use topology::{
     diff_workers, needs_reinit, needs_reinit_given_drained, LiveWorker, TopologyChange, WorkerSlot,
 };
 pub use union::{Union, UnionBranch};
+pub use window::Window;
 
 #[cfg(test)]
 mod shape_tests;

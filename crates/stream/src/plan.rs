@@ -11,12 +11,13 @@ use serde::{Deserialize, Serialize};
 use crate::error::{AnalyzeError, Unsupported};
 use crate::expr::{
     classify_call, contains_aggregate, deparse_expr, deparse_from_list, deparse_stmt,
-    figure_colname, kind_name, name_parts, reserved, same_expr, string_value, AggFunc, Call,
-    RowExprCheck, RESERVED_PREFIX,
+    figure_colname, kind_name, name_parts, reserved, row_parts, same_expr, string_value, AggFunc,
+    Call, RowExprCheck, RESERVED_PREFIX,
 };
 use crate::from::{collect_from, source_slot, FromParts, OuterJoin};
 use crate::having::Having;
 use crate::union::{analyze_union, Union};
+use crate::window::{analyze_window, Window};
 use shoal_sql::quote_ident;
 
 /// A relation as the defining query names it: schema-qualified or not, unquoted parts exactly as
@@ -124,7 +125,8 @@ pub struct Grouping {
 }
 
 /// The shape of a query that differential refresh maintains: an inner join of relations,
-/// filtered, then projected (optionally DISTINCT) or grouped and aggregated.
+/// filtered, then projected (optionally DISTINCT, or with window functions) or grouped and
+/// aggregated.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Differential {
     pub sources: Vec<Source>,
@@ -143,6 +145,8 @@ pub struct Differential {
     pub distinct: bool,
     /// Present when the query has GROUP BY or aggregates.
     pub grouping: Option<Grouping>,
+    /// Present when the select list has window functions (then `grouping` is None).
+    pub window: Option<Window>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -539,9 +543,6 @@ fn differential(
             Some("FOR UPDATE/SHARE".into()),
         ));
     }
-    if !sel.window_clause.is_empty() {
-        return Err(unsupported("window functions", Some("WINDOW ...".into())));
-    }
     if sel.group_distinct {
         return Err(unsupported("GROUP BY DISTINCT", None));
     }
@@ -636,7 +637,17 @@ fn differential(
         place: "the select list",
     };
     let mut columns = Vec::new();
-    let grouping = if !grouped {
+    let window = analyze_window(
+        sel,
+        &targets,
+        names,
+        &range_names,
+        distinct || grouped,
+        &mut columns,
+    )?;
+    let grouping = if window.is_some() {
+        None
+    } else if !grouped {
         for (target, name) in targets.iter().zip(names) {
             select_check.check(target)?;
             columns.push(OutputColumn {
@@ -658,6 +669,7 @@ fn differential(
             filter,
             distinct,
             grouping,
+            window,
         },
         columns,
     ))
@@ -732,14 +744,14 @@ fn grouping(
     for (i, (target, name)) in targets.iter().zip(names).enumerate() {
         let role = match classify_call(target)? {
             Call::Aggregate(func, arg) => {
-                if let Some(arg) = &arg {
-                    if contains_aggregate(arg) {
+                for part in arg.iter().flat_map(|a| row_parts(func, a)) {
+                    if contains_aggregate(part) {
                         return Err(AnalyzeError::Invalid(format!(
                             "aggregate calls cannot be nested (at `{}`)",
                             deparse_expr(target)
                         )));
                     }
-                    arg_check.check(arg)?;
+                    arg_check.check(part)?;
                 }
                 aggregates.push(Aggregate {
                     func,

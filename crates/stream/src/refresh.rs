@@ -16,6 +16,7 @@ use crate::plan::{
     SourceRef,
 };
 use crate::union::Union;
+use crate::window::{self, hidden_part, window_full_insert, window_select};
 use shoal_sql::{quote_ident, QualifiedName};
 
 /// Multiplicity of a stored row: how many rows of the query result it stands for (for a group,
@@ -71,7 +72,24 @@ pub(crate) fn hidden_sum(j: usize) -> String {
 }
 
 pub(crate) fn needs_nn(func: AggFunc) -> bool {
-    matches!(func, AggFunc::Sum | AggFunc::Avg)
+    matches!(
+        func,
+        AggFunc::Sum | AggFunc::Avg | AggFunc::BoolAnd | AggFunc::BoolOr
+    )
+}
+
+/// The hidden count of the inputs that decide a `bool_and` (false ones) or `bool_or` (true ones).
+pub(crate) fn hidden_hit(j: usize) -> String {
+    format!("__shoal_hit_{}", j + 1)
+}
+
+/// The condition on an input that [`hidden_hit`] counts, if the aggregate keeps one.
+pub(crate) fn hit_test(func: AggFunc) -> Option<&'static str> {
+    match func {
+        AggFunc::BoolAnd => Some("IS FALSE"),
+        AggFunc::BoolOr => Some("IS TRUE"),
+        _ => None,
+    }
 }
 
 /// The stored column holding aggregate `j`: its output column, or a hidden one.
@@ -97,6 +115,10 @@ pub(crate) fn key_column(plan: &QueryPlan, g: &Grouping, i: usize) -> String {
 
 /// The stored columns the row id hashes: the group key, or every visible column.
 fn row_key_columns(plan: &QueryPlan, d: &Differential) -> Vec<String> {
+    if let Some(w) = &d.window {
+        // A partition's rows are found together.
+        return (0..w.partition.len()).map(hidden_part).collect();
+    }
     match &d.grouping {
         Some(g) => (0..g.keys.len()).map(|i| key_column(plan, g, i)).collect(),
         None => plan.column_names(),
@@ -122,6 +144,9 @@ pub fn typed_columns(plan: &QueryPlan) -> Vec<String> {
         );
         names.extend(hidden_aggregates(g).map(hidden_agg));
     }
+    if let Some(w) = plan.differential().and_then(|d| d.window.as_ref()) {
+        names.extend((0..w.partition.len()).map(hidden_part));
+    }
     names
 }
 
@@ -144,6 +169,9 @@ pub fn probe_sql(plan: &QueryPlan) -> String {
             full_only_alias(plan)
         );
     };
+    if let Some(w) = &d.window {
+        return format!("{} LIMIT 0", window_select(plan, d, w, &[]));
+    }
     let mut items: Vec<String> = plan
         .columns
         .iter()
@@ -234,6 +262,9 @@ pub fn storage_ddl(
                 let avg_type = type_of(&agg_column(plan, g, j));
                 defs.push(format!("{} {avg_type}", qi(&hidden_sum(j))));
             }
+            if hit_test(a.func).is_some() {
+                defs.push(format!("{} bigint NOT NULL DEFAULT 0", qi(&hidden_hit(j))));
+            }
         }
     }
     defs.push(format!("{} bigint NOT NULL", qi(COUNT_COLUMN)));
@@ -286,6 +317,9 @@ pub fn storage_columns(plan: &QueryPlan) -> Vec<String> {
                 }
                 if a.func == AggFunc::Avg {
                     names.push(hidden_sum(j));
+                }
+                if hit_test(a.func).is_some() {
+                    names.push(hidden_hit(j));
                 }
             }
         }
@@ -396,8 +430,9 @@ pub fn full_refresh_sql(plan: &QueryPlan, table: &QualifiedName) -> Vec<String> 
         return vec![truncate, insert];
     };
     let all_new = |_: usize, s: &Source| s.relation.sql();
-    let insert = match &d.grouping {
-        None => {
+    let insert = match (&d.grouping, &d.window) {
+        (_, Some(w)) => window_full_insert(plan, d, w, table),
+        (None, None) => {
             let cols: Vec<String> = plan.columns.iter().map(|c| qi(&c.name)).collect();
             let exprs: Vec<&str> = plan.columns.iter().map(|c| c.expr.as_str()).collect();
             let positions: Vec<String> = (1..=cols.len()).map(|i| i.to_string()).collect();
@@ -411,7 +446,7 @@ pub fn full_refresh_sql(plan: &QueryPlan, table: &QualifiedName) -> Vec<String> 
                 positions.join(", ")
             )
         }
-        Some(g) => {
+        (Some(g), None) => {
             let mut cols = Vec::new();
             let mut vals = Vec::new();
             for c in &plan.columns {
@@ -437,6 +472,10 @@ pub fn full_refresh_sql(plan: &QueryPlan, table: &QualifiedName) -> Vec<String> 
                 if a.func == AggFunc::Avg {
                     cols.push(qi(&hidden_sum(j)));
                     vals.push(format!("sum({arg})"));
+                }
+                if let Some(test) = hit_test(a.func) {
+                    cols.push(qi(&hidden_hit(j)));
+                    vals.push(format!("count(*) FILTER (WHERE ({arg}) {test})"));
                 }
             }
             cols.push(qi(COUNT_COLUMN));
@@ -549,9 +588,10 @@ pub fn differential_refresh_sql(
     }
     let per_source: Vec<Option<&DeltaRelations>> =
         d.sources.iter().map(|s| deltas.get(&s.relation)).collect();
-    let stmt = match &d.grouping {
-        None => projection_merge(plan, d.union.as_ref(), &branches, table, deltas),
-        Some(g) => aggregate::aggregate_merge(plan, d, g, table, &per_source),
+    let stmt = match (&d.grouping, &d.window) {
+        (_, Some(w)) => window::window_refresh(plan, d, w, table, &per_source),
+        (None, None) => projection_merge(plan, d.union.as_ref(), &branches, table, deltas),
+        (Some(g), None) => aggregate::aggregate_merge(plan, d, g, table, &per_source),
     };
     // Delta queries are small but their plans can look costly (rescan branches that usually do
     // not run), and JIT compilation would then cost more than the refresh itself.

@@ -1,5 +1,6 @@
 //! Unit tests of the query shapes beyond inner joins and plain aggregates: USING and join
-//! aliases, HAVING, DISTINCT aggregates, FILTER, outer joins; with their generated SQL.
+//! aliases, HAVING, DISTINCT aggregates, FILTER, outer joins, bool/string/array aggregates,
+//! window functions; with their generated SQL.
 
 use std::collections::HashMap;
 
@@ -328,4 +329,224 @@ fn union_all_sums_its_branches_deltas() {
     assert!(full_refresh_sql(&p, &table())[1]
         .contains("FROM ((SELECT note FROM orders) UNION ALL (SELECT name FROM products))"));
     generate_all(&p);
+}
+
+#[test]
+fn bool_aggregates_keep_counts_of_their_deciding_inputs() {
+    let p = plan(
+        "SELECT customer_id, bool_and(amount > 10) AS all_big, every(note <> 'x') AS no_x, \
+         bool_or(note = 'n1') FILTER (WHERE amount IS NOT NULL) AS any_n1 \
+         FROM orders GROUP BY customer_id",
+    );
+    let g = p.differential().unwrap().grouping.as_ref().unwrap();
+    let funcs: Vec<AggFunc> = g.aggregates.iter().map(|a| a.func).collect();
+    assert_eq!(funcs, [AggFunc::BoolAnd, AggFunc::BoolAnd, AggFunc::BoolOr]);
+    let ddl = storage_ddl(&p, &table(), &types_for(&p)).unwrap();
+    assert!(
+        ddl[0].contains(
+            "\"__shoal_nn_1\" bigint NOT NULL DEFAULT 0, \"__shoal_hit_1\" bigint NOT NULL DEFAULT 0"
+        ),
+        "{}",
+        ddl[0]
+    );
+    let full = &full_refresh_sql(&p, &table())[1];
+    assert!(
+        full.contains("count(*) FILTER (WHERE (amount > 10) IS FALSE)"),
+        "{full}"
+    );
+    assert!(full.contains(
+        "count(*) FILTER (WHERE (CASE WHEN amount IS NOT NULL THEN note = 'n1' END) IS TRUE)"
+    ));
+    let s = &generate_all(&p)[0];
+    for part in [
+        // per group: the change of the non-NULL and of the deciding inputs
+        "sum(CASE WHEN \"__shoal_x1\" IS FALSE THEN \"__shoal_delta\" ELSE 0 END)::bigint AS \"__shoal_dhit1\"",
+        "sum(CASE WHEN \"__shoal_x3\" IS TRUE THEN \"__shoal_delta\" ELSE 0 END)::bigint AS \"__shoal_dhit3\"",
+        // the value from the counts: NULL without input
+        "CASE WHEN (COALESCE(\"__shoal_onn1\", 0) + \"__shoal_dnn1\") = 0 THEN NULL ELSE \
+         (COALESCE(\"__shoal_ohit1\", 0) + \"__shoal_dhit1\") = 0 END AS \"__shoal_n1\"",
+        "(COALESCE(\"__shoal_ohit3\", 0) + \"__shoal_dhit3\") > 0 END AS \"__shoal_n3\"",
+        "\"__shoal_hit_3\" = \"__shoal_s\".\"__shoal_nhit3\"",
+    ] {
+        assert!(s.contains(part), "missing {part}\nin {s}");
+    }
+    // No rescan: the counts are exact.
+    assert!(!s.contains("\"__shoal_r\" AS"), "{s}");
+    generate_all(&plan("SELECT bool_or(qty > 3) AS any FROM items"));
+}
+
+#[test]
+fn string_and_array_aggregates_are_recomputed_as_written_for_changed_groups() {
+    let p = plan(
+        "SELECT customer_id, string_agg(note, ', ' ORDER BY note DESC) AS notes, \
+         array_agg(DISTINCT amount) FILTER (WHERE amount > 0) AS amounts, count(*) AS n \
+         FROM orders GROUP BY customer_id HAVING array_agg(id ORDER BY id) <> '{}'",
+    );
+    let g = p.differential().unwrap().grouping.as_ref().unwrap();
+    let aggs: Vec<(AggFunc, Option<&str>)> = g
+        .aggregates
+        .iter()
+        .map(|a| (a.func, a.arg.as_deref()))
+        .collect();
+    // The whole call is kept: the FILTER cannot fold into array_agg, which keeps NULLs.
+    assert_eq!(
+        aggs,
+        [
+            (
+                AggFunc::StringAgg,
+                Some("string_agg(note, ', ' ORDER BY note DESC)")
+            ),
+            (
+                AggFunc::ArrayAgg,
+                Some("array_agg(DISTINCT amount) FILTER (WHERE amount > 0)")
+            ),
+            (AggFunc::CountStar, None),
+            (AggFunc::ArrayAgg, Some("array_agg(id ORDER BY id)")),
+        ]
+    );
+    let s = &generate_all(&p)[0];
+    for part in [
+        // Any row of a group coming or going flags it.
+        "count(*) AS \"__shoal_touch1\"",
+        "count(*) AS \"__shoal_touch2\"",
+        "(\"__shoal_touch1\" > 0 OR \"__shoal_touch2\" > 0 OR \"__shoal_touch4\" > 0)",
+        // and the flagged groups are recomputed with the calls as written
+        "string_agg(note, ', ' ORDER BY note DESC) AS \"__shoal_m1\", array_agg(DISTINCT amount) \
+         FILTER (WHERE amount > 0) AS \"__shoal_m2\", array_agg(id ORDER BY id) AS \"__shoal_m4\"",
+        "\"notes\" = CASE WHEN \"__shoal_s\".\"__shoal_ncount\" <= 0 THEN NULL WHEN",
+    ] {
+        assert!(s.contains(part), "missing {part}\nin {s}");
+    }
+    // Nothing per row for them in the delta.
+    assert!(!s.contains("__shoal_x1"), "{s}");
+    assert!(probe_sql(&p).contains("array_agg(id ORDER BY id) AS \"__shoal_agg_4\""));
+    generate_all(&plan(
+        "SELECT string_agg(p.name, ',') AS names FROM items i JOIN products p ON p.id = i.product_id",
+    ));
+    for (sql, refusal) in [
+        (
+            "SELECT customer_id, string_agg(note, ',' ORDER BY random()) AS n FROM orders GROUP BY customer_id",
+            "volatile functions are not supported in differential mode (at `random()`)",
+        ),
+        (
+            "SELECT customer_id, array_agg(id) FILTER (WHERE now() > '2020-01-01') AS n FROM orders GROUP BY customer_id",
+            "(at `now()`)",
+        ),
+        (
+            "SELECT customer_id, array_agg(count(*)) AS n FROM orders GROUP BY customer_id",
+            "",
+        ),
+    ] {
+        match crate::analyze(sql) {
+            Ok(p) => {
+                let crate::Maintenance::FullOnly(u) = &p.maintenance else {
+                    panic!("{sql} should be refused");
+                };
+                assert!(u.to_string().contains(refusal), "{sql}: {u}");
+            }
+            Err(e) => assert!(e.to_string().contains("cannot be nested"), "{sql}: {e}"),
+        }
+    }
+}
+
+#[test]
+fn window_functions_are_recomputed_for_the_touched_partitions() {
+    let p = plan(
+        "SELECT o.id, o.customer_id, row_number() OVER w AS rn, \
+         sum(o.amount) OVER (PARTITION BY o.customer_id) AS total, \
+         lag(o.amount) OVER (w) AS prev FROM orders o WHERE o.amount > 0 \
+         WINDOW w AS (PARTITION BY customer_id ORDER BY o.amount, o.id)",
+    );
+    let d = p.differential().unwrap();
+    let w = d.window.as_ref().unwrap();
+    assert_eq!(w.partition, ["customer_id"]);
+    assert_eq!(
+        w.clause.as_deref(),
+        Some("WINDOW w AS (PARTITION BY customer_id ORDER BY o.amount, o.id)")
+    );
+    // Stored as a bag, with the partition key hidden and hashed for the lookup.
+    assert_eq!(
+        typed_columns(&p),
+        ["id", "customer_id", "rn", "total", "prev", "__shoal_part_1"]
+    );
+    let ddl = storage_ddl(&p, &table(), &types_for(&p)).unwrap();
+    assert!(ddl[0].contains(
+        "\"__shoal_row_id\" bigint GENERATED ALWAYS AS (hash_record_extended(ROW(\"__shoal_part_1\"), 0)) STORED"
+    ));
+    assert!(ddl[1].starts_with("CREATE INDEX"));
+    assert!(contents_sql(&p, &table()).contains("generate_series"));
+    assert_eq!(
+        full_refresh_sql(&p, &table())[1],
+        "INSERT INTO \"app\".\"St\" (\"id\", \"customer_id\", \"rn\", \"total\", \"prev\", \"__shoal_part_1\", \
+         \"__shoal_count\") SELECT \"__shoal_q\".\"id\", \"__shoal_q\".\"customer_id\", \"__shoal_q\".\"rn\", \
+         \"__shoal_q\".\"total\", \"__shoal_q\".\"prev\", \"__shoal_q\".\"__shoal_part_1\", count(*) FROM \
+         (SELECT o.id AS \"id\", o.customer_id AS \"customer_id\", row_number() OVER w AS \"rn\", \
+         sum(o.amount) OVER (PARTITION BY o.customer_id) AS \"total\", lag(o.amount) OVER (w) AS \"prev\", \
+         customer_id AS \"__shoal_part_1\" FROM \"orders\" AS \"o\" WHERE (o.amount > 0) \
+         WINDOW w AS (PARTITION BY customer_id ORDER BY o.amount, o.id)) AS \"__shoal_q\" GROUP BY 1, 2, 3, 4, 5, 6"
+    );
+    let s = &generate_all(&p)[0];
+    for part in [
+        // the partition keys the delta's rows fall in
+        "WITH \"__shoal_d\" AS (SELECT customer_id AS \"__shoal_k1\", \"__shoal_sign1\" AS \"__shoal_delta\" FROM",
+        "\"__shoal_parts\" AS (SELECT DISTINCT \"__shoal_k1\", hash_record_extended(ROW(\"__shoal_k1\"), 0) \
+         AS \"__shoal_rid\" FROM \"__shoal_d\")",
+        // their stored rows deleted
+        "\"__shoal_x\" AS (DELETE FROM \"app\".\"St\" AS \"__shoal_t\" USING \"__shoal_parts\" WHERE \
+         \"__shoal_t\".\"__shoal_row_id\" = \"__shoal_parts\".\"__shoal_rid\" AND \
+         \"__shoal_t\".\"__shoal_part_1\" IS NOT DISTINCT FROM \"__shoal_parts\".\"__shoal_k1\")",
+        // and recomputed: plain keys by an array the workers get and the exact semi-join
+        "WHERE (o.amount > 0) AND ((customer_id) = ANY (ARRAY(SELECT \"__shoal_parts\".\"__shoal_k1\" FROM \
+         \"__shoal_parts\" WHERE \"__shoal_parts\".\"__shoal_k1\" IS NOT NULL))) AND ((customer_id) IN \
+         (SELECT \"__shoal_parts\".\"__shoal_k1\" FROM \"__shoal_parts\" WHERE \"__shoal_parts\".\"__shoal_k1\" \
+         IS NOT NULL))",
+        // NULL keys null-safely, only when there are some
+        "(SELECT bool_or(NOT (\"__shoal_parts\".\"__shoal_k1\" IS NOT NULL)) FROM \"__shoal_parts\")) \
+         WINDOW w AS (PARTITION BY customer_id ORDER BY o.amount, o.id))",
+    ] {
+        assert!(s.contains(part), "missing {part}\nin {s}");
+    }
+    // Joins and outer joins: the partitions of every joined row a change reaches.
+    generate_all(&plan(
+        "SELECT p.name, i.qty, rank() OVER (PARTITION BY p.name, i.order_id ORDER BY i.qty) AS r \
+         FROM items i LEFT JOIN products p ON p.id = i.product_id",
+    ));
+}
+
+#[test]
+fn window_functions_differential_mode_cannot_maintain_are_refused_by_name() {
+    for (sql, refusal) in [
+        (
+            "SELECT id, row_number() OVER (ORDER BY id) AS rn FROM orders",
+            "window functions without PARTITION BY are not supported in differential mode \
+             (at `row_number() OVER (ORDER BY id)`); the whole result is one partition",
+        ),
+        (
+            "SELECT id, rank() OVER (PARTITION BY note ORDER BY id) AS r, \
+             sum(amount) OVER (PARTITION BY customer_id) AS s FROM orders",
+            "window functions with different PARTITION BY are not supported in differential mode \
+             (at `sum(amount) OVER (PARTITION BY customer_id)`)",
+        ),
+        (
+            "SELECT id, 1 + row_number() OVER (PARTITION BY note) AS r FROM orders",
+            "expressions over window functions",
+        ),
+        (
+            "SELECT customer_id, count(*) AS n, rank() OVER (PARTITION BY customer_id) AS r \
+             FROM orders GROUP BY customer_id",
+            "window functions together with GROUP BY, aggregates or DISTINCT",
+        ),
+        (
+            "SELECT id, sum(amount) OVER (PARTITION BY random() > 0.5) AS s FROM orders",
+            "volatile functions",
+        ),
+        (
+            "SELECT id, row_number() OVER (PARTITION BY note) AS r FROM orders \
+             UNION ALL SELECT id, 1 FROM orders",
+            "window functions in UNION branches",
+        ),
+    ] {
+        let u = unsupported(sql);
+        assert!(u.contains(refusal), "{sql}:\n{u}");
+    }
 }

@@ -94,6 +94,9 @@ pub(crate) fn analyze_union(
     for s in selects {
         let sql = deparse_stmt(&node(NodeEnum::SelectStmt(Box::new(s.clone()))))?;
         let (d, columns) = analyze_branch(s, names)?;
+        if d.window.is_some() {
+            return Err(Unsupported::new("window functions in UNION branches", Some(sql)).into());
+        }
         if d.grouping.is_some() || d.distinct {
             return Err(
                 Unsupported::new("grouped or DISTINCT branches of UNION", Some(sql))

@@ -163,6 +163,53 @@ const QUERIES: &[(&str, &str)] = &[
         "SELECT a.id AS a_id, b.id AS b_id FROM orders a JOIN orders b \
          ON a.customer_id = b.customer_id AND a.id < b.id",
     ),
+    (
+        "st_bool_agg",
+        "SELECT customer_id, bool_and(amount > 40) AS all_big, bool_or(note = 'n1') AS any_n1, \
+         every(amount IS NOT NULL) FILTER (WHERE note <> 'n2') AS all_set FROM orders \
+         GROUP BY customer_id",
+    ),
+    // Ordered within the call, so that a recomputation gives the same text and arrays.
+    (
+        "st_string_agg",
+        "SELECT customer_id, string_agg(note, ',' ORDER BY note, id) AS notes, \
+         array_agg(amount ORDER BY amount, id) AS amounts, count(*) AS n FROM orders \
+         GROUP BY customer_id",
+    ),
+    (
+        "st_string_agg_join",
+        "SELECT p.name, string_agg(DISTINCT i.qty::text, '/' ORDER BY i.qty::text) \
+         FILTER (WHERE i.qty > 0) AS qtys, bool_or(i.qty > 5) AS big FROM items i \
+         JOIN products p ON p.id = i.product_id GROUP BY p.name \
+         HAVING array_agg(i.order_id ORDER BY i.order_id, i.id) <> '{}' AND bool_and(i.qty < 7)",
+    ),
+    (
+        "st_array_global",
+        "SELECT array_agg(qty ORDER BY qty, order_id, id) AS qtys, bool_and(qty > 3) AS big \
+         FROM items WHERE qty > 2",
+    ),
+    (
+        "st_window",
+        "SELECT o.id, o.customer_id, row_number() OVER w AS rn, \
+         rank() OVER (PARTITION BY o.customer_id ORDER BY o.amount) AS r, \
+         sum(o.amount) OVER (PARTITION BY o.customer_id) AS total, lag(o.amount) OVER w AS prev \
+         FROM orders o WHERE o.note <> 'n2' \
+         WINDOW w AS (PARTITION BY o.customer_id ORDER BY o.amount, o.id)",
+    ),
+    // Duplicate rows, and partitions that move when a product is renamed.
+    (
+        "st_window_join",
+        "SELECT p.name, i.qty, count(*) OVER (PARTITION BY p.name) AS n, \
+         dense_rank() OVER (PARTITION BY p.name ORDER BY i.qty) AS dr, \
+         max(i.qty) OVER (PARTITION BY p.name) AS hi, avg(i.qty) OVER (PARTITION BY p.name) AS mean \
+         FROM items i JOIN products p ON p.id = i.product_id",
+    ),
+    (
+        "st_window_left",
+        "SELECT o.customer_id, i.qty, row_number() OVER (PARTITION BY o.customer_id, o.note \
+         ORDER BY i.qty, i.id, o.id) AS rn, lead(i.qty) OVER (PARTITION BY o.customer_id, o.note \
+         ORDER BY i.qty, i.id, o.id) AS next FROM orders o LEFT JOIN items i ON i.order_id = o.id",
+    ),
 ];
 
 async fn exec(client: &Client, sql: &str) {

@@ -30,8 +30,9 @@ enum Barrier {
     /// it does not hold, the refresh starts again with [`Barrier::AllSources`].
     ReferenceSources,
     /// Every source's writes wait while every change up to now is captured: a full refresh, a
-    /// MIN, MAX or DISTINCT aggregate recomputed from the sources, an outer join, or a join
-    /// where a distributed table's current state is read.
+    /// MIN, MAX, DISTINCT, string_agg or array_agg aggregate or a window partition recomputed
+    /// from the sources, an outer join, or a join where a distributed table's current state is
+    /// read.
     AllSources,
 }
 
@@ -54,8 +55,9 @@ fn initial_barrier(plan: &QueryPlan, has_reference_source: bool) -> Barrier {
         .as_ref()
         .is_some_and(|g| g.aggregates.iter().any(|a| a.func.rescans()));
     // An outer join's unmatched rows are found by probing the other side's current state, even
-    // where that side is the changed distributed table.
-    if rescans_extremes || d.outer.is_some() {
+    // where that side is the changed distributed table; window partitions are recomputed from
+    // the sources.
+    if rescans_extremes || d.outer.is_some() || d.window.is_some() {
         Barrier::AllSources
     } else if d.sources.len() > 1 {
         if has_reference_source {
