@@ -471,34 +471,23 @@ pub(crate) fn aggregate_merge(
         vals.push(agg_value(j));
         sets.push(format!("{} = {}", qi(&hidden_agg(j)), agg_value(j)));
     }
+    // A hidden counter column of aggregate state: inserted with, and set to, its new value.
+    let mut store = |column: String, new_value: String| {
+        let value = s(&new_value);
+        sets.push(format!("{} = {value}", qi(&column)));
+        cols.push(qi(&column));
+        vals.push(value);
+    };
     for (j, a) in g.aggregates.iter().enumerate() {
         let n = j + 1;
         if needs_nn(a.func) {
-            cols.push(qi(&hidden_nn(j)));
-            vals.push(s(&format!("__shoal_nnn{n}")));
-            sets.push(format!(
-                "{} = {}",
-                qi(&hidden_nn(j)),
-                s(&format!("__shoal_nnn{n}"))
-            ));
+            store(hidden_nn(j), format!("__shoal_nnn{n}"));
         }
         if a.func == AggFunc::Avg {
-            cols.push(qi(&hidden_sum(j)));
-            vals.push(s(&format!("__shoal_nsum{n}")));
-            sets.push(format!(
-                "{} = {}",
-                qi(&hidden_sum(j)),
-                s(&format!("__shoal_nsum{n}"))
-            ));
+            store(hidden_sum(j), format!("__shoal_nsum{n}"));
         }
         if hit_test(a.func).is_some() {
-            cols.push(qi(&hidden_hit(j)));
-            vals.push(s(&format!("__shoal_nhit{n}")));
-            sets.push(format!(
-                "{} = {}",
-                qi(&hidden_hit(j)),
-                s(&format!("__shoal_nhit{n}"))
-            ));
+            store(hidden_hit(j), format!("__shoal_nhit{n}"));
         }
     }
     cols.push(qi(COUNT_COLUMN));

@@ -7,8 +7,17 @@ use std::collections::HashMap;
 use crate::tests::{generate_all, plan, table, types_for, unsupported};
 use crate::{
     contents_sql, differential_refresh_sql, full_refresh_sql, probe_sql, storage_ddl,
-    typed_columns, AggFunc, DeltaRelations, SourceRef,
+    typed_columns, AggFunc, DeltaRelations, QueryPlan, SourceRef,
 };
+
+/// The aggregates of a grouped plan, as (function, argument).
+fn aggregates_of(p: &QueryPlan) -> Vec<(AggFunc, Option<&str>)> {
+    let g = p.differential().unwrap().grouping.as_ref().unwrap();
+    g.aggregates
+        .iter()
+        .map(|a| (a.func, a.arg.as_deref()))
+        .collect()
+}
 
 #[test]
 fn joins_using_and_join_aliases_keep_their_scopes() {
@@ -168,12 +177,7 @@ fn filter_clauses_fold_into_the_aggregates_argument() {
          count(DISTINCT note) FILTER (WHERE amount IS NOT NULL) AS notes \
          FROM orders GROUP BY customer_id HAVING avg(amount) FILTER (WHERE amount > 0) > 5",
     );
-    let g = p.differential().unwrap().grouping.as_ref().unwrap();
-    let aggs: Vec<(AggFunc, Option<&str>)> = g
-        .aggregates
-        .iter()
-        .map(|a| (a.func, a.arg.as_deref()))
-        .collect();
+    let aggs = aggregates_of(&p);
     assert_eq!(
         aggs,
         [
@@ -382,12 +386,7 @@ fn string_and_array_aggregates_are_recomputed_as_written_for_changed_groups() {
          array_agg(DISTINCT amount) FILTER (WHERE amount > 0) AS amounts, count(*) AS n \
          FROM orders GROUP BY customer_id HAVING array_agg(id ORDER BY id) <> '{}'",
     );
-    let g = p.differential().unwrap().grouping.as_ref().unwrap();
-    let aggs: Vec<(AggFunc, Option<&str>)> = g
-        .aggregates
-        .iter()
-        .map(|a| (a.func, a.arg.as_deref()))
-        .collect();
+    let aggs = aggregates_of(&p);
     // The whole call is kept: the FILTER cannot fold into array_agg, which keeps NULLs.
     assert_eq!(
         aggs,
