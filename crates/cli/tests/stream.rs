@@ -718,9 +718,64 @@ async fn stream_tables_are_altered_and_dropped() {
         gone,
         "s_join, its storage {storage} and its catalog row are gone"
     );
+    // count(DISTINCT) keeps a values table beside its storage. A storage made before values
+    // tables existed lacks it: the next refresh creates it and refreshes in full.
+    let values = format!(
+        "{}_values_1",
+        shoal.stream_storage("s_count_distinct").await
+    );
+    sql.batch_execute(&format!("DROP TABLE {values}"))
+        .await
+        .unwrap();
+    random_writes(&sql, &mut StdRng::seed_from_u64(4), 100).await;
+    shoal
+        .cli(&["stream", "refresh", "s_count_distinct"])
+        .await
+        .assert_ok();
+    assert_view_exact(
+        &sql,
+        "s_count_distinct",
+        "after its values table was created again",
+    )
+    .await;
+    let mode: String = sql
+        .query_one(
+            "SELECT last_refresh_mode FROM shoal.stream_table
+             WHERE relid = 's_count_distinct'::regclass",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(mode, "full", "the refresh that created {values} filled it");
+    random_writes(&sql, &mut StdRng::seed_from_u64(5), 100).await;
+    shoal
+        .cli(&["stream", "refresh", "s_count_distinct"])
+        .await
+        .assert_ok();
+    assert_view_exact(
+        &sql,
+        "s_count_distinct",
+        "a differential refresh after that",
+    )
+    .await;
+
     for (name, _, _) in STREAMS.iter().filter(|(name, _, _)| *name != "s_join") {
         shoal.cli(&["stream", "drop", name]).await.assert_ok();
     }
+    let left: i64 = sql
+        .query_one(
+            "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE n.nspname = 'shoal' AND c.relname ~ '^stream_[0-9]+(_values_[0-9]+)?$'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        left, 0,
+        "dropping the stream tables drops their storage and values tables"
+    );
     let slots: i64 = sql
         .query_one("SELECT count(*) FROM shoal.worker_slot", &[])
         .await

@@ -1,6 +1,7 @@
 //! Differential refresh of a grouped query: per-group deltas folded into the stored aggregate
 //! state, MIN/MAX rescans of the groups whose extreme may be gone, one `MERGE`.
 
+use crate::distinct;
 use crate::expr::AggFunc;
 use crate::plan::{hidden_agg, hidden_key, ColumnRole, Differential, Grouping, QueryPlan};
 use crate::refresh::{
@@ -67,7 +68,9 @@ pub(crate) fn aggregate_merge(
                     qi(&format!("__shoal_dsum{}", j + 1))
                 ));
             }
-            AggFunc::CountDistinct | AggFunc::SumDistinct | AggFunc::AvgDistinct => {
+            // Kept by its values table (`distinct.rs`), joined in below.
+            AggFunc::CountDistinct => {}
+            AggFunc::SumDistinct | AggFunc::AvgDistinct => {
                 // Any non-NULL value coming or going may change the set of distinct values.
                 g_items.push(format!(
                     "count({xj}) AS {}",
@@ -176,14 +179,29 @@ pub(crate) fn aggregate_merge(
         }
         on.join(" AND ")
     };
-    let j_cte = format!(
-        "SELECT {} FROM {} LEFT JOIN {} AS {} ON {}",
-        j_items.join(", "),
+    let mut j_from = format!(
+        "{} LEFT JOIN {} AS {} ON {}",
         qi("__shoal_g"),
         table.quoted(),
         qi("__shoal_t"),
         j_on
     );
+    let mut count_ctes = Vec::new();
+    for j in distinct::counted(g) {
+        let cv = format!("__shoal_cv{}", j + 1);
+        count_ctes.extend(distinct::count_change_ctes(g, j, table));
+        j_items.push(qc(&cv, &format!("__shoal_dd{}", j + 1)));
+        let mut on = vec![if global {
+            "true".to_string()
+        } else {
+            format!("{} = {}", qc(&cv, "__shoal_rid"), row_hash(&g_ks))
+        }];
+        for (i, gk) in g_ks.iter().enumerate() {
+            on.push(format!("{} IS NOT DISTINCT FROM {gk}", qc(&cv, &k(i))));
+        }
+        j_from.push_str(&format!(" LEFT JOIN {} ON {}", qi(&cv), on.join(" AND ")));
+    }
+    let j_cte = format!("SELECT {} FROM {j_from}", j_items.join(", "));
 
     // __shoal_n: the new state of each touched group.
     let jc = |name: String| qi(&name);
@@ -251,17 +269,16 @@ pub(crate) fn aggregate_merge(
                 };
                 format!("CASE WHEN {nn_new} = 0 THEN NULL ELSE {hits} {cmp} END")
             }
-            AggFunc::CountDistinct
-            | AggFunc::SumDistinct
+            AggFunc::CountDistinct => format!(
+                "COALESCE({old}, 0) + COALESCE({}, 0)",
+                jc(format!("__shoal_dd{n}"))
+            ),
+            AggFunc::SumDistinct
             | AggFunc::AvgDistinct
             | AggFunc::StringAgg
             | AggFunc::ArrayAgg => {
                 rescan_flags.push(format!("{} > 0", jc(format!("__shoal_touch{n}"))));
-                if a.func == AggFunc::CountDistinct {
-                    format!("COALESCE({old}, 0)")
-                } else {
-                    old
-                }
+                old
             }
         };
         n_items.push(format!("{value} AS {}", jc(format!("__shoal_n{n}"))));
@@ -279,9 +296,10 @@ pub(crate) fn aggregate_merge(
     let mut ctes = vec![
         format!("{} AS ({terms})", qi("__shoal_d")),
         format!("{} AS ({g_cte})", qi("__shoal_g")),
-        format!("{} AS ({j_cte})", qi("__shoal_j")),
-        format!("{} AS ({n_cte})", qi("__shoal_n")),
     ];
+    ctes.extend(count_ctes);
+    ctes.push(format!("{} AS ({j_cte})", qi("__shoal_j")));
+    ctes.push(format!("{} AS ({n_cte})", qi("__shoal_n")));
 
     // __shoal_r: MIN/MAX and DISTINCT aggregates recomputed from the sources' new state for the
     // flagged groups only.
@@ -430,14 +448,9 @@ pub(crate) fn aggregate_merge(
         let n = j + 1;
         let func = g.aggregates[j].func;
         if func.rescans() {
-            // No rows left: what the aggregate of nothing is.
-            let empty = if func == AggFunc::CountDistinct {
-                "0"
-            } else {
-                "NULL"
-            };
+            // No rows left: what these aggregates of nothing are.
             format!(
-                "CASE WHEN {ncount_s} <= 0 THEN {empty} WHEN {} THEN {} ELSE {} END",
+                "CASE WHEN {ncount_s} <= 0 THEN NULL WHEN {} THEN {} ELSE {} END",
                 s("__shoal_rescan"),
                 s(&format!("__shoal_m{n}")),
                 s(&format!("__shoal_n{n}"))

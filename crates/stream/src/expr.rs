@@ -277,7 +277,8 @@ pub enum AggFunc {
     Avg,
     Min,
     Max,
-    /// `count(DISTINCT x)`, `sum(DISTINCT x)`, `avg(DISTINCT x)`: recomputed for the groups
+    /// `count(DISTINCT x)`: kept from the count of rows of each (group, value) in a values
+    /// table (`distinct.rs`). `sum(DISTINCT x)`, `avg(DISTINCT x)`: recomputed for the groups
     /// whose deltas have a non-NULL `x` (`min`/`max` with DISTINCT are the plain ones).
     CountDistinct,
     SumDistinct,
@@ -302,7 +303,6 @@ impl AggFunc {
             self,
             AggFunc::Min
                 | AggFunc::Max
-                | AggFunc::CountDistinct
                 | AggFunc::SumDistinct
                 | AggFunc::AvgDistinct
                 | AggFunc::StringAgg

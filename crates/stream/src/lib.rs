@@ -82,8 +82,12 @@
 //! flagged. MAX is symmetric. All of it — deltas, stored state, rescans and the merge — is one
 //! `WITH ... MERGE` statement.
 //!
-//! `count(DISTINCT x)`, `sum(DISTINCT x)` and `avg(DISTINCT x)` have no inverse either: whether a
-//! deleted value was the last of its kind in the group cannot be told from the group's state. A
+//! `count(DISTINCT x)` cannot be undone from the group's state either (whether a deleted value
+//! was the last of its kind in the group), so each one has a *values table* beside the storage
+//! (`distinct.rs`): every group's non-NULL values with the number of rows that have each. A
+//! delta's per-(group, value) sums, set against those counts, tell the values that appear and
+//! those that vanish, and the distinct count moves by their difference; then the sums are
+//! merged into the values table. No source is read. `sum(DISTINCT x)` and `avg(DISTINCT x)`: a
 //! group whose deltas have a non-NULL `x` is flagged the same way and recomputed in the same
 //! rescan as MIN/MAX (`min`/`max` with DISTINCT are the plain ones); only the value is stored.
 //! The cost is a read of the flagged groups' rows, so it pays where groups are many and small.
@@ -153,6 +157,7 @@
 
 mod aggregate;
 pub mod decode;
+mod distinct;
 mod error;
 mod expr;
 mod from;
@@ -166,6 +171,7 @@ pub mod topology;
 mod union;
 mod window;
 
+pub use distinct::{values_ddl_by_table, values_table, values_tables};
 pub use error::{AnalyzeError, GenerateError, Unsupported};
 pub use expr::AggFunc;
 pub use from::{OuterJoin, OuterKind};

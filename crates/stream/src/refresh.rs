@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 
 use crate::aggregate;
+use crate::distinct;
 use crate::error::GenerateError;
 use crate::expr::AggFunc;
 use crate::from::source_slot;
@@ -303,6 +304,9 @@ pub fn storage_ddl(
             ));
         }
     }
+    if let Some(g) = d.grouping.as_ref().filter(|_| d.union.is_none()) {
+        stmts.extend(distinct::values_ddl(d, g, table));
+    }
     Ok(stmts)
 }
 
@@ -480,14 +484,17 @@ pub fn full_refresh_sql(plan: &QueryPlan, table: &QualifiedName) -> Vec<String> 
             }
             cols.push(qi(COUNT_COLUMN));
             vals.push("count(*)".into());
-            format!(
+            let insert = format!(
                 "INSERT INTO {} ({}) SELECT {} {}{}",
                 table.quoted(),
                 cols.join(", "),
                 vals.join(", "),
                 from_where(d, all_new, &[]),
                 group_by_clause(g)
-            )
+            );
+            let mut stmts = vec![truncate, insert];
+            stmts.extend(distinct::values_fill(d, g, table));
+            return stmts;
         }
     };
     vec![truncate, insert]
@@ -588,16 +595,25 @@ pub fn differential_refresh_sql(
     }
     let per_source: Vec<Option<&DeltaRelations>> =
         d.sources.iter().map(|s| deltas.get(&s.relation)).collect();
-    let stmt = match (&d.grouping, &d.window) {
-        (_, Some(w)) => window::window_refresh(plan, d, w, table, &per_source),
-        (None, None) => projection_merge(plan, d.union.as_ref(), &branches, table, deltas),
-        (Some(g), None) => aggregate::aggregate_merge(plan, d, g, table, &per_source),
+    let mut stmts: Vec<String> = match (&d.grouping, &d.window) {
+        (_, Some(w)) => window::window_refresh(plan, d, w, table, &per_source)
+            .into_iter()
+            .collect(),
+        (None, None) => projection_merge(plan, d.union.as_ref(), &branches, table, deltas)
+            .into_iter()
+            .collect(),
+        (Some(g), None) => aggregate::aggregate_merge(plan, d, g, table, &per_source)
+            .into_iter()
+            .chain(distinct::values_merges(d, g, table, &per_source))
+            .collect(),
     };
+    if stmts.is_empty() {
+        return Ok(stmts);
+    }
     // Delta queries are small but their plans can look costly (rescan branches that usually do
     // not run), and JIT compilation would then cost more than the refresh itself.
-    Ok(stmt
-        .map(|s| vec!["SET LOCAL jit = off".to_string(), s])
-        .unwrap_or_default())
+    stmts.insert(0, "SET LOCAL jit = off".to_string());
+    Ok(stmts)
 }
 
 pub(crate) fn k(i: usize) -> String {

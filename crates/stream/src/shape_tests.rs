@@ -136,22 +136,48 @@ fn distinct_aggregates_are_recomputed_for_the_groups_whose_values_changed() {
     // Nothing but the value is stored for them.
     let ddl = storage_ddl(&p, &table(), &types_for(&p)).unwrap();
     assert!(ddl[0].contains("\"lo\" numeric, \"__shoal_count\" bigint NOT NULL"));
-    let s = &generate_all(&p)[0];
+    // count(DISTINCT) comes with a values table: each group's distinct values and their rows.
+    let values = "\"app\".\"St_values_1\"";
+    assert_eq!(
+        ddl[2],
+        format!(
+            "CREATE TABLE {values} AS SELECT customer_id AS \"__shoal_k1\", note AS \"__shoal_value\", \
+             count(*)::bigint AS \"__shoal_count\" FROM \"orders\" AS \"orders\" WHERE ((note) IS NOT NULL) \
+             GROUP BY 1, 2 WITH NO DATA"
+        )
+    );
+    let stmts = generate_all(&p);
+    let s = &stmts[0];
     for part in [
-        // A group is flagged when a non-NULL value of the argument came or went.
-        "count(\"__shoal_x1\") AS \"__shoal_touch1\"",
-        "COALESCE(\"__shoal_o1\", 0) AS \"__shoal_n1\"",
-        "(COALESCE(\"__shoal_ocount\", 0) + \"__shoal_dcount\" > 0 AND (\"__shoal_touch1\" > 0 OR \
-         \"__shoal_touch2\" > 0 OR \"__shoal_touch3\" > 0 OR (\"__shoal_del4\" IS NOT NULL",
-        // and recomputed from the sources with the extremes.
+        // The distinct count changes by the values that appear minus those that vanish, told
+        // by the values table's counts before the refresh.
+        "\"__shoal_dv1\" AS (SELECT \"__shoal_k1\", \"__shoal_x1\", sum(\"__shoal_delta\")::bigint AS \"__shoal_dc\", \
+         hash_record_extended(ROW(\"__shoal_k1\", \"__shoal_x1\"), 0) AS \"__shoal_vrid\" FROM \"__shoal_d\" \
+         WHERE \"__shoal_x1\" IS NOT NULL GROUP BY \"__shoal_k1\", \"__shoal_x1\" HAVING sum(\"__shoal_delta\") <> 0)",
+        "sum(CASE WHEN \"__shoal_v\".\"__shoal_count\" IS NULL THEN 1 WHEN \"__shoal_v\".\"__shoal_count\" + \
+         \"__shoal_dv1\".\"__shoal_dc\" <= 0 THEN -1 ELSE 0 END)::bigint AS \"__shoal_dd1\"",
+        "COALESCE(\"__shoal_o1\", 0) + COALESCE(\"__shoal_dd1\", 0) AS \"__shoal_n1\"",
+        // The other DISTINCT aggregates flag their group when a non-NULL value came or went,
+        "count(\"__shoal_x2\") AS \"__shoal_touch2\"",
+        "(COALESCE(\"__shoal_ocount\", 0) + \"__shoal_dcount\" > 0 AND (\"__shoal_touch2\" > 0 OR \
+         \"__shoal_touch3\" > 0 OR (\"__shoal_del4\" IS NOT NULL",
+        // and are recomputed from the sources with the extremes.
         "\"__shoal_r\" AS (SELECT customer_id AS \"__shoal_k1\", hash_record_extended(ROW(customer_id), 0) \
-         AS \"__shoal_rid\", count(DISTINCT note) AS \"__shoal_m1\", sum(DISTINCT amount) AS \"__shoal_m2\", \
+         AS \"__shoal_rid\", sum(DISTINCT amount) AS \"__shoal_m2\", \
          avg(DISTINCT amount) AS \"__shoal_m3\", min(amount) AS \"__shoal_m4\" FROM \"orders\" AS \"orders\" WHERE",
-        "\"notes\" = CASE WHEN \"__shoal_s\".\"__shoal_ncount\" <= 0 THEN 0 WHEN \"__shoal_s\".\"__shoal_rescan\" \
-         THEN \"__shoal_s\".\"__shoal_m1\" ELSE \"__shoal_s\".\"__shoal_n1\" END",
+        "\"notes\" = \"__shoal_s\".\"__shoal_n1\"",
         "\"s\" = CASE WHEN \"__shoal_s\".\"__shoal_ncount\" <= 0 THEN NULL WHEN",
     ] {
         assert!(s.contains(part), "missing {part}\nin {s}");
+    }
+    // Then the values table takes the per-(group, value) deltas.
+    for part in [
+        format!("MERGE INTO {values} AS \"__shoal_v\" USING (SELECT \"__shoal_k1\", \"__shoal_x1\""),
+        "WHEN MATCHED AND \"__shoal_v\".\"__shoal_count\" + \"__shoal_s\".\"__shoal_dc\" <= 0 THEN DELETE".into(),
+        "WHEN NOT MATCHED AND \"__shoal_s\".\"__shoal_dc\" > 0 THEN INSERT (\"__shoal_k1\", \"__shoal_value\", \
+         \"__shoal_count\") VALUES (\"__shoal_s\".\"__shoal_k1\", \"__shoal_s\".\"__shoal_x1\", \"__shoal_s\".\"__shoal_dc\")".into(),
+    ] {
+        assert!(stmts[1].contains(&part), "missing {part}\nin {}", stmts[1]);
     }
     // Without GROUP BY too; and in HAVING.
     generate_all(&plan("SELECT count(DISTINCT qty) AS n FROM items"));

@@ -66,7 +66,8 @@ pub(crate) fn generate_all(plan: &QueryPlan) -> Vec<String> {
     for s in &stmts {
         assert_parses(s);
     }
-    assert_eq!(stmts.len(), 2);
+    // The refresh proper, then a merge into each values table.
+    assert_eq!(stmts.len(), 2 + crate::values_tables(plan, &table()).len());
     assert_eq!(stmts[0], "SET LOCAL jit = off");
     // The refresh proper, first in what is returned.
     stmts[1..].to_vec()

@@ -9,8 +9,8 @@ use tokio_postgres::GenericClient;
 
 use super::refresh::{load_stream, refresh_stream};
 use crate::{
-    analyze, choose_mode, probe_sql, storage_ddl, storage_table, view_ddl, AnalyzeError,
-    ColumnType, GenerateError, Mode, QueryPlan, SourceRef, STORAGE_SCHEMA,
+    analyze, choose_mode, probe_sql, storage_ddl, storage_table, values_tables, view_ddl,
+    AnalyzeError, ColumnType, GenerateError, Mode, QueryPlan, SourceRef, STORAGE_SCHEMA,
 };
 use shoal_catalog::model::{self, TableKind};
 use shoal_catalog::CatalogError;
@@ -455,7 +455,7 @@ pub async fn drop_stream(cluster: &Cluster, name: &str) -> Result<(), StreamErro
     let stream_id = find_stream(cluster.client(), name).await?;
     let mut coordinator = cluster.coordinator("shoal stream drop").await?;
     let tx = coordinator.transaction().await?;
-    let (stream, _, _) = load_stream(&tx, stream_id).await?;
+    let (stream, plan, _) = load_stream(&tx, stream_id).await?;
     tx.execute(
         "DELETE FROM shoal.stream_table WHERE stream_id = $1",
         &[&stream_id],
@@ -470,7 +470,14 @@ pub async fn drop_stream(cluster: &Cluster, name: &str) -> Result<(), StreamErro
         tx.batch_execute(&format!("DROP VIEW {}", stream.view.quoted()))
             .await?;
     }
-    tx.batch_execute(&format!("DROP TABLE {}", stream.storage.quoted()))
+    let mut storage = vec![stream.storage.quoted()];
+    storage.extend(
+        values_tables(&plan, &stream.storage)
+            .iter()
+            .map(QualifiedName::quoted),
+    );
+    // IF EXISTS: a storage made before values tables existed may not have them yet.
+    tx.batch_execute(&format!("DROP TABLE IF EXISTS {}", storage.join(", ")))
         .await?;
     tx.commit().await?;
     drop_unused_reference_triggers(cluster).await?;
