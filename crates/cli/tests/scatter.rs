@@ -468,3 +468,168 @@ fn difference(expected: &Answer, got: &Answer) -> String {
     }
     out
 }
+
+/// A split read in a transaction block on its participants runs on the transaction's own
+/// connections, so it sees the transaction's writes (the coordinator could not), joining the
+/// nodes it has not reached yet; what it cannot do fails the transaction as PostgreSQL's
+/// errors do, and leaves nothing behind.
+#[tokio::test]
+async fn split_reads_in_a_transaction_block_see_its_own_writes() {
+    let shoal = common::start(2).await;
+    let coordinator = shoal.coordinator().await;
+    coordinator
+        .batch_execute(
+            "CREATE TABLE orders (id bigint PRIMARY KEY, qty int);
+             INSERT INTO orders SELECT g, g % 10 FROM generate_series(1, 1000) g;",
+        )
+        .await
+        .unwrap();
+    shoal.distribute("orders", "id", "8").await;
+    let endpoint = shoal.start_endpoint().await;
+    let app = endpoint.connect().await;
+    let totals = "SELECT count(*), sum(qty) FROM orders";
+    let scattered =
+        || async { endpoint.metrics().await["shoal_endpoint_statements_scattered_total"] };
+    let simple_row = |messages: Vec<SimpleQueryMessage>| -> Vec<Option<String>> {
+        messages
+            .iter()
+            .find_map(|m| match m {
+                SimpleQueryMessage::Row(row) => Some(
+                    (0..row.len())
+                        .map(|i| row.get(i).map(String::from))
+                        .collect(),
+                ),
+                _ => None,
+            })
+            .expect("a row")
+    };
+    let before = simple_row(coordinator.simple_query(totals).await.unwrap());
+    assert_eq!(before, [Some("1000".into()), Some("4500".into())]);
+
+    for commit in [false, true] {
+        let split = scattered().await;
+        app.batch_execute("BEGIN").await.unwrap();
+        app.batch_execute("UPDATE orders SET qty = qty + 100 WHERE id = 1")
+            .await
+            .unwrap();
+        // Simple protocol: the update is seen; then a row on whichever node, seen too.
+        assert_eq!(
+            simple_row(app.simple_query(totals).await.unwrap()),
+            [Some("1000".into()), Some("4600".into())]
+        );
+        app.batch_execute("INSERT INTO orders VALUES (5000, 7)")
+            .await
+            .unwrap();
+        // Extended protocol, with a parameter.
+        let row = app
+            .query_one(
+                "SELECT count(*)::text, sum(qty)::text FROM orders WHERE qty >= $1",
+                &[&0i32],
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            (row.get::<_, String>(0), row.get::<_, String>(1)),
+            ("1001".to_string(), "4607".to_string())
+        );
+        assert_eq!(scattered().await, split + 2, "both reads were split");
+        app.batch_execute(if commit { "COMMIT" } else { "ROLLBACK" })
+            .await
+            .unwrap();
+        let after = simple_row(coordinator.simple_query(totals).await.unwrap());
+        let expected = if commit {
+            [Some("1001".into()), Some("4607".into())]
+        } else {
+            [Some("1000".into()), Some("4500".into())]
+        };
+        assert_eq!(
+            after,
+            expected,
+            "after {}",
+            if commit { "COMMIT" } else { "ROLLBACK" }
+        );
+    }
+
+    // An answer too long for one merge cannot go to the coordinator from here: the
+    // transaction fails with a clear error, and its writes go with it.
+    app.batch_execute("BEGIN").await.unwrap();
+    app.batch_execute("UPDATE orders SET qty = 0 WHERE id = 2")
+        .await
+        .unwrap();
+    coordinator
+        .batch_execute("INSERT INTO orders SELECT g, 1 FROM generate_series(10000, 60000) g")
+        .await
+        .unwrap();
+    let error = app
+        .simple_query("SELECT id, count(*) FROM orders GROUP BY id")
+        .await
+        .unwrap_err();
+    let error = error.as_db_error().expect("a server error");
+    assert_eq!(error.code().code(), "54000", "{error}");
+    assert!(error
+        .hint()
+        .is_some_and(|h| h.contains("outside the transaction block")));
+    let aborted = app.simple_query("SELECT 1").await.unwrap_err();
+    assert_eq!(aborted.code().map(|c| c.code()), Some("25P02"));
+    app.batch_execute("ROLLBACK").await.unwrap();
+    let qty: i32 = coordinator
+        .query_one("SELECT qty FROM orders WHERE id = 2", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(qty, 2, "the failed transaction's update is gone");
+
+    // A REPEATABLE READ transaction reads one server's snapshot: a split read needing another
+    // is refused before anything runs there.
+    app.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        .await
+        .unwrap();
+    app.batch_execute("UPDATE orders SET qty = 0 WHERE id = 3")
+        .await
+        .unwrap();
+    let refused = app.simple_query(totals).await.unwrap_err();
+    assert_eq!(refused.code().map(|c| c.code()), Some("0A000"), "{refused}");
+    app.batch_execute("ROLLBACK").await.unwrap();
+    let qty: i32 = coordinator
+        .query_one("SELECT qty FROM orders WHERE id = 3", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(qty, 3);
+
+    // A BEGIN among several statements of one query string opens the block on the
+    // coordinator: what follows goes there too (split reads and key-routed writes alike), so
+    // a ROLLBACK undoes all of it.
+    app.batch_execute("BEGIN; UPDATE orders SET qty = 0 WHERE id = 4")
+        .await
+        .unwrap();
+    app.batch_execute("UPDATE orders SET qty = 0 WHERE id = 5")
+        .await
+        .unwrap();
+    let seen = simple_row(
+        app.simple_query("SELECT count(*) FROM orders WHERE qty = 0")
+            .await
+            .unwrap(),
+    );
+    let committed = simple_row(
+        coordinator
+            .simple_query("SELECT count(*) FROM orders WHERE qty = 0")
+            .await
+            .unwrap(),
+    );
+    let (seen, committed): (i64, i64) = (
+        seen[0].as_deref().unwrap().parse().unwrap(),
+        committed[0].as_deref().unwrap().parse().unwrap(),
+    );
+    assert_eq!(seen, committed + 2, "the block sees both of its updates");
+    app.batch_execute("ROLLBACK").await.unwrap();
+    let zeroed: i64 = coordinator
+        .query_one(
+            "SELECT count(*) FROM orders WHERE id IN (4, 5) AND qty = 0",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(zeroed, 0, "ROLLBACK undid both updates");
+}

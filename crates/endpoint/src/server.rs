@@ -272,22 +272,24 @@ impl ServerConn {
         &mut self,
         sql: &str,
     ) -> Result<Vec<Vec<Option<String>>>, EndpointError> {
-        Ok(self.simple_query_typed(sql, usize::MAX).await?.1)
+        Ok(self
+            .simple_query_typed(sql, RowLimit::Abandon(usize::MAX))
+            .await?
+            .1)
     }
 
     /// Like [`ServerConn::simple_query`], with the type OIDs of the last result's columns;
-    /// fails with [`EndpointError::TooManyRows`] past `max_rows` rows, leaving the connection
-    /// unusable.
+    /// fails with [`EndpointError::TooManyRows`] past `limit`'s rows.
     pub async fn simple_query_typed(
         &mut self,
         sql: &str,
-        max_rows: usize,
+        limit: RowLimit,
     ) -> Result<(Vec<u32>, Vec<Vec<Option<String>>>), EndpointError> {
         self.framed.queue_frontend(&PgWireFrontendMessage::Query(
             pgwire::messages::simplequery::Query::new(sql.to_string()),
         ))?;
         self.framed.flush().await?;
-        self.read_typed(max_rows).await
+        self.read_typed(limit).await
     }
 
     /// Like [`ServerConn::simple_query_typed`] for one statement with parameters, by the
@@ -299,7 +301,7 @@ impl ServerConn {
         types: &[u32],
         parameters: &[Option<Bytes>],
         formats: &[i16],
-        max_rows: usize,
+        limit: RowLimit,
     ) -> Result<(Vec<u32>, Vec<Vec<Option<String>>>), EndpointError> {
         use pgwire::messages::extendedquery::{Bind, Describe, Execute, Parse, Sync};
         let messages = [
@@ -319,26 +321,37 @@ impl ServerConn {
             self.framed.queue_frontend(message)?;
         }
         self.framed.flush().await?;
-        self.read_typed(max_rows).await
+        self.read_typed(limit).await
     }
 
     /// The column types and text rows of the last result up to ReadyForQuery.
     async fn read_typed(
         &mut self,
-        max_rows: usize,
+        limit: RowLimit,
     ) -> Result<(Vec<u32>, Vec<Vec<Option<String>>>), EndpointError> {
         let (mut types, mut rows, mut error) = (Vec::new(), Vec::new(), None);
+        let mut too_many = false;
         loop {
             match self.framed.read_backend().await? {
                 PgWireBackendMessage::RowDescription(description) => {
                     types = description.fields.iter().map(|f| f.type_id).collect();
                     rows.clear();
+                    too_many = false;
                 }
                 PgWireBackendMessage::DataRow(row) => {
-                    if rows.len() == max_rows {
-                        return Err(EndpointError::TooManyRows(max_rows));
+                    if too_many {
+                        continue;
                     }
-                    rows.push(text_columns(&row))
+                    match limit {
+                        RowLimit::Abandon(max) if rows.len() == max => {
+                            return Err(EndpointError::TooManyRows(max));
+                        }
+                        RowLimit::Drain(max) if rows.len() == max => {
+                            too_many = true;
+                            rows.clear();
+                        }
+                        _ => rows.push(text_columns(&row)),
+                    }
                 }
                 PgWireBackendMessage::ErrorResponse(e) => {
                     error = Some(ServerError { fields: e.fields })
@@ -348,9 +361,12 @@ impl ServerConn {
                 }
                 PgWireBackendMessage::ReadyForQuery(ready) => {
                     self.status = status_byte(&ready);
-                    return match error {
-                        Some(e) => Err(e.into()),
-                        None => Ok((types, rows)),
+                    return match (error, limit) {
+                        (Some(e), _) => Err(e.into()),
+                        (None, RowLimit::Drain(max)) if too_many => {
+                            Err(EndpointError::TooManyRows(max))
+                        }
+                        (None, _) => Ok((types, rows)),
                     };
                 }
                 _ => {}
@@ -366,6 +382,16 @@ impl ServerConn {
             secret,
         })
     }
+}
+
+/// How many rows a typed query may bring back, and what past them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RowLimit {
+    /// Stop reading at once: the answer is not wanted, nor the connection (its rest is unread).
+    Abandon(usize),
+    /// Read the answer to its end, keeping none of it: the connection stays usable, as a
+    /// transaction's must.
+    Drain(usize),
 }
 
 /// Enough to cancel a server connection's running statement from elsewhere.

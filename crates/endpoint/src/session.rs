@@ -23,7 +23,7 @@ use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 use tokio::net::TcpStream;
 
 use self::settings::SessionSettings;
-use crate::control::{self, Control};
+use crate::control::{self, Control, Isolation};
 use crate::error::{EndpointError, ServerError};
 use crate::gate::Group;
 use crate::pool::Pooled;
@@ -215,6 +215,14 @@ impl Session {
     }
 
     async fn ready(&mut self) -> Result<(), EndpointError> {
+        if self.txn.is_none() && matches!(self.coordinator.status, b'T' | b'E') {
+            // The coordinator session entered a transaction block the endpoint did not see
+            // begin (a BEGIN among several statements of one query string): the block is
+            // the coordinator's, and every statement goes there until it ends.
+            let mut txn = Transaction::begin(String::new(), Isolation::ReadCommitted);
+            txn.path = Path::Coordinator;
+            self.txn = Some(txn);
+        }
         if self.txn.is_none() {
             self.release_autocommit();
             self.leave_groups();
@@ -459,7 +467,7 @@ impl Session {
         match control {
             Control::Statement => {
                 let planned = shoal_route::plan(sql, &self.topology());
-                if planned.is_err() && self.txn.is_none() {
+                if planned.is_err() {
                     if let Ok(scatter) = shoal_route::plan_scatter(sql, &self.topology()) {
                         if self.scatter_simple(&scatter).await? {
                             self.skipping = false;

@@ -13,10 +13,11 @@ use pgwire::messages::extendedquery::{
 };
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 
-use super::scatter::Parameters;
+use super::scatter::{InTransaction, Parameters};
 use super::{params, Await, Dest, Route, Session};
 use crate::control::{self, Control};
 use crate::error::EndpointError;
+use crate::transaction::{Need, Path};
 use shoal_route::{NotRoutable, Plan, Scatter};
 
 pub struct Prepared {
@@ -192,8 +193,12 @@ impl Session {
                     .await;
             }
         }
+        // In a transaction block only on its participants (see `gather_in_transaction`).
         let scatter = match (&prepared.plan, &prepared.scatter, &self.txn) {
             (None, Some(scatter), None) => Some(scatter.clone()),
+            (None, Some(scatter), Some(txn)) if matches!(txn.path, Path::Participants(_)) => {
+                Some(scatter.clone())
+            }
             _ => None,
         };
         if let Some(scatter) = scatter {
@@ -388,7 +393,30 @@ impl Session {
             values: bind.parameters.clone(),
             formats: bind.parameter_format_codes.clone(),
         };
-        match self.gather(&scatter, Some(&parameters)).await? {
+        let outcome = if self.txn.is_none() {
+            match self.gather(&scatter, Some(&parameters)).await? {
+                Some(merge) => InTransaction::Merge(merge),
+                None => InTransaction::NotSplit,
+            }
+        } else {
+            self.gather_in_transaction(&scatter, Some(&parameters))
+                .await?
+        };
+        let merged = match outcome {
+            InTransaction::Merge(merge) => Some(merge),
+            InTransaction::Refused(error) => return self.local_error(error).await,
+            // In a transaction on its participants the coordinator cannot take it either.
+            InTransaction::NotSplit if self.txn.is_some() => {
+                let txn = self.txn.as_mut().expect("a transaction");
+                let why = "the client's role lacks a privilege the coordinator checks";
+                match txn.route(Need::Coordinator, why) {
+                    Err(error) => return self.local_error(error).await,
+                    Ok(_) => None,
+                }
+            }
+            InTransaction::NotSplit => None,
+        };
+        match merged {
             Some(merge) => {
                 self.merges += 1;
                 let merge_name = Some(format!("__shoal_merge_{}", self.merges));

@@ -2,16 +2,21 @@
 //! aggregates its shards on a few of Shoal's connections (`Options::scatter_connections`,
 //! each with a share of the shards), all nodes at once, and the client's
 //! coordinator session merges the partial rows, so the client gets PostgreSQL's own types,
-//! names and output. Taken only outside transaction blocks; whatever fails before the merge
-//! leaves the statement to the coordinator, nothing having reached the client.
+//! names and output. Outside a transaction block whatever fails before the merge leaves the
+//! statement to the coordinator, nothing having reached the client. In a transaction block
+//! that runs on its participants (READ COMMITTED), each node's part runs on the
+//! transaction's own connection there (joining the node first), so it sees the transaction's
+//! writes; the coordinator could not (its postgres_fdw transaction does not see them).
 
 use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::{Dest, Session};
-use crate::error::EndpointError;
-use shoal_route::{Place, Privilege, Scatter};
+use super::{lost, Dest, Session};
+use crate::error::{EndpointError, ServerError};
+use crate::server::RowLimit;
+use crate::transaction::{Need, Path, Step};
+use shoal_route::{Place, Placement, Privilege, Scatter};
 
 /// Partial rows per node a split read may bring back: the merge takes them as one VALUES list
 /// on the coordinator session, so a larger answer (grouping by a near-unique column without
@@ -60,19 +65,11 @@ impl Session {
         scatter: &Scatter,
         parameters: Option<&Parameters>,
     ) -> Result<Option<String>, EndpointError> {
-        let parameters = match (scatter.parameters, parameters) {
-            (true, None) => return Ok(None),
-            (true, Some(given)) => Some(Arc::new(Parameters {
-                types: given.types.clone(),
-                values: given.values.clone(),
-                formats: given.formats.clone(),
-            })),
-            (false, _) => None,
+        let Some(parameters) = shared_parameters(scatter, parameters) else {
+            return Ok(None);
         };
-        for table in &scatter.tables {
-            if !self.may(table, Privilege::Select).await? {
-                return Ok(None);
-            }
+        if !self.may_read(scatter).await? {
+            return Ok(None);
         }
         let mut running = Vec::new();
         let connections = self.shared.options.scatter_connections;
@@ -94,7 +91,10 @@ impl Session {
                     pooled.settings = values;
                 }
                 let result = match &parameters {
-                    None => pooled.conn.simple_query_typed(&sql, MAX_PARTIAL_ROWS).await,
+                    None => {
+                        let limit = RowLimit::Abandon(MAX_PARTIAL_ROWS);
+                        pooled.conn.simple_query_typed(&sql, limit).await
+                    }
                     Some(p) => {
                         pooled
                             .conn
@@ -103,7 +103,7 @@ impl Session {
                                 &p.types,
                                 &p.values,
                                 &p.formats,
-                                MAX_PARTIAL_ROWS,
+                                RowLimit::Abandon(MAX_PARTIAL_ROWS),
                             )
                             .await
                     }
@@ -139,15 +139,135 @@ impl Session {
         let Some(oids) = types.filter(|_| !failed && rows.len() <= MAX_PARTIAL_ROWS * nodes) else {
             return Ok(None);
         };
-        let Some(names) = oids
-            .iter()
-            .map(|oid| type_name(*oid).map(String::from))
-            .collect::<Option<Vec<String>>>()
-        else {
+        let Some(names) = type_names(&oids) else {
             return Ok(None);
         };
         self.shared.metrics.scattered();
         Ok(Some(scatter.merge_sql(&names, &rows)))
+    }
+
+    async fn may_read(&mut self, scatter: &Scatter) -> Result<bool, EndpointError> {
+        for table in &scatter.tables {
+            if !self.may(table, Privilege::Select).await? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// [`Session::gather`] in a transaction block on its participants: each node's part on the
+    /// transaction's connection there, all nodes at once. Nothing to split outside such a
+    /// block, or before its path is chosen (it then takes the coordinator's, as before).
+    pub(super) async fn gather_in_transaction(
+        &mut self,
+        scatter: &Scatter,
+        parameters: Option<&Parameters>,
+    ) -> Result<InTransaction, EndpointError> {
+        if !matches!(&self.txn, Some(t) if matches!(t.path, Path::Participants(_)) && !t.failed) {
+            return Ok(InTransaction::NotSplit);
+        }
+        let Some(parameters) = shared_parameters(scatter, parameters) else {
+            return Ok(InTransaction::NotSplit);
+        };
+        if !self.may_read(scatter).await? {
+            return Ok(InTransaction::NotSplit);
+        }
+        let topology = self.topology();
+        let reads_reference = scatter.tables.iter().any(|table| {
+            matches!(
+                topology.tables.get(table).map(|t| &t.placement),
+                Some(Placement::Reference { .. })
+            )
+        });
+        let mut parts = Vec::new();
+        for (node, sql) in scatter.per_connection(1) {
+            let place = Place::Node(node);
+            let need = Need::Participant {
+                place,
+                reads_reference_replica: reads_reference,
+                writes_reference: false,
+            };
+            let txn = self.txn.as_mut().expect("a transaction");
+            match txn.route(need, "") {
+                Err(error) => return Ok(InTransaction::Refused(error)),
+                Ok(Step::Participant { join: true, .. }) => {
+                    if let Err(error) = self.join(place).await? {
+                        return Ok(InTransaction::Refused(error));
+                    }
+                }
+                Ok(_) => {
+                    if let Err(error) = self.hold(place).await {
+                        return Ok(InTransaction::Refused(super::connect_failure(
+                            place, &error,
+                        )));
+                    }
+                }
+            }
+            parts.push((place, sql));
+        }
+        let mut running = Vec::new();
+        for (place, sql) in parts {
+            let mut pooled = self
+                .held
+                .remove(&place)
+                .expect("a participant's connection");
+            let parameters = parameters.clone();
+            running.push(tokio::spawn(async move {
+                // Read to the end whatever comes: the connection is the transaction's.
+                let limit = RowLimit::Drain(MAX_PARTIAL_ROWS);
+                let result = match &parameters {
+                    None => pooled.conn.simple_query_typed(&sql, limit).await,
+                    Some(p) => {
+                        pooled
+                            .conn
+                            .extended_query_typed(&sql, &p.types, &p.values, &p.formats, limit)
+                            .await
+                    }
+                };
+                (place, pooled, result)
+            }));
+        }
+        let (mut types, mut rows, mut refused) = (None, Vec::new(), None);
+        for task in running {
+            let (place, pooled, result) = task.await.expect("a split read's part does not panic");
+            self.held.insert(place, pooled);
+            match result {
+                Ok((oids, partial)) => {
+                    types.get_or_insert(oids);
+                    rows.extend(partial);
+                }
+                Err(EndpointError::TooManyRows(max)) => {
+                    refused.get_or_insert(
+                        ServerError::new(
+                            "54000",
+                            format!(
+                                "this read, split across the shards in a transaction block,                                  brings back more than {max} rows from {}",
+                                super::place_name(place)
+                            ),
+                        )
+                        .with_hint(
+                            "Run it outside the transaction block (the coordinator then answers                              it whole), or narrow it with WHERE or LIMIT.",
+                        ),
+                    );
+                }
+                Err(error) => {
+                    refused.get_or_insert(lost(place, &error));
+                }
+            }
+        }
+        if let Some(error) = refused {
+            return Ok(InTransaction::Refused(error));
+        }
+        let names = types.as_deref().and_then(type_names);
+        let Some(names) = names else {
+            return Ok(InTransaction::Refused(ServerError::new(
+                "0A000",
+                "this read, split across the shards in a transaction block, returns a column                  type Shoal's endpoint cannot merge",
+            )
+            .with_hint("Run it outside the transaction block, or cast the column to text.")));
+        };
+        self.shared.metrics.scattered();
+        Ok(InTransaction::Merge(scatter.merge_sql(&names, &rows)))
     }
 
     /// A simple query split across shards; `false` when it was left to the caller.
@@ -155,12 +275,57 @@ impl Session {
         &mut self,
         scatter: &Scatter,
     ) -> Result<bool, EndpointError> {
-        match self.gather(scatter, None).await? {
-            Some(merge) => {
+        let outcome = if self.txn.is_none() {
+            match self.gather(scatter, None).await? {
+                Some(merge) => InTransaction::Merge(merge),
+                None => InTransaction::NotSplit,
+            }
+        } else {
+            self.gather_in_transaction(scatter, None).await?
+        };
+        match outcome {
+            InTransaction::Merge(merge) => {
                 self.relay_simple(Dest::Session, &merge).await?;
                 Ok(true)
             }
-            None => Ok(false),
+            InTransaction::Refused(error) => {
+                self.local_error(error).await?;
+                Ok(true)
+            }
+            InTransaction::NotSplit => Ok(false),
         }
     }
+}
+
+/// What a split read in a transaction block came to.
+pub(super) enum InTransaction {
+    /// The merging statement, for the coordinator session.
+    Merge(String),
+    /// The transaction's answer: an error (the transaction is then failed, as PostgreSQL's is).
+    Refused(ServerError),
+    /// Nothing was run: the statement goes where it would have gone.
+    NotSplit,
+}
+
+/// The client's parameters, shared by the parts; `None` when the statement needs parameters
+/// and none came (a simple query cannot split it).
+fn shared_parameters(
+    scatter: &Scatter,
+    given: Option<&Parameters>,
+) -> Option<Option<Arc<Parameters>>> {
+    match (scatter.parameters, given) {
+        (true, None) => None,
+        (true, Some(given)) => Some(Some(Arc::new(Parameters {
+            types: given.types.clone(),
+            values: given.values.clone(),
+            formats: given.formats.clone(),
+        }))),
+        (false, _) => Some(None),
+    }
+}
+
+fn type_names(oids: &[u32]) -> Option<Vec<String>> {
+    oids.iter()
+        .map(|oid| type_name(*oid).map(String::from))
+        .collect()
 }
