@@ -316,16 +316,27 @@ async fn a_join_refresh_holds_only_its_reference_tables() {
     open.batch_execute("INSERT INTO orders VALUES (5000, 1, 1, 7)")
         .await
         .unwrap();
-    // Holding every source would wait for the open write (and give up after ~20 s).
-    tokio::time::timeout(
-        Duration::from_secs(10),
-        shoal.cli(&["stream", "refresh", "s_join"]),
-    )
-    .await
-    .expect("the refresh does not wait for a write to the distributed table")
-    .assert_ok();
-    assert_view_exact(&sql, "s_join", "a refresh beside an open write").await;
+    // Holding every source would wait for the open write (and give up after ~20 s). The
+    // LEFT JOIN too: its preserved side alone changed, so its rows are probed against the
+    // reference table's state only.
+    for name in ["s_join", "s_left"] {
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            shoal.cli(&["stream", "refresh", name]),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            panic!("{name}'s refresh does not wait for a write to the distributed table")
+        })
+        .assert_ok();
+        assert_view_exact(&sql, name, "a refresh beside an open write").await;
+    }
     open.commit().await.unwrap();
+    shoal
+        .cli(&["stream", "refresh", "s_left"])
+        .await
+        .assert_ok();
+    assert_view_exact(&sql, "s_left", "after the open write committed").await;
 
     sql.batch_execute(
         "UPDATE products SET category = 'c9' WHERE id <= 3;

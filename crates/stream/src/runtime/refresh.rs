@@ -54,10 +54,10 @@ fn initial_barrier(plan: &QueryPlan, has_reference_source: bool) -> Barrier {
         .grouping
         .as_ref()
         .is_some_and(|g| g.aggregates.iter().any(|a| a.func.rescans()));
-    // An outer join's unmatched rows are found by probing the other side's current state, even
-    // where that side is the changed distributed table; window partitions are recomputed from
-    // the sources.
-    if rescans_extremes || d.outer.is_some() || d.window.is_some() {
+    // Window partitions are recomputed from the sources. An outer join reads what an inner
+    // join reads, and, for a preserved side whose other side changed, that changed side's
+    // current state too: [`outer_reads_suffice`] tells, once the changed sources are known.
+    if rescans_extremes || d.window.is_some() {
         Barrier::AllSources
     } else if d.sources.len() > 1 {
         if has_reference_source {
@@ -91,6 +91,21 @@ fn references_suffice(
             .iter()
             .zip(is_reference)
             .all(|(changed, reference)| *changed || *reference)
+}
+
+/// Whether an outer join's delta over the sources `changed` reads no changed source's current
+/// state, beyond what [`references_suffice`] checks for the inner part: the unmatched rows of
+/// a preserved side are probed against the other side's current state when the preserved
+/// side changed (that is the other, unchanged source), but when the other side changed the
+/// preserved side's rows it reaches are counted in the changed side's current state.
+fn outer_reads_suffice(plan: &QueryPlan, changed: &[bool]) -> bool {
+    let Some(o) = plan.differential().and_then(|d| d.outer.as_ref()) else {
+        return true;
+    };
+    o.kind
+        .preserved()
+        .iter()
+        .all(|&p| !changed.get(1 - p).copied().unwrap_or(false))
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -192,7 +207,8 @@ pub async fn refresh_stream(
             reference_changes_after,
         } = buffer_window(&tx, stream.consumed_seq, &table_ids, &reference_ids).await?;
         if barrier == Barrier::ReferenceSources
-            && !references_suffice(&changed, &is_reference, reference_changes_after)
+            && !(references_suffice(&changed, &is_reference, reference_changes_after)
+                && outer_reads_suffice(&plan, &changed))
         {
             // Taking the other sources' locks now could deadlock with a writer that holds one
             // of them and waits for a reference table: start again, all locks in order.
@@ -667,7 +683,7 @@ mod tests {
             Barrier::None
         );
         assert_eq!(
-            barrier("SELECT t.v, d.l FROM t LEFT JOIN d ON d.g = t.g", true),
+            barrier("SELECT t.v, u.l FROM t LEFT JOIN u ON u.g = t.g", false),
             Barrier::AllSources
         );
         assert_eq!(
@@ -734,5 +750,24 @@ mod tests {
             &[false, false, true],
             false
         ));
+    }
+
+    #[test]
+    fn an_outer_join_holds_the_references_when_only_a_preserved_side_changed() {
+        let sql = "SELECT t.v, d.l FROM t {} JOIN d ON d.g = t.g";
+        let plan = |kind: &str| analyze(&sql.replace("{}", kind)).expect("a query");
+        assert_eq!(
+            initial_barrier(&plan("LEFT"), true),
+            Barrier::ReferenceSources
+        );
+        // t preserved and alone changed: its rows are probed against d's current state.
+        assert!(outer_reads_suffice(&plan("LEFT"), &[true, false]));
+        // d preserved (RIGHT, FULL) and t changed: d's rows are counted in t's current state.
+        assert!(!outer_reads_suffice(&plan("RIGHT"), &[true, false]));
+        assert!(!outer_reads_suffice(&plan("FULL"), &[true, false]));
+        // d changed: t's rows it reaches are counted in d's current state.
+        assert!(!outer_reads_suffice(&plan("LEFT"), &[false, true]));
+        assert!(outer_reads_suffice(&plan("RIGHT"), &[false, true]));
+        assert!(outer_reads_suffice(&plan("LEFT"), &[false, false]));
     }
 }
