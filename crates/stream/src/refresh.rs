@@ -522,11 +522,54 @@ pub(crate) fn signed_delta(delta: &DeltaRelations, i: usize) -> String {
 /// every non-empty set S of changed sources, the join with the sources in S replaced by their
 /// signed deltas and the others at their new state, with sign (-1)^(|S|+1). `items` are
 /// (internal name, expression) pairs computed per joined row. None when nothing changed.
+///
+/// Where several terms read the deltas (two changed sources, an outer join's unmatched rows),
+/// each delta is read out of the change buffer once, into a CTE the terms share: decoding the
+/// buffer's rows is most of what reading a delta costs.
 pub(crate) fn delta_terms(
     d: &Differential,
     items: &[(String, String)],
     deltas: &[Option<&DeltaRelations>],
 ) -> Option<String> {
+    let terms = delta_term_list(d, items, deltas)?;
+    if terms.len() == 1 {
+        return terms.into_iter().next();
+    }
+    let name = |side: &str, i: usize| qi(&format!("__shoal_{side}{}", i + 1));
+    let shared: Vec<Option<DeltaRelations>> = (0..deltas.len())
+        .map(|i| {
+            deltas[i].map(|_| DeltaRelations {
+                deleted_sql: name("old", i),
+                inserted_sql: name("new", i),
+            })
+        })
+        .collect();
+    let mut ctes = Vec::new();
+    for (i, delta) in deltas.iter().enumerate() {
+        if let Some(delta) = delta {
+            for (side, rel) in [("old", &delta.deleted_sql), ("new", &delta.inserted_sql)] {
+                ctes.push(format!(
+                    "{} AS MATERIALIZED (SELECT * FROM {rel} AS {})",
+                    name(side, i),
+                    qi("__shoal_r")
+                ));
+            }
+        }
+    }
+    let shared: Vec<Option<&DeltaRelations>> = shared.iter().map(Option::as_ref).collect();
+    let terms = delta_term_list(d, items, &shared)?;
+    Some(format!(
+        "WITH {} {}",
+        ctes.join(", "),
+        terms.join(" UNION ALL ")
+    ))
+}
+
+fn delta_term_list(
+    d: &Differential,
+    items: &[(String, String)],
+    deltas: &[Option<&DeltaRelations>],
+) -> Option<Vec<String>> {
     let changed: Vec<usize> = (0..d.sources.len())
         .filter(|&i| deltas[i].is_some())
         .collect();
@@ -566,7 +609,7 @@ pub(crate) fn delta_terms(
     if let Some(o) = &d.outer {
         terms.extend(outer::anti_terms(d, o, items, deltas));
     }
-    Some(terms.join(" UNION ALL "))
+    Some(terms)
 }
 
 /// The statements of a differential refresh, to run in one transaction after the changes are in
@@ -648,7 +691,15 @@ fn projection_merge(
             .collect();
         let per_source: Vec<Option<&DeltaRelations>> =
             d.sources.iter().map(|s| deltas.get(&s.relation)).collect();
-        all_terms.extend(delta_terms(d, &items, &per_source));
+        // A branch whose terms share their deltas in a WITH of their own is one parenthesized
+        // query of the union.
+        all_terms.extend(delta_terms(d, &items, &per_source).map(|t| {
+            if branches.len() > 1 && t.starts_with("WITH ") {
+                format!("({t})")
+            } else {
+                t
+            }
+        }));
     }
     if all_terms.is_empty() {
         return None;

@@ -36,8 +36,8 @@ fn joins_using_and_join_aliases_keep_their_scopes() {
     assert!(stmts[0].contains(
         "SELECT id AS \"__shoal_k1\", u.qty AS \"__shoal_k2\", x.order_id AS \"__shoal_k3\", \
          \"__shoal_sign2\" AS \"__shoal_delta\" FROM \"orders\" AS \"orders\" JOIN (SELECT \"__shoal_m\".*, \
-         -1 AS \"__shoal_sign2\" FROM (SELECT * FROM shoal_stream.del_items) AS \"__shoal_m\" UNION ALL \
-         SELECT \"__shoal_p\".*, 1 AS \"__shoal_sign2\" FROM shoal_stream.ins_items AS \"__shoal_p\") AS \"u\" \
+         -1 AS \"__shoal_sign2\" FROM \"__shoal_old2\" AS \"__shoal_m\" UNION ALL \
+         SELECT \"__shoal_p\".*, 1 AS \"__shoal_sign2\" FROM \"__shoal_new2\" AS \"__shoal_p\") AS \"u\" \
          USING (id) JOIN \"notes\" AS \"notes\" USING (order_id) AS x WHERE (id > 0)"
     ));
 
@@ -50,8 +50,8 @@ fn joins_using_and_join_aliases_keep_their_scopes() {
     assert!(stmts[0].contains("-1 * \"__shoal_sign1\" * \"__shoal_sign2\" AS \"__shoal_delta\""));
     assert!(stmts[0].contains(
         "FROM (\"orders\" AS \"o\" JOIN (SELECT \"__shoal_m\".*, -1 AS \"__shoal_sign2\" FROM \
-         (SELECT * FROM shoal_stream.del_items) AS \"__shoal_m\" UNION ALL SELECT \"__shoal_p\".*, \
-         1 AS \"__shoal_sign2\" FROM shoal_stream.ins_items AS \"__shoal_p\") AS \"i\" \
+         \"__shoal_old2\" AS \"__shoal_m\" UNION ALL SELECT \"__shoal_p\".*, \
+         1 AS \"__shoal_sign2\" FROM \"__shoal_new2\" AS \"__shoal_p\") AS \"i\" \
          ON i.order_id = o.id ) j UNION ALL"
     ));
     assert_eq!(
@@ -245,9 +245,15 @@ fn outer_joins_add_the_unmatched_rows_of_their_preserved_sides() {
     );
     assert_eq!(d.outer.as_ref().unwrap().condition, "i.order_id = o.id");
     let s = &generate_all(&p)[0];
-    let del_items = "(SELECT \"__shoal_m\".*, -1 AS \"__shoal_sign2\" FROM (SELECT * FROM \
-                     shoal_stream.del_items) AS \"__shoal_m\" UNION ALL SELECT \"__shoal_p\".*, 1 AS \
-                     \"__shoal_sign2\" FROM shoal_stream.ins_items AS \"__shoal_p\")";
+    // Each delta is read out once, into a CTE every term shares.
+    assert!(s.contains(
+        "WITH \"__shoal_d\" AS (WITH \"__shoal_old1\" AS MATERIALIZED (SELECT * FROM (SELECT * FROM \
+         shoal_stream.del_orders) AS \"__shoal_r\"), \"__shoal_new1\" AS MATERIALIZED (SELECT * FROM \
+         shoal_stream.ins_orders AS \"__shoal_r\"), \"__shoal_old2\""
+    ));
+    let del_items = "(SELECT \"__shoal_m\".*, -1 AS \"__shoal_sign2\" FROM \"__shoal_old2\" AS \
+                     \"__shoal_m\" UNION ALL SELECT \"__shoal_p\".*, 1 AS \"__shoal_sign2\" FROM \
+                     \"__shoal_new2\" AS \"__shoal_p\")";
     for part in [
         // The matched rows: the inner join's three terms.
         "FROM \"orders\" AS \"o\" JOIN (SELECT".to_string(),
@@ -279,11 +285,16 @@ fn outer_joins_add_the_unmatched_rows_of_their_preserved_sides() {
         },
     );
     let s = &differential_refresh_sql(&p, &table(), &one).unwrap()[1];
+    // The inner and the unmatched rows' terms share the orders' delta, read out once.
+    assert!(s.contains(
+        "WITH \"__shoal_d\" AS (WITH \"__shoal_old1\" AS MATERIALIZED (SELECT * FROM d AS \"__shoal_r\"), \
+         \"__shoal_new1\" AS MATERIALIZED (SELECT * FROM i AS \"__shoal_r\") SELECT"
+    ));
     assert!(
         s.contains(
             "i.qty AS \"__shoal_k2\", \"__shoal_sign1\" AS \"__shoal_delta\" FROM (SELECT \"__shoal_m\".*, \
-             -1 AS \"__shoal_sign1\" FROM d AS \"__shoal_m\" UNION ALL SELECT \
-             \"__shoal_p\".*, 1 AS \"__shoal_sign1\" FROM i AS \"__shoal_p\") AS \"o\" LEFT JOIN \
+             -1 AS \"__shoal_sign1\" FROM \"__shoal_old1\" AS \"__shoal_m\" UNION ALL SELECT \
+             \"__shoal_p\".*, 1 AS \"__shoal_sign1\" FROM \"__shoal_new1\" AS \"__shoal_p\") AS \"o\" LEFT JOIN \
              \"items\" AS \"i\" ON false WHERE (o.id > 0) AND (NOT EXISTS (SELECT 1 FROM \"items\" \
              AS \"i\" WHERE (i.order_id = o.id)))"
         ),
