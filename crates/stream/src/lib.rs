@@ -35,7 +35,8 @@
 //! join alias hiding the source's name) times the term's sign. Only the new state of the sources is read, never the old one (which would need
 //! `new EXCEPT ALL Δ⁺ UNION ALL Δ⁻`, a scan of the whole table); a source without changes adds
 //! no term, so an unchanged join partner is only probed by the (small) deltas. A self-join is
-//! two sources that share a delta. Terms grow as 2^(changed sources) − 1.
+//! two sources that share a delta. Terms grow as 2^(changed sources) − 1. Where several terms
+//! read a delta, it is read out of the change buffer once, into a materialized CTE they share.
 //!
 //! An outer join of two relations (LEFT, RIGHT or FULL, alone in FROM) is its inner join plus
 //! the NULL-extended rows of its preserved sides that have no match; the inner part's delta is
