@@ -9,6 +9,7 @@ mod queries;
 mod rebalance;
 mod stall;
 mod statistics;
+mod stream_property;
 mod streams;
 
 use clap::{Parser, Subcommand};
@@ -54,6 +55,16 @@ enum Command {
         /// Rows in the source table
         #[arg(long, default_value_t = 1_000_000)]
         rows: i64,
+    },
+    /// The stream tables' property test (differential refresh vs the query recomputed, on
+    /// random queries and changes) over many cases; failures shrunk to a minimal case
+    StreamProperty {
+        /// Cases to run
+        #[arg(long, default_value_t = 2000)]
+        cases: u64,
+        /// Seed of the first case (case i is seed + i)
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
     },
     /// DDL on the reference data set's orders (32 shards) vs the same statement on one server
     Ddl {
@@ -160,6 +171,7 @@ fn main() -> anyhow::Result<()> {
                 clients,
             } => endpoint::run(orders, seconds, clients).await,
             Command::Stream { rows } => streams::run(rows).await,
+            Command::StreamProperty { cases, seed } => stream_property::run(cases, seed).await,
             Command::Statistics { orders, runs } => statistics::run(orders, runs).await,
         }
     })

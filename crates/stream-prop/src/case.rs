@@ -70,7 +70,7 @@ fn value(rng: &mut StdRng, column: &str) -> String {
 
 fn insert(rng: &mut StdRng) -> Change {
     Change::Insert {
-        table: *TABLES.choose(rng).unwrap(),
+        table: TABLES.choose(rng).unwrap(),
         values: ["id", "k", "n", "s"].map(|c| value(rng, c)),
     }
 }

@@ -116,14 +116,14 @@ impl Select {
             Body::Project { distinct, items } => format!(
                 "SELECT {}{} FROM {from}{filter}",
                 if *distinct { "DISTINCT " } else { "" },
-                items.join(", ")
+                aliased(items)
             ),
             Body::Group {
                 keys,
                 items,
                 having,
             } => {
-                let mut sql = format!("SELECT {} FROM {from}{filter}", items.join(", "));
+                let mut sql = format!("SELECT {} FROM {from}{filter}", aliased(items));
                 if !keys.is_empty() {
                     sql += &format!(" GROUP BY {}", keys.join(", "));
                 }
@@ -133,10 +133,21 @@ impl Select {
                 sql
             }
             Body::Window { items, .. } => {
-                format!("SELECT {} FROM {from}{filter}", items.join(", "))
+                format!("SELECT {} FROM {from}{filter}", aliased(items))
             }
         }
     }
+}
+
+/// The items with names of their own (`c1`, `c2`, ...): a stream table needs distinct column
+/// names, which two tables' `id` would not give.
+fn aliased(items: &[String]) -> String {
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| format!("{item} AS c{}", i + 1))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 impl Query {
@@ -508,11 +519,11 @@ mod tests {
         assert_eq!(
             sqls,
             [
-                "SELECT x.k, count(*) FROM t x LEFT JOIN u y ON x.k = y.k GROUP BY x.k HAVING count(*) > 1",
-                "SELECT x.k, count(*) FROM t x JOIN u y ON x.k = y.k WHERE x.k > 1 GROUP BY x.k HAVING count(*) > 1",
-                "SELECT x.k, count(*) FROM t x LEFT JOIN u y ON x.k = y.k WHERE x.k > 1 GROUP BY x.k",
-                "SELECT count(*) FROM t x LEFT JOIN u y ON x.k = y.k WHERE x.k > 1 GROUP BY x.k HAVING count(*) > 1",
-                "SELECT x.k FROM t x LEFT JOIN u y ON x.k = y.k WHERE x.k > 1 GROUP BY x.k HAVING count(*) > 1",
+                "SELECT x.k AS c1, count(*) AS c2 FROM t x LEFT JOIN u y ON x.k = y.k GROUP BY x.k HAVING count(*) > 1",
+                "SELECT x.k AS c1, count(*) AS c2 FROM t x JOIN u y ON x.k = y.k WHERE x.k > 1 GROUP BY x.k HAVING count(*) > 1",
+                "SELECT x.k AS c1, count(*) AS c2 FROM t x LEFT JOIN u y ON x.k = y.k WHERE x.k > 1 GROUP BY x.k",
+                "SELECT count(*) AS c1 FROM t x LEFT JOIN u y ON x.k = y.k WHERE x.k > 1 GROUP BY x.k HAVING count(*) > 1",
+                "SELECT x.k AS c1 FROM t x LEFT JOIN u y ON x.k = y.k WHERE x.k > 1 GROUP BY x.k HAVING count(*) > 1",
             ]
         );
     }

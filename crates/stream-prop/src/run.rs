@@ -9,13 +9,13 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 use tokio_postgres::Client;
 
+use crate::case::{gen_case, script, shrinks, size, Case};
+use crate::grammar::{SCHEMA, TABLES};
 use shoal_sql::QualifiedName;
 use shoal_stream::{
     analyze, contents_sql, differential_refresh_sql, full_refresh_sql, probe_sql, storage_ddl,
     ColumnType, DeltaRelations, QueryPlan, SourceRef,
 };
-use crate::case::{gen_case, script, shrinks, size, Case};
-use crate::grammar::{SCHEMA, TABLES};
 
 /// The schema every case runs in, dropped and recreated per case.
 const SCHEMA_NAME: &str = "prop";

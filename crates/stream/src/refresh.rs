@@ -704,6 +704,27 @@ fn projection_merge(
     if all_terms.is_empty() {
         return None;
     }
+    if union.is_some() {
+        // The branches' columns may differ in type (integer in one, numeric in another), and
+        // the stored rows have the union's: an empty first branch of the storage's own columns
+        // gives every delta value that type, so that 1 and 1.0 hash and match alike.
+        let typed: Vec<String> = plan
+            .columns
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{} AS {}", qc("__shoal_t", &c.name), qi(&k(i))))
+            .collect();
+        all_terms.insert(
+            0,
+            format!(
+                "SELECT {}, 0 AS {} FROM {} AS {} WHERE false",
+                typed.join(", "),
+                qi(DELTA_COLUMN),
+                table.quoted(),
+                qi("__shoal_t")
+            ),
+        );
+    }
     let terms = all_terms.join(" UNION ALL ");
     let n = plan.columns.len();
     let ks: Vec<String> = (0..n).map(|i| qi(&k(i))).collect();

@@ -341,9 +341,13 @@ fn union_all_sums_its_branches_deltas() {
          UNION ALL (SELECT"
     ));
     let s = &generate_all(&p)[0];
-    // One term for the first branch, three for the join of the second, under one sum.
+    // The storage's own columns first, typing every branch's values as the stored rows are
+    // (an integer in one branch, a numeric in another, hash and match alike); then one term
+    // for the first branch, three for the join of the second, under one sum.
     assert!(s.starts_with(
-        "WITH \"__shoal_d\" AS (SELECT o.id AS \"__shoal_k1\", o.note AS \"__shoal_k2\", \
+        "WITH \"__shoal_d\" AS (SELECT \"__shoal_t\".\"id\" AS \"__shoal_k1\", \"__shoal_t\".\"note\" AS \
+         \"__shoal_k2\", 0 AS \"__shoal_delta\" FROM \"app\".\"St\" AS \"__shoal_t\" WHERE false UNION ALL \
+         SELECT o.id AS \"__shoal_k1\", o.note AS \"__shoal_k2\", \
          \"__shoal_sign1\" AS \"__shoal_delta\" FROM (SELECT"
     ));
     assert_eq!(
