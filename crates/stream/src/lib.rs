@@ -157,6 +157,7 @@
 //! index or hashes them whole is the planner's choice, so change tables should be analyzed.
 
 mod aggregate;
+mod analysis;
 pub mod decode;
 mod distinct;
 mod error;
