@@ -321,11 +321,7 @@ pub(crate) fn aggregate_merge(
             format!(
                 "SELECT {} {}",
                 r_aggs.join(", "),
-                from_where(
-                    d,
-                    |_, s| s.relation.sql(),
-                    &[format!("(SELECT bool_or({rescan}) FROM {n})")]
-                )
+                from_where(d, &[format!("(SELECT bool_or({rescan}) FROM {n})")])
             )
         } else {
             let key_exprs: Vec<String> = g.keys.iter().map(|key| key.expr.clone()).collect();
@@ -346,7 +342,6 @@ pub(crate) fn aggregate_merge(
                     head.join(", "),
                     from_where(
                         d,
-                        |_, s| s.relation.sql(),
                         &[key_match, format!("(SELECT bool_or({flagged}) FROM {n})")]
                     ),
                     key_exprs.join(", ")

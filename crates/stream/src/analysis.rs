@@ -13,9 +13,11 @@ use crate::expr::{
 };
 use crate::from::{collect_from, source_slot, FromParts};
 use crate::having::Having;
+use crate::inline::inline_ctes;
 use crate::plan::{
     hidden_key, Aggregate, ColumnRole, Differential, GroupKey, Grouping, OutputColumn, Source,
 };
+use crate::semi;
 use crate::union::analyze_union;
 use crate::window::analyze_window;
 
@@ -28,15 +30,21 @@ pub(crate) fn differential(
     sel: &SelectStmt,
     names: &[String],
 ) -> Result<(Differential, Vec<OutputColumn>), AnalyzeError> {
+    let inlined;
+    let sel = if sel.with_clause.is_some() {
+        inlined = inline_ctes(sel)?;
+        &inlined
+    } else {
+        sel
+    };
     if sel.op != SetOperation::SetopNone as i32 {
         if !sel.sort_clause.is_empty()
             || sel.limit_count.is_some()
             || sel.limit_offset.is_some()
-            || sel.with_clause.is_some()
             || !sel.locking_clause.is_empty()
         {
             return Err(unsupported(
-                "ORDER BY, LIMIT, WITH and locking clauses around set operations",
+                "ORDER BY, LIMIT and locking clauses around set operations",
                 Some("... UNION ...".into()),
             ));
         }
@@ -47,20 +55,6 @@ pub(crate) fn differential(
                 ..d
             },
             columns,
-        ));
-    }
-    if let Some(with) = &sel.with_clause {
-        let ctes: Vec<String> = with
-            .ctes
-            .iter()
-            .filter_map(|c| match c.node.as_ref() {
-                Some(NodeEnum::CommonTableExpr(cte)) => Some(cte.ctename.clone()),
-                _ => None,
-            })
-            .collect();
-        return Err(unsupported(
-            "common table expressions",
-            Some(format!("WITH {} AS (...)", ctes.join(", "))),
         ));
     }
     if !sel.values_lists.is_empty() {
@@ -159,16 +153,27 @@ pub(crate) fn differential(
     for q in quals {
         join_check.check(q)?;
     }
-    let filter = match sel.where_clause.as_deref() {
-        Some(w) => {
-            RowExprCheck {
-                range_names: &range_names,
-                place: "WHERE",
-            }
-            .check(w)?;
-            Some(deparse_expr(w))
-        }
-        None => None,
+    let (conditions, semi) = match sel.where_clause.as_deref() {
+        Some(w) => semi::split_where(w, &range_names)?,
+        None => (Vec::new(), Vec::new()),
+    };
+    let where_check = RowExprCheck {
+        range_names: &range_names,
+        place: "WHERE",
+    };
+    for c in &conditions {
+        where_check.check(c)?;
+    }
+    let filter = match (sel.where_clause.as_deref(), semi.is_empty()) {
+        (Some(w), true) => Some(deparse_expr(w)),
+        _ if conditions.is_empty() => None,
+        _ => Some(
+            conditions
+                .iter()
+                .map(|c| format!("({})", deparse_expr(c)))
+                .collect::<Vec<_>>()
+                .join(" AND "),
+        ),
     };
 
     let targets: Vec<&Node> = sel
@@ -201,6 +206,7 @@ pub(crate) fn differential(
         distinct || grouped,
         &mut columns,
     )?;
+    semi::refuse_with(outer.is_some(), window.is_some(), &semi)?;
     let grouping = if window.is_some() {
         None
     } else if !grouped {
@@ -221,6 +227,7 @@ pub(crate) fn differential(
             sources,
             from,
             outer,
+            semi,
             union: None,
             filter,
             distinct,

@@ -10,7 +10,7 @@
 //! the per-(group, value) deltas into the values table; a full refresh fills both.
 
 use crate::expr::AggFunc;
-use crate::plan::{Differential, Grouping, QueryPlan, Source};
+use crate::plan::{Differential, Grouping, QueryPlan};
 use crate::refresh::{
     delta_terms, from_where, k, qc, qi, row_hash, x, DeltaRelations, COUNT_COLUMN, DELTA_COLUMN,
     ROW_ID_COLUMN,
@@ -75,11 +75,7 @@ fn values_query(d: &Differential, g: &Grouping, j: usize, extra: &str) -> String
     format!(
         "SELECT {} {} GROUP BY {}{extra}",
         items.join(", "),
-        from_where(
-            d,
-            |_, s: &Source| s.relation.sql(),
-            &[format!("({value}) IS NOT NULL")]
-        ),
+        from_where(d, &[format!("({value}) IS NOT NULL")]),
         positions.join(", ")
     )
 }

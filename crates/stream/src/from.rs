@@ -1,13 +1,14 @@
 //! The FROM clause of a differential query: its relations, join conditions and aliases, and the
 //! clause itself with a slot per relation for the terms of a delta to fill.
 
-use pg_query::protobuf::{Alias, JoinType};
+use pg_query::protobuf::{Alias, JoinType, RangeVar};
 use pg_query::{Node, NodeEnum};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{AnalyzeError, Unsupported};
 use crate::expr::{deparse_from_item, kind_name, node, reserved, string_value, RESERVED_PREFIX};
 use crate::plan::{Source, SourceRef};
+use crate::subquery::subquery_source;
 
 fn unsupported(feature: &str, at: Option<String>) -> AnalyzeError {
     Unsupported::new(feature, at).into()
@@ -94,6 +95,7 @@ pub(crate) fn collect_from<'a>(
                     &rv.relname,
                 ),
                 alias,
+                subquery: None,
             };
             let mut slot = rv.clone();
             slot.schemaname = String::new();
@@ -113,13 +115,16 @@ pub(crate) fn collect_from<'a>(
                 };
                 let refuse = |why: &str| -> AnalyzeError {
                     Unsupported::new(format!("outer joins ({name}) {why}"), at())
-                        .hint("an outer join of two tables, alone in FROM, written with ON")
+                        .hint(
+                            "an outer join of two tables (or subqueries over one), alone in \
+                             FROM, written with ON",
+                        )
                         .into()
                 };
                 let plain = |side: &Option<Box<Node>>| {
                     matches!(
                         side.as_deref().and_then(|s| s.node.as_ref()),
-                        Some(NodeEnum::RangeVar(_))
+                        Some(NodeEnum::RangeVar(_) | NodeEnum::RangeSubselect(_))
                     )
                 };
                 let Some(kind) = kind else {
@@ -169,7 +174,16 @@ pub(crate) fn collect_from<'a>(
             }
             Ok(node(NodeEnum::JoinExpr(rewritten)))
         }
-        Some(NodeEnum::RangeSubselect(_)) => Err(unsupported("subqueries in FROM", at())),
+        Some(NodeEnum::RangeSubselect(rs)) => {
+            let fallback = format!("{RESERVED_PREFIX}subquery_{}", parts.sources.len() + 1);
+            parts.sources.push(subquery_source(rs, item, fallback)?);
+            Ok(node(NodeEnum::RangeVar(RangeVar {
+                relname: source_slot(parts.sources.len() - 1),
+                inh: true,
+                relpersistence: "p".into(),
+                ..RangeVar::default()
+            })))
+        }
         Some(NodeEnum::RangeFunction(_)) => Err(unsupported("functions in FROM", at())),
         Some(NodeEnum::RangeTableSample(_)) => Err(unsupported("TABLESAMPLE", at())),
         Some(other) => Err(unsupported(

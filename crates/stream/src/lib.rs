@@ -164,11 +164,14 @@ mod error;
 mod expr;
 mod from;
 mod having;
+mod inline;
 mod layout;
 mod outer;
 mod plan;
 mod refresh;
 pub mod runtime;
+mod semi;
+mod subquery;
 pub mod topology;
 mod union;
 mod window;
@@ -180,6 +183,7 @@ pub use from::{OuterJoin, OuterKind};
 pub use layout::{
     key_index, plan_for_storage, storage_table, upgrade_sql, view_ddl, OldTable, STORAGE_SCHEMA,
 };
+pub use plan::Subquery;
 pub use plan::{
     analyze, choose_mode, Aggregate, ChosenMode, ColumnRole, Differential, GroupKey, Grouping,
     Maintenance, Mode, OutputColumn, QueryPlan, Source, SourceRef,
@@ -189,6 +193,7 @@ pub use refresh::{
     storage_ddl, typed_columns, ColumnType, DeltaRelations, COUNT_COLUMN, DELTA_COLUMN,
     ROW_ID_COLUMN,
 };
+pub use semi::SemiJoin;
 pub use topology::{
     diff_workers, needs_reinit, needs_reinit_given_drained, LiveWorker, TopologyChange, WorkerSlot,
 };

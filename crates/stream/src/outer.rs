@@ -16,7 +16,7 @@
 
 use crate::from::{source_slot, OuterJoin};
 use crate::plan::Differential;
-use crate::refresh::{from_where_in, qi, sign_column, signed_delta, DeltaRelations, DELTA_COLUMN};
+use crate::refresh::{from_where_in, qi, sign_column, source_item, DeltaRelations, DELTA_COLUMN};
 
 /// The FROM template of the outer join's inner part.
 pub(crate) fn inner_from(o: &OuterJoin) -> String {
@@ -40,23 +40,22 @@ pub(crate) fn anti_terms(
     for &p in o.kind.preserved() {
         let other = 1 - p;
         let o_source = &d.sources[other];
-        let o_name = qi(o_source.range_name());
         let cond = &o.condition;
         // p's matches in O's new state, and in O's delta (signed); the latter is 0 when O did
         // not change.
         let matches = format!(
-            "CROSS JOIN LATERAL (SELECT count(*) AS {m} FROM {rel} AS {o_name} WHERE ({cond})) AS {mm}",
+            "CROSS JOIN LATERAL (SELECT count(*) AS {m} FROM {rel} WHERE ({cond})) AS {mm}",
             m = qi("__shoal_matches"),
-            rel = o_source.relation.sql(),
+            rel = source_item(o_source, other, None),
             mm = qi("__shoal_mm"),
         );
         let delta_matches = deltas[other].map(|delta| {
             format!(
-                "CROSS JOIN LATERAL (SELECT coalesce(sum({sign}), 0) AS {dm} FROM {rel} AS {o_name} \
+                "CROSS JOIN LATERAL (SELECT coalesce(sum({sign}), 0) AS {dm} FROM {rel} \
                  WHERE ({cond})) AS {dd}",
                 sign = qi(&sign_column(other)),
                 dm = qi("__shoal_dmatches"),
-                rel = signed_delta(delta, other),
+                rel = source_item(o_source, other, Some(delta)),
                 dd = qi("__shoal_dd"),
             )
         });
@@ -87,10 +86,10 @@ pub(crate) fn anti_terms(
         if let (Some(delta), Some(_)) = (deltas[other], &delta_matches) {
             // Term 1: P's new rows that a changed O row matches.
             let exists = format!(
-                "EXISTS (SELECT 1 FROM {} AS {o_name} WHERE ({cond}))",
-                signed_delta(delta, other)
+                "EXISTS (SELECT 1 FROM {} WHERE ({cond}))",
+                source_item(o_source, other, Some(delta))
             );
-            let from = from_where_in(d, &null_extended, |_, s| s.relation.sql(), &[exists]);
+            let from = from_where_in(d, &null_extended, |_| None, &[exists]);
             let sign = format!(
                 "(CASE WHEN {m} = 0 THEN 1 ELSE 0 END) - (CASE WHEN {old_m} = 0 THEN 1 ELSE 0 END)"
             );
@@ -100,19 +99,13 @@ pub(crate) fn anti_terms(
             // Term 2: P's changed rows, unmatched in O's old state. When O did not change that
             // is its state now, and an anti-join (which PostgreSQL can hash) says it at once
             // instead of a count per row.
-            let relation = |i: usize, s: &crate::plan::Source| {
-                if i == p {
-                    signed_delta(delta, p)
-                } else {
-                    s.relation.sql()
-                }
-            };
+            let relation = |i: usize| (i == p).then_some(delta);
             let sign_p = qi(&sign_column(p));
             let (from, sign) = match &delta_matches {
                 None => {
                     let unmatched = format!(
-                        "NOT EXISTS (SELECT 1 FROM {} AS {o_name} WHERE ({cond}))",
-                        o_source.relation.sql()
+                        "NOT EXISTS (SELECT 1 FROM {} WHERE ({cond}))",
+                        source_item(o_source, other, None)
                     );
                     let plain = format!(
                         "{} LEFT JOIN {} ON false",

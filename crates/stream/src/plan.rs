@@ -1,6 +1,6 @@
 //! `analyze`: from the defining query's parse tree to a [`QueryPlan`].
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::str::FromStr;
 
@@ -14,6 +14,8 @@ use crate::expr::{
     RESERVED_PREFIX,
 };
 use crate::from::OuterJoin;
+use crate::refresh::DeltaRelations;
+use crate::semi::SemiJoin;
 use crate::union::Union;
 use crate::window::Window;
 use shoal_sql::quote_ident;
@@ -49,11 +51,28 @@ impl fmt::Display for SourceRef {
     }
 }
 
-/// One FROM item of a differential query: a relation and the name the query refers to it by.
+/// One FROM item of a differential query: a relation and the name the query refers to it by,
+/// or a subquery over one relation, by its alias.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Source {
     pub relation: SourceRef,
     pub alias: Option<String>,
+    /// Present when the item is a subquery in FROM (or an inlined CTE) that filters and
+    /// projects `relation`: its delta is the relation's delta through the same SELECT.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subquery: Option<Subquery>,
+}
+
+/// A subquery in FROM over one relation, without grouping, DISTINCT, windows or limits: a
+/// row-by-row filter and projection, so it maps a signed delta row by row too.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Subquery {
+    /// The select list, each expression with its output name (`o.amount * 2 AS "double"`).
+    pub select: String,
+    /// The name the subquery's own expressions give the relation (its alias, or its name).
+    pub inner_name: String,
+    /// Its WHERE clause, deparsed.
+    pub filter: Option<String>,
 }
 
 impl Source {
@@ -135,6 +154,11 @@ pub struct Differential {
     pub from: String,
     /// Present when FROM is an outer join of two relations (sources 0 and 1).
     pub outer: Option<OuterJoin>,
+    /// The `EXISTS`, `NOT EXISTS` and `IN (subquery)` conditions among the top-level ANDs of
+    /// WHERE (`filter` holds the others). Semi-join `k` is source `sources.len() + k` for sign
+    /// columns and deltas.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub semi: Vec<SemiJoin>,
     /// Present for a UNION [ALL] of projections: then the fields above are its first branch's
     /// (with `distinct` for UNION), and refreshes go by the branches.
     pub union: Option<Union>,
@@ -148,6 +172,8 @@ pub struct Differential {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+// One per stream table, built once per refresh: its size does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum Maintenance {
     Differential(Differential),
     /// Only full refresh can maintain the query, for this reason.
@@ -174,6 +200,25 @@ pub struct QueryPlan {
     /// other columns can be left out.
     pub referenced_columns: Option<Vec<String>>,
     pub maintenance: Maintenance,
+}
+
+impl Differential {
+    /// The joined sources, then the semi-joins' sources, in the order of their indexes.
+    pub fn all_sources(&self) -> impl Iterator<Item = &Source> {
+        self.sources
+            .iter()
+            .chain(self.semi.iter().map(|s| &s.source))
+    }
+
+    /// The delta of each source of [`Differential::all_sources`] that changed.
+    pub(crate) fn deltas_of<'a>(
+        &self,
+        deltas: &'a HashMap<SourceRef, DeltaRelations>,
+    ) -> Vec<Option<&'a DeltaRelations>> {
+        self.all_sources()
+            .map(|s| deltas.get(&s.relation))
+            .collect()
+    }
 }
 
 impl QueryPlan {

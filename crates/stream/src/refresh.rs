@@ -16,6 +16,7 @@ use crate::plan::{
     hidden_agg, hidden_key, Aggregate, Differential, Grouping, Maintenance, QueryPlan, Source,
     SourceRef,
 };
+use crate::semi;
 use crate::union::Union;
 use crate::window::{self, hidden_part, window_full_insert, window_select};
 use shoal_sql::{quote_ident, QualifiedName};
@@ -197,7 +198,7 @@ pub fn probe_sql(plan: &QueryPlan) -> String {
     format!(
         "SELECT {} {}{} LIMIT 0",
         items.join(", "),
-        from_where(d, |_, s| s.relation.sql(), &[]),
+        from_where(d, &[]),
         group_by
     )
 }
@@ -343,37 +344,73 @@ pub(crate) fn row_hash(values: &[String]) -> String {
     format!("hash_record_extended(ROW({}), 0)", values.join(", "))
 }
 
-/// `FROM <the query's FROM> WHERE (where) AND (extra)`: the query's FROM clause as written, with
-/// each source's slot filled by `relation(i, source) AS range_name`.
-pub(crate) fn from_where(
-    d: &Differential,
-    relation: impl Fn(usize, &Source) -> String,
-    extra: &[String],
-) -> String {
-    from_where_in(d, &d.from, relation, extra)
+/// FROM and WHERE of the query with every source, and every semi-join, in its new state.
+pub(crate) fn from_where(d: &Differential, extra: &[String]) -> String {
+    from_where_in(d, &d.from, |_| None, extra)
 }
 
-/// [`from_where`] with another FROM template over the same slots.
-pub(crate) fn from_where_in(
+/// FROM and WHERE of the query over another FROM template with the same slots, each source
+/// `i` of [`Differential::all_sources`] read in the state `reads(i)` gives: None for its new
+/// state, Some(delta) for its signed delta. A semi-join given a delta is tested in its old state
+/// (see `semi.rs`).
+pub(crate) fn from_where_in<'a>(
     d: &Differential,
     template: &str,
-    relation: impl Fn(usize, &Source) -> String,
+    reads: impl Fn(usize) -> Option<&'a DeltaRelations>,
     extra: &[String],
 ) -> String {
-    let from = fill_slots(template, |i| {
-        let s = &d.sources[i];
-        format!("{} AS {}", relation(i, s), qi(s.range_name()))
-    });
+    let mut conds = semi::conditions(d, &reads);
+    conds.extend(extra.iter().cloned());
+    from_where_with(d, template, &reads, &conds)
+}
+
+/// [`from_where_in`] with the semi-joins' conditions left to the caller, in `conds`.
+pub(crate) fn from_where_with<'a>(
+    d: &Differential,
+    template: &str,
+    reads: &dyn Fn(usize) -> Option<&'a DeltaRelations>,
+    conds: &[String],
+) -> String {
+    let from = fill_slots(template, |i| source_item(&d.sources[i], i, reads(i)));
     let conds: Vec<String> = d
         .filter
         .iter()
-        .chain(extra.iter())
+        .chain(conds.iter())
         .map(|c| format!("({c})"))
         .collect();
     if conds.is_empty() {
         format!("FROM {from}")
     } else {
         format!("FROM {from} WHERE {}", conds.join(" AND "))
+    }
+}
+
+/// Source `i` as a FROM item under its name, in its new state or as its signed delta; a
+/// subquery source is its SELECT over either, passing the delta's sign along.
+pub(crate) fn source_item(s: &Source, i: usize, delta: Option<&DeltaRelations>) -> String {
+    let relation = match delta {
+        Some(delta) => signed_delta(delta, i),
+        None => s.relation.sql(),
+    };
+    match &s.subquery {
+        None => format!("{relation} AS {}", qi(s.range_name())),
+        Some(q) => {
+            let sign = match delta {
+                Some(_) => format!(", {}", qi(&sign_column(i))),
+                None => String::new(),
+            };
+            let filter = q
+                .filter
+                .as_deref()
+                .map(|f| format!(" WHERE {f}"))
+                .unwrap_or_default();
+            format!(
+                "(SELECT {}{sign} FROM {relation} AS {}{filter}) AS {}",
+                q.select,
+                qi(&q.inner_name),
+                qi(s.range_name())
+            )
+        }
     }
 }
 
@@ -433,7 +470,6 @@ pub fn full_refresh_sql(plan: &QueryPlan, table: &QualifiedName) -> Vec<String> 
         );
         return vec![truncate, insert];
     };
-    let all_new = |_: usize, s: &Source| s.relation.sql();
     let insert = match (&d.grouping, &d.window) {
         (_, Some(w)) => window_full_insert(plan, d, w, table),
         (None, None) => {
@@ -446,7 +482,7 @@ pub fn full_refresh_sql(plan: &QueryPlan, table: &QualifiedName) -> Vec<String> 
                 cols.join(", "),
                 qi(COUNT_COLUMN),
                 exprs.join(", "),
-                from_where(d, all_new, &[]),
+                from_where(d, &[]),
                 positions.join(", ")
             )
         }
@@ -489,7 +525,7 @@ pub fn full_refresh_sql(plan: &QueryPlan, table: &QualifiedName) -> Vec<String> 
                 table.quoted(),
                 cols.join(", "),
                 vals.join(", "),
-                from_where(d, all_new, &[]),
+                from_where(d, &[]),
                 group_by_clause(g)
             );
             let mut stmts = vec![truncate, insert];
@@ -573,7 +609,8 @@ fn delta_term_list(
     let changed: Vec<usize> = (0..d.sources.len())
         .filter(|&i| deltas[i].is_some())
         .collect();
-    if changed.is_empty() {
+    let semi_verdicts = semi::verdict_term(d, items, deltas);
+    if changed.is_empty() && semi_verdicts.is_none() {
         return None;
     }
     let mut terms = Vec::new();
@@ -598,9 +635,10 @@ fn delta_term_list(
         let from = from_where_in(
             d,
             inner.as_deref().unwrap_or(&d.from),
-            |i, s| match deltas[i] {
-                Some(delta) if subset.contains(&i) => signed_delta(delta, i),
-                _ => s.relation.sql(),
+            |i| match deltas[i] {
+                // A changed semi-join is tested in its old state in every term.
+                Some(delta) if subset.contains(&i) || i >= d.sources.len() => Some(delta),
+                _ => None,
             },
             &[],
         );
@@ -609,6 +647,7 @@ fn delta_term_list(
     if let Some(o) = &d.outer {
         terms.extend(outer::anti_terms(d, o, items, deltas));
     }
+    terms.extend(semi_verdicts);
     Some(terms)
 }
 
@@ -631,13 +670,12 @@ pub fn differential_refresh_sql(
     for r in deltas.keys() {
         if !branches
             .iter()
-            .any(|b| b.sources.iter().any(|s| &s.relation == r))
+            .any(|b| b.all_sources().any(|s| &s.relation == r))
         {
             return Err(GenerateError::UnknownSource(r.to_string()));
         }
     }
-    let per_source: Vec<Option<&DeltaRelations>> =
-        d.sources.iter().map(|s| deltas.get(&s.relation)).collect();
+    let per_source: Vec<Option<&DeltaRelations>> = d.deltas_of(deltas);
     let mut stmts: Vec<String> = match (&d.grouping, &d.window) {
         (_, Some(w)) => window::window_refresh(plan, d, w, table, &per_source)
             .into_iter()
@@ -689,8 +727,7 @@ fn projection_merge(
             .enumerate()
             .map(|(i, e)| (k(i), e))
             .collect();
-        let per_source: Vec<Option<&DeltaRelations>> =
-            d.sources.iter().map(|s| deltas.get(&s.relation)).collect();
+        let per_source: Vec<Option<&DeltaRelations>> = d.deltas_of(deltas);
         // A branch whose terms share their deltas in a WITH of their own is one parenthesized
         // query of the union.
         all_terms.extend(delta_terms(d, &items, &per_source).map(|t| {

@@ -233,7 +233,7 @@ fn refusals_name_the_unsupported_part() {
             "SELECT o.id FROM orders o LEFT JOIN items i ON i.order_id = o.id JOIN p ON p.id = o.id",
             "outer joins (LEFT JOIN) with other joins or inside them are not supported in \
              differential mode (at `orders o LEFT JOIN items i ON i.order_id = o.id`); an outer \
-             join of two tables, alone in FROM, written with ON",
+             join of two tables (or subqueries over one), alone in FROM, written with ON",
         ),
         (
             "SELECT o.id FROM orders o, items i FULL JOIN p ON true",
@@ -244,23 +244,59 @@ fn refusals_name_the_unsupported_part() {
             "outer joins (LEFT JOIN) with USING, NATURAL or an alias",
         ),
         (
-            "SELECT id FROM orders WHERE customer_id IN (SELECT id FROM customers)",
-            "subqueries are not supported in differential mode (at `customer_id IN (SELECT id FROM customers)`)",
+            "SELECT id FROM orders WHERE customer_id NOT IN (SELECT id FROM customers)",
+            "NOT IN (subquery) conditions are not supported in differential mode (at `NOT customer_id IN (SELECT id FROM customers)`); write NOT EXISTS",
+        ),
+        (
+            "SELECT id FROM orders o WHERE o.id = 1 OR EXISTS (SELECT 1 FROM items i WHERE i.order_id = o.id)",
+            "subqueries are not supported in differential mode (at `EXISTS (SELECT 1 FROM items i WHERE i.order_id = o.id)`)",
+        ),
+        (
+            "SELECT id FROM orders o WHERE EXISTS (SELECT 1 FROM items i JOIN notes n ON n.id = i.id WHERE i.order_id = o.id)",
+            "joins and nested subqueries in a subquery are not supported",
+        ),
+        (
+            "SELECT id FROM orders o WHERE EXISTS (SELECT 1 FROM items i WHERE i.order_id = o.id LIMIT 1)",
+            "ORDER BY, LIMIT and OFFSET in a subquery",
+        ),
+        (
+            "SELECT id FROM orders o WHERE (o.id, o.customer_id) IN (SELECT order_id, id FROM items)",
+            "row comparisons with IN (subquery)",
+        ),
+        (
+            "SELECT o.id, count(*) OVER (PARTITION BY o.customer_id) AS n FROM orders o \
+             WHERE EXISTS (SELECT 1 FROM items i WHERE i.order_id = o.id)",
+            "EXISTS and IN subqueries together with window functions",
+        ),
+        (
+            "SELECT o.id FROM orders o LEFT JOIN items i ON i.order_id = o.id \
+             WHERE EXISTS (SELECT 1 FROM notes n WHERE n.id = o.id)",
+            "EXISTS and IN subqueries together with outer joins",
         ),
         (
             "SELECT id, (SELECT max(id) FROM items) AS m FROM orders",
             "subqueries are not supported",
         ),
-        ("SELECT x.id FROM (SELECT id FROM orders) x", "subqueries in FROM"),
+        (
+            "SELECT x.n FROM (SELECT customer_id, count(*) AS n FROM orders GROUP BY customer_id) x",
+            "GROUP BY and HAVING in a subquery are not supported in differential mode (at `(SELECT customer_id, count(*) AS n FROM orders GROUP BY customer_id) x`); a subquery may filter and project one table",
+        ),
+        ("SELECT x.id FROM (SELECT DISTINCT id FROM orders) x", "DISTINCT in a subquery"),
+        ("SELECT x.id FROM (SELECT o.id FROM orders o JOIN items i ON i.order_id = o.id) x", "joins and nested subqueries in a subquery"),
+        ("SELECT x.id FROM LATERAL (SELECT id FROM orders) x", "LATERAL subqueries"),
         (
             "WITH big AS (SELECT * FROM orders) SELECT id FROM big",
-            "common table expressions are not supported in differential mode (at `WITH big AS (...)`)",
+            "`*` in a subquery are not supported in differential mode (at `(SELECT * FROM orders) big`); list the columns",
+        ),
+        (
+            "WITH RECURSIVE r AS (SELECT 1 AS n UNION ALL SELECT n + 1 FROM r WHERE n < 5) SELECT n FROM r",
+            "recursive common table expressions are not supported in differential mode (at `WITH r AS (...)`)",
         ),
         ("SELECT id FROM a INTERSECT SELECT id FROM b", "INTERSECT and EXCEPT are not supported in differential mode (at `INTERSECT`)"),
         ("SELECT id FROM a EXCEPT SELECT id FROM b", "(at `EXCEPT`)"),
         ("SELECT id FROM a UNION SELECT id FROM b UNION ALL SELECT id FROM c", "UNION mixed with UNION ALL are not supported in differential mode (at `UNION"),
         ("SELECT id FROM a UNION ALL SELECT max(id) FROM b", "grouped or DISTINCT branches of UNION are not supported in differential mode (at `SELECT max(id) FROM b`)"),
-        ("SELECT id FROM a UNION ALL SELECT id FROM b ORDER BY 1", "ORDER BY, LIMIT, WITH and locking clauses around set operations"),
+        ("SELECT id FROM a UNION ALL SELECT id FROM b ORDER BY 1", "ORDER BY, LIMIT and locking clauses around set operations"),
         (
             "SELECT o.id, count(*) AS n FROM orders o GROUP BY o.id HAVING o.note <> ''",
             "HAVING conditions on columns that are neither GROUP BY keys nor aggregated are not \

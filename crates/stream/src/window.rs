@@ -256,7 +256,7 @@ pub(crate) fn window_select(
     format!(
         "SELECT {} {}{clause}",
         stored_items(plan, w).join(", "),
-        from_where(d, |_, s| s.relation.sql(), extra)
+        from_where(d, extra)
     )
 }
 

@@ -82,6 +82,51 @@ const QUERIES: &[(&str, &str)] = &[
         "SELECT u.id, note FROM orders JOIN items USING (id) AS u WHERE qty < 5",
     ),
     (
+        "st_subquery",
+        "SELECT b.customer_id, sum(b.double) AS s, count(*) AS n FROM \
+         (SELECT o.customer_id, o.amount * 2 AS double FROM orders o WHERE o.amount > 10) b \
+         GROUP BY b.customer_id",
+    ),
+    (
+        "st_subquery_join",
+        "SELECT b.customer_id, i.qty, b.n FROM (SELECT id, customer_id, note AS n FROM orders \
+         WHERE amount > 20) AS b (oid) JOIN items i ON i.order_id = b.oid",
+    ),
+    (
+        "st_cte_twice",
+        "WITH big AS (SELECT id, customer_id, note FROM orders WHERE amount > 30) \
+         SELECT x.customer_id, y.note FROM big x JOIN big y ON y.customer_id = x.customer_id \
+         AND y.id <> x.id",
+    ),
+    (
+        "st_exists",
+        "SELECT o.customer_id, count(*) AS n FROM orders o WHERE o.amount > 5 AND \
+         EXISTS (SELECT 1 FROM items i WHERE i.order_id = o.id AND i.qty > 2) GROUP BY o.customer_id",
+    ),
+    (
+        "st_not_exists",
+        "SELECT o.id, o.note FROM orders o WHERE NOT EXISTS \
+         (SELECT 1 FROM items WHERE items.order_id = o.id)",
+    ),
+    (
+        "st_in",
+        "SELECT i.id, i.qty FROM items i WHERE i.product_id IN \
+         (SELECT p.id FROM products p WHERE p.name LIKE 'p1%') \
+         AND order_id IN (SELECT id FROM orders WHERE amount > 40)",
+    ),
+    (
+        "st_exists_join",
+        "SELECT o.customer_id, p.name FROM orders o JOIN items i ON i.order_id = o.id \
+         JOIN products p ON p.id = i.product_id \
+         WHERE NOT EXISTS (SELECT 1 FROM items j WHERE j.order_id = o.id AND j.qty > i.qty)",
+    ),
+    (
+        "st_exists_cte",
+        "WITH few AS (SELECT order_id, qty FROM items WHERE qty < 3) \
+         SELECT DISTINCT o.customer_id FROM orders o \
+         WHERE EXISTS (SELECT 1 FROM few f WHERE f.order_id = o.id)",
+    ),
+    (
         "st_having",
         "SELECT customer_id, count(*) AS n, sum(amount) AS total FROM orders \
          GROUP BY customer_id HAVING count(*) > 6 AND min(amount) < 30",

@@ -31,8 +31,8 @@ enum Barrier {
     ReferenceSources,
     /// Every source's writes wait while every change up to now is captured: a full refresh, a
     /// MIN, MAX, DISTINCT, string_agg or array_agg aggregate or a window partition recomputed
-    /// from the sources, an outer join, or a join where a distributed table's current state is
-    /// read.
+    /// from the sources, an outer join, an `EXISTS` or `IN` subquery, or a join where a
+    /// distributed table's current state is read.
     AllSources,
 }
 
@@ -44,7 +44,11 @@ fn initial_barrier(plan: &QueryPlan, has_reference_source: bool) -> Barrier {
     if let Some(u) = &d.union {
         // Projections of single sources read nothing but changes; a branch with a join may
         // read any source.
-        return if u.branches.iter().all(|b| b.differential.sources.len() == 1) {
+        return if u
+            .branches
+            .iter()
+            .all(|b| b.differential.sources.len() == 1 && b.differential.semi.is_empty())
+        {
             Barrier::None
         } else {
             Barrier::AllSources
@@ -57,7 +61,8 @@ fn initial_barrier(plan: &QueryPlan, has_reference_source: bool) -> Barrier {
     // Window partitions are recomputed from the sources. An outer join reads what an inner
     // join reads, and, for a preserved side whose other side changed, that changed side's
     // current state too: [`outer_reads_suffice`] tells, once the changed sources are known.
-    if rescans_extremes || d.window.is_some() {
+    // A semi-join reads its relation's current state for every changed row.
+    if rescans_extremes || d.window.is_some() || !d.semi.is_empty() {
         Barrier::AllSources
     } else if d.sources.len() > 1 {
         if has_reference_source {
