@@ -81,6 +81,38 @@ const STREAMS: &[(&str, &str, &str)] = &[
         "category, all_big, has_3, ids, customers",
     ),
     (
+        "s_subquery",
+        "SELECT b.customer_id, count(*) AS n, sum(b.a2) AS total FROM \
+         (SELECT customer_id, amount * 2 AS a2 FROM orders WHERE amount > 30) b GROUP BY b.customer_id",
+        "customer_id, n, total",
+    ),
+    (
+        "s_cte",
+        "WITH cheap AS (SELECT id, category FROM products WHERE id < 12) \
+         SELECT o.customer_id, c.category FROM orders o JOIN cheap c ON c.id = o.product_id \
+         WHERE o.amount > 90",
+        "customer_id, category",
+    ),
+    (
+        "s_exists",
+        "SELECT p.category, p.id FROM products p WHERE EXISTS \
+         (SELECT 1 FROM orders o WHERE o.product_id = p.id AND o.amount > 98)",
+        "category, id",
+    ),
+    (
+        "s_not_exists",
+        "SELECT o.customer_id, count(*) AS n FROM orders o WHERE NOT EXISTS \
+         (SELECT 1 FROM products p WHERE p.id = o.product_id AND p.category = 'c1') \
+         GROUP BY o.customer_id",
+        "customer_id, n",
+    ),
+    (
+        "s_in",
+        "SELECT o.customer_id, o.amount FROM orders o WHERE o.product_id IN \
+         (SELECT id FROM products WHERE category = 'c3') AND o.amount > 80",
+        "customer_id, amount",
+    ),
+    (
         "s_window",
         "SELECT o.customer_id, o.amount, rank() OVER (PARTITION BY o.customer_id ORDER BY o.amount) AS r, \
          count(*) OVER (PARTITION BY o.customer_id) AS n, p.category \

@@ -92,6 +92,18 @@ const WINDOW: &str = "SELECT a.i, b.k, count(*) OVER (PARTITION BY a.i) AS n, \
 /// Groups near the bound: reshuffling moves some across it.
 const HAVING: &str = "SELECT a.i, count(*) AS n FROM a JOIN b ON b.i = a.i GROUP BY a.i \
                       HAVING count(*) >= 240 AND max(b.k) > 0";
+/// A subquery in FROM over the distributed table, joined: every row repeated.
+const SUBQUERY: &str = "SELECT s.j, s.i2, b.k FROM (SELECT a.j, a.i * 2 AS i2, a.i FROM a \
+                        WHERE a.j < 2) s JOIN b ON b.i = s.i";
+/// A CTE read twice, its rows of `b` meeting each other.
+const CTE: &str = "WITH nine AS (SELECT id, i, k FROM b WHERE k > 1) \
+                   SELECT x.k, y.i FROM nine x JOIN nine y ON y.i = x.i";
+/// Rows of `a` whose existence in `b` comes and goes (k = 9 rows are inserted, some deleted).
+const EXISTS: &str = "SELECT a.i, a.j FROM a WHERE EXISTS \
+                      (SELECT 1 FROM b WHERE b.i = a.i AND b.k = 9)";
+const NOT_EXISTS_IN: &str = "SELECT b.i, b.k FROM b WHERE NOT EXISTS \
+                             (SELECT 1 FROM a WHERE a.i = b.i AND a.j = 3) \
+                             AND b.id IN (SELECT a.id FROM a WHERE a.j <> 1)";
 
 const CASES: &[Case] = &[
     Case {
@@ -269,6 +281,38 @@ const CASES: &[Case] = &[
         columns: "i, k, n, dr",
         summed: "i + k + n + dr",
         refreshes: "full",
+    },
+    Case {
+        name: "subquery_differential",
+        mode: "differential",
+        query: SUBQUERY,
+        columns: "j, i2, k",
+        summed: "j + i2 + k",
+        refreshes: "differential",
+    },
+    Case {
+        name: "cte_differential",
+        mode: "differential",
+        query: CTE,
+        columns: "k, i",
+        summed: "k + i",
+        refreshes: "differential",
+    },
+    Case {
+        name: "exists_differential",
+        mode: "differential",
+        query: EXISTS,
+        columns: "i, j",
+        summed: "i + j",
+        refreshes: "differential",
+    },
+    Case {
+        name: "not_exists_in_differential",
+        mode: "differential",
+        query: NOT_EXISTS_IN,
+        columns: "i, k",
+        summed: "i + k",
+        refreshes: "differential",
     },
     Case {
         name: "union_differential",

@@ -20,17 +20,26 @@ pub enum JoinKind {
     Full,
 }
 
-/// The FROM clause: `t x`, `u x`, or `t x <join> u y` on `k` or by USING (id).
+/// The FROM clause: `t x`, `u x`, `t x <join> u y` on `k` or by USING (id), or a subquery over
+/// one table (written in FROM, or as a CTE `w`) that filters it and computes a column.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum From {
     One(&'static str),
     Join { kind: JoinKind, using: bool },
+    Sub { table: &'static str, cte: bool },
+}
+
+/// The subquery of [`From::Sub`]: the table's columns, `n` computed, some rows left out.
+fn sub_select(table: &str) -> String {
+    format!("SELECT id, k, n * 2 + k AS n, s FROM {table} WHERE k IS DISTINCT FROM 2")
 }
 
 impl From {
     fn sql(&self) -> String {
         match self {
             From::One(t) => format!("{t} x"),
+            From::Sub { cte: true, .. } => "w x".to_string(),
+            From::Sub { table, cte: false } => format!("({}) x", sub_select(table)),
             From::Join { kind, using } => {
                 let op = match kind {
                     JoinKind::Inner => "JOIN",
@@ -47,7 +56,7 @@ impl From {
     /// Columns of each kind reachable in this FROM: (numbers, texts).
     fn columns(&self) -> (Vec<&'static str>, Vec<&'static str>) {
         match self {
-            From::One(_) => (vec!["x.id", "x.k", "x.n"], vec!["x.s"]),
+            From::One(_) | From::Sub { .. } => (vec!["x.id", "x.k", "x.n"], vec!["x.s"]),
             From::Join { using, .. } => {
                 let mut nums = vec!["x.id", "x.k", "x.n", "y.id", "y.k", "y.n"];
                 if *using {
@@ -61,9 +70,21 @@ impl From {
     /// An ORDER BY list that orders the joined rows completely, for deterministic windows.
     fn row_order(&self) -> &'static str {
         match self {
-            From::One(_) => "x.id, x.k, x.n, x.s",
+            From::One(_) | From::Sub { .. } => "x.id, x.k, x.n, x.s",
             From::Join { .. } => "x.id, x.k, x.n, x.s, y.id, y.k, y.n, y.s",
         }
+    }
+
+    /// The WITH clause the query starts with, for a CTE.
+    fn with_clause(&self) -> String {
+        match self {
+            From::Sub { table, cte: true } => format!("WITH w AS ({}) ", sub_select(table)),
+            _ => String::new(),
+        }
+    }
+
+    fn is_outer(&self) -> bool {
+        matches!(self, From::Join { kind, .. } if *kind != JoinKind::Inner)
     }
 }
 
@@ -91,6 +112,8 @@ pub enum Body {
 pub struct Select {
     pub from: From,
     pub filter: Option<String>,
+    /// An `EXISTS`, `NOT EXISTS` or `IN (subquery)` condition ANDed to the filter.
+    pub semi: Option<String>,
     pub body: Body,
 }
 
@@ -106,13 +129,20 @@ pub enum Query {
 
 impl Select {
     pub fn sql(&self) -> String {
-        let filter = self
+        let conditions: Vec<&str> = self
             .filter
-            .as_ref()
-            .map(|f| format!(" WHERE {f}"))
-            .unwrap_or_default();
+            .iter()
+            .chain(&self.semi)
+            .map(String::as_str)
+            .collect();
+        let filter = if conditions.is_empty() {
+            String::new()
+        } else {
+            format!(" WHERE {}", conditions.join(" AND "))
+        };
         let from = self.from.sql();
-        match &self.body {
+        let with = self.from.with_clause();
+        let select = match &self.body {
             Body::Project { distinct, items } => format!(
                 "SELECT {}{} FROM {from}{filter}",
                 if *distinct { "DISTINCT " } else { "" },
@@ -135,7 +165,8 @@ impl Select {
             Body::Window { items, .. } => {
                 format!("SELECT {} FROM {from}{filter}", aliased(items))
             }
-        }
+        };
+        format!("{with}{select}")
     }
 }
 
@@ -168,8 +199,12 @@ fn pick<T: Copy>(rng: &mut StdRng, items: &[T]) -> T {
 }
 
 fn gen_from(rng: &mut StdRng) -> From {
-    match rng.gen_range(0..6) {
+    match rng.gen_range(0..7) {
         0 | 1 => From::One(pick(rng, &TABLES)),
+        6 => From::Sub {
+            table: pick(rng, &TABLES),
+            cte: rng.gen_bool(0.5),
+        },
         2 => From::Join {
             kind: JoinKind::Inner,
             using: true,
@@ -193,6 +228,22 @@ fn gen_condition(rng: &mut StdRng, from: &From) -> String {
         2 => format!("{} IS NULL", pick(rng, &nums)),
         3 => format!("{} <> 'a'", pick(rng, &texts)),
         _ => format!("({} = 1 OR {} = 'b')", pick(rng, &nums), pick(rng, &texts)),
+    }
+}
+
+/// A semi- or anti-join of the row `x` with the other table, `z`, correlated or not.
+fn gen_semi(rng: &mut StdRng) -> String {
+    let other = pick(rng, &TABLES);
+    let extra = match rng.gen_range(0..3) {
+        0 => " AND z.n > 1",
+        1 => " AND z.s <> 'a'",
+        _ => "",
+    };
+    match rng.gen_range(0..4) {
+        0 => format!("EXISTS (SELECT 1 FROM {other} z WHERE z.k = x.k{extra})"),
+        1 => format!("NOT EXISTS (SELECT 1 FROM {other} z WHERE z.id = x.id{extra})"),
+        2 => format!("x.k IN (SELECT z.k FROM {other} z WHERE z.id IS NOT NULL{extra})"),
+        _ => format!("NOT EXISTS (SELECT 1 FROM {other} z WHERE z.k = x.id{extra})"),
     }
 }
 
@@ -290,7 +341,15 @@ fn gen_select(rng: &mut StdRng, from: From) -> Select {
             Body::Window { partition, items }
         }
     };
-    Select { from, filter, body }
+    // Semi-joins go with projections and groups over inner joins.
+    let semi = (!from.is_outer() && !matches!(body, Body::Window { .. }) && rng.gen_ratio(1, 4))
+        .then(|| gen_semi(rng));
+    Select {
+        from,
+        filter,
+        semi,
+        body,
+    }
 }
 
 /// A random query of the grammar.
@@ -315,6 +374,7 @@ pub fn gen_query(rng: &mut StdRng) -> Query {
                     .collect();
                 Select {
                     filter: rng.gen_ratio(1, 2).then(|| gen_condition(rng, &from)),
+                    semi: None,
                     from,
                     body: Body::Project {
                         distinct: false,
@@ -339,6 +399,18 @@ fn simplify_select(s: &Select) -> Vec<Select> {
     if s.filter.is_some() {
         out.push(Select {
             filter: None,
+            ..s.clone()
+        });
+    }
+    if s.semi.is_some() {
+        out.push(Select {
+            semi: None,
+            ..s.clone()
+        });
+    }
+    if let From::Sub { table, .. } = s.from {
+        out.push(Select {
+            from: From::One(table),
             ..s.clone()
         });
     }
@@ -489,6 +561,11 @@ mod tests {
             " UNION ALL ",
             " UNION SELECT",
             "OVER (PARTITION BY",
+            "WITH w AS (",
+            "FROM (SELECT id, k",
+            " AND EXISTS (",
+            "NOT EXISTS (",
+            " IN (SELECT z.k",
         ] {
             assert!(sqls.iter().any(|s| s.contains(needle)), "no {needle}");
         }
@@ -509,6 +586,7 @@ mod tests {
                 using: false,
             },
             filter: Some("x.k > 1".into()),
+            semi: None,
             body: Body::Group {
                 keys: vec!["x.k".into()],
                 items: vec!["x.k".into(), "count(*)".into()],

@@ -183,10 +183,9 @@ pub use from::{OuterJoin, OuterKind};
 pub use layout::{
     key_index, plan_for_storage, storage_table, upgrade_sql, view_ddl, OldTable, STORAGE_SCHEMA,
 };
-pub use plan::Subquery;
 pub use plan::{
     analyze, choose_mode, Aggregate, ChosenMode, ColumnRole, Differential, GroupKey, Grouping,
-    Maintenance, Mode, OutputColumn, QueryPlan, Source, SourceRef,
+    Maintenance, Mode, OutputColumn, QueryPlan, Source, SourceRef, Subquery,
 };
 pub use refresh::{
     contents_sql, differential_refresh_sql, full_refresh_sql, probe_sql, storage_columns,
@@ -202,5 +201,7 @@ pub use window::Window;
 
 #[cfg(test)]
 mod shape_tests;
+#[cfg(test)]
+mod subquery_tests;
 #[cfg(test)]
 mod tests;

@@ -25,7 +25,7 @@ use pg_query::{Node, NodeEnum};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{AnalyzeError, Unsupported};
-use crate::expr::{contains_aggregate, deparse_expr, string_value, RowExprCheck, RESERVED_PREFIX};
+use crate::expr::{deparse_expr, string_value, RowExprCheck, RESERVED_PREFIX};
 use crate::plan::{Differential, Source};
 use crate::refresh::{from_where_with, qi, sign_column, source_item, DeltaRelations, DELTA_COLUMN};
 use crate::subquery::{only_item, relation_of, subquery_source};
@@ -104,13 +104,6 @@ fn semi_join(c: &Node, range_names: &[String]) -> Result<Option<SemiJoin>, Analy
         );
     if link.sub_link_type == SubLinkType::ExistsSublink as i32 {
         let source = semi_source(sub, at)?;
-        if sub
-            .target_list
-            .iter()
-            .any(|t| matches!(t.node.as_ref(), Some(NodeEnum::ResTarget(rt)) if rt.val.as_deref().is_some_and(contains_aggregate)))
-        {
-            return Err(Unsupported::new("aggregates in EXISTS subqueries", at()).into());
-        }
         let condition = condition(sub, &source, range_names)?;
         return Ok(Some(SemiJoin {
             source,
