@@ -47,6 +47,24 @@
 //! branches' terms, each over its own sources and projecting its own expressions; UNION is the
 //! same bag shown once per row, as DISTINCT is (`union.rs`).
 //!
+//! # Subqueries, CTEs and semi-joins
+//!
+//! A non-recursive CTE is the same as its query written at each place FROM names it, so it is
+//! inlined first (`inline.rs`); a CTE read twice is two sources sharing a delta, like a self-join.
+//! A subquery in FROM over one table, with a projection and a WHERE only (`subquery.rs`), is a
+//! source whose delta is the table's delta put through the same projection and filter, its sign
+//! carried along. `EXISTS`, `NOT EXISTS` and `IN (subquery)` in WHERE (`semi.rs`), each over one
+//! table, correlated by its WHERE, are semi- and anti-joins: a row of the outer join J is kept
+//! when the subquery's match count is (or is not) positive. With the subquery's source S:
+//!
+//! ```text
+//! Δ(J ⋉ S) = (ΔJ ⋉ S_old) + (J_new rows whose verdict changed, signed +1 or −1)
+//! ```
+//!
+//! `S_old` is never read: its match count is the new count minus the delta's. The second part
+//! reaches only rows of J that a changed row of S matches, computing both counts for them
+//! (LATERAL) and keeping those whose verdict flips.
+//!
 //! # Projection, DISTINCT and duplicates
 //!
 //! Without grouping, the signed rows are summed per distinct output row and merged: the sum is
@@ -125,8 +143,10 @@
 //! Anything whose delta this algebra does not give exactly is refused in differential mode with
 //! an [`Unsupported`] naming the part: outer joins other than one of two tables alone in FROM
 //! with ON, NATURAL joins and column alias lists in FROM
-//! (both depend on the tables' column lists, which a delta reads only in part), subqueries,
-//! CTEs, INTERSECT/EXCEPT, UNION of grouped, DISTINCT or windowed branches or mixed with UNION
+//! (both depend on the tables' column lists, which a delta reads only in part), recursive
+//! CTEs, subqueries with grouping, joins, DISTINCT, LIMIT, `*` or outer references (in FROM or
+//! in EXISTS/IN), `NOT IN (subquery)` (NULLs make it differ from NOT EXISTS: write that),
+//! EXISTS/IN under OR or together with an outer join or window functions, INTERSECT/EXCEPT, UNION of grouped, DISTINCT or windowed branches or mixed with UNION
 //! ALL, window functions without PARTITION BY, with different ones, over expressions or with
 //! GROUP BY or DISTINCT, HAVING on columns that are neither keys nor
 //! aggregated, ORDER BY/LIMIT, DISTINCT ON, aggregates other than count/sum/avg/min/max,
