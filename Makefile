@@ -30,6 +30,7 @@ lint: deps
 	$(CARGO) fmt --all -- --check
 	$(PYTHON) scripts/check-imports.py
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	RUSTDOCFLAGS='-D warnings' $(CARGO) doc --workspace --no-deps --quiet
 
 test: lint
 	RUST_BACKTRACE=1 $(CARGO) test --workspace $(TEST_ARGS)

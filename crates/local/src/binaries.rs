@@ -25,7 +25,7 @@ pub struct PgBinaries {
 
 impl PgBinaries {
     /// Finds the binaries: `SHOAL_PG_BIN`, else `pg_config --bindir`, else the directory of
-    /// `initdb` on PATH, else the newest /usr/lib/postgresql/<major>/bin.
+    /// `initdb` on PATH, else the newest `/usr/lib/postgresql/<major>/bin`.
     pub fn discover() -> Result<PgBinaries> {
         if let Some(dir) = env::var_os("SHOAL_PG_BIN").filter(|v| !v.is_empty()) {
             let dir = PathBuf::from(dir);

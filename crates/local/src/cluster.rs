@@ -174,7 +174,7 @@ pub struct UpReport {
     pub notes: Vec<String>,
 }
 
-/// A cluster directory: DIR/cluster.toml, DIR/shoal.env, DIR/<name> data dirs, DIR/<name>.log.
+/// A cluster directory: `DIR/cluster.toml`, `DIR/shoal.env`, `DIR/<name>` data dirs, `DIR/<name>.log`.
 #[derive(Debug, Clone)]
 pub struct LocalCluster {
     dir: PathBuf,

@@ -3,10 +3,10 @@
 //!
 //! Queries come from a small grammar of the shapes the analyzer maintains differentially
 //! ([`grammar`]): projections with WHERE, inner joins with ON and USING, outer joins of two
-//! tables, GROUP BY with every supported aggregate, FILTER and HAVING, DISTINCT, UNION [ALL]
+//! tables, GROUP BY with every supported aggregate, FILTER and HAVING, DISTINCT, UNION \[ALL\]
 //! and window functions with PARTITION BY, over two tables whose columns have small domains
 //! (NULLs, duplicates, and equal integer and numeric values are common). A case ([`case`]) adds
-//! the tables' first rows and batches of inserts, updates and deletes. Running it ([`run`])
+//! the tables' first rows and batches of inserts, updates and deletes. Running it ([`run()`])
 //! creates the storage with a full refresh on a plain PostgreSQL server, then after each batch
 //! refreshes differentially and compares the stream table's contents with the query, `EXCEPT
 //! ALL` both ways; an error at creation or refresh is a failure too. A failing case is shrunk

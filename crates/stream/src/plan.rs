@@ -117,7 +117,7 @@ pub struct Aggregate {
     /// The argument, deparsed; None for `count(*)`.
     pub arg: Option<String>,
     /// The output column holding its value; None for one only HAVING uses, stored hidden as
-    /// [`hidden_agg`].
+    /// `__shoal_agg_<j + 1>` (j its index).
     pub column: Option<usize>,
 }
 
@@ -148,7 +148,7 @@ pub struct Grouping {
 pub struct Differential {
     pub sources: Vec<Source>,
     /// The FROM clause as written (joins with their ON or USING conditions, join aliases),
-    /// deparsed with source `i` and its alias as the slot [`source_slot`]`(i)`, so that
+    /// deparsed with source `i` and its alias as the slot `source_slot(i)`, so that
     /// each term of a delta can put a relation or a delta there and unqualified references to
     /// merged USING columns keep their meaning.
     pub from: String,
@@ -159,7 +159,7 @@ pub struct Differential {
     /// columns and deltas.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub semi: Vec<SemiJoin>,
-    /// Present for a UNION [ALL] of projections: then the fields above are its first branch's
+    /// Present for a UNION \[ALL\] of projections: then the fields above are its first branch's
     /// (with `distinct` for UNION), and refreshes go by the branches.
     pub union: Option<Union>,
     /// The WHERE clause, deparsed.

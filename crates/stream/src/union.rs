@@ -11,7 +11,7 @@ use crate::error::{AnalyzeError, Unsupported};
 use crate::expr::{deparse_stmt, node};
 use crate::plan::{Differential, OutputColumn};
 
-/// The branches of a UNION [ALL] query, each one a projection maintained like a query of its own.
+/// The branches of a UNION \[ALL\] query, each one a projection maintained like a query of its own.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Union {
     /// False for UNION, which shows each row once.
