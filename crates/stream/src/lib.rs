@@ -144,10 +144,11 @@
 //! an [`Unsupported`] naming the part: outer joins other than one of two tables alone in FROM
 //! with ON, NATURAL joins and column alias lists in FROM
 //! (both depend on the tables' column lists, which a delta reads only in part), recursive
-//! CTEs, subqueries with grouping, joins, DISTINCT, LIMIT, `*` or outer references (in FROM or
-//! in EXISTS/IN), `NOT IN (subquery)` (NULLs make it differ from NOT EXISTS: write that),
-//! EXISTS/IN under OR or together with an outer join or window functions, INTERSECT/EXCEPT, UNION of grouped, DISTINCT or windowed branches or mixed with UNION
-//! ALL, window functions without PARTITION BY, with different ones, over expressions or with
+//! CTEs, subqueries with aggregates, grouping, joins, DISTINCT, LIMIT, `*` or outer references
+//! (in FROM or in EXISTS/IN), `NOT IN (subquery)` (NULLs make it differ from NOT EXISTS: write
+//! that), EXISTS/IN under OR or together with an outer join or window functions,
+//! INTERSECT/EXCEPT, UNION of grouped, DISTINCT or windowed branches or mixed with UNION ALL,
+//! window functions without PARTITION BY, with different ones, over expressions or with
 //! GROUP BY or DISTINCT, HAVING on columns that are neither keys nor
 //! aggregated, ORDER BY/LIMIT, DISTINCT ON, aggregates other than count/sum/avg/min/max,
 //! bool_and/bool_or/every and string_agg/array_agg, ORDER BY in the others' calls, expressions

@@ -1,7 +1,7 @@
 //! Unit tests of subqueries in FROM, inlined CTEs and semi-joins, with their generated SQL.
 
-use crate::tests::{generate_all, plan, unsupported};
-use crate::{Source, SourceRef, Subquery};
+use crate::tests::{deltas_for, generate_all, plan, table, unsupported};
+use crate::{differential_refresh_sql, Source, SourceRef, Subquery};
 
 #[test]
 fn a_subquery_in_from_maps_its_relations_delta_through_its_select() {
@@ -109,9 +109,9 @@ fn an_unchanged_semi_join_stays_the_plain_condition() {
     );
     let d = p.differential().unwrap();
     assert!(d.semi[0].anti);
-    let mut deltas = crate::tests::deltas_for(&p);
+    let mut deltas = deltas_for(&p);
     deltas.retain(|r, _| r.name == "orders");
-    let stmts = crate::differential_refresh_sql(&p, &crate::tests::table(), &deltas).unwrap();
+    let stmts = differential_refresh_sql(&p, &table(), &deltas).unwrap();
     assert!(stmts[1].contains(
         "AS \"o\" WHERE (NOT EXISTS (SELECT 1 FROM \"items\" AS \"i\" WHERE (i.order_id = o.id)))"
     ));
