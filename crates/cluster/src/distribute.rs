@@ -19,7 +19,6 @@ use crate::error::{ClusterError, PgContext};
 use crate::layout;
 use crate::locks;
 use crate::placement::{place_in_group, place_new_group};
-use crate::pushdown::Estimates;
 use crate::resolve::{resolve_column_name, resolve_relation, resolve_relation_by_oid, Relation};
 use crate::statistics;
 use crate::switch::{copy_rows, replace_table, settle};
@@ -217,9 +216,7 @@ pub async fn distribute_tables(
         }
         let mut new_relids = Vec::new();
         let mut rows = Vec::new();
-        for (index, table) in planned.iter().enumerate() {
-            // Tables are numbered in this order below, so the first of a new group is first.
-            let estimates = Estimates::for_new_member(!group_is_new || index > 0);
+        for table in &planned {
             new_relids.push(
                 swap_in_partitioned(
                     &tx,
@@ -228,7 +225,6 @@ pub async fn distribute_tables(
                     shard_count,
                     &table.shards,
                     &nodes,
-                    estimates,
                 )
                 .await?,
             );
@@ -673,7 +669,6 @@ async fn swap_in_partitioned(
     shard_count: i32,
     shards: &[PlannedShard],
     nodes: &[Node],
-    estimates: Estimates,
 ) -> Result<u32, ClusterError> {
     let parent = new_parent_name(def);
     let mut ddl = vec![format!(
@@ -695,7 +690,6 @@ async fn swap_in_partitioned(
             shard.index,
             &shard.table,
             &node.fdw_server,
-            estimates,
         ));
     }
     tx.batch_execute(&ddl.join(";\n"))

@@ -69,7 +69,6 @@ pub async fn init_cluster(
             unprepared_nodes.push((node.address(), reason));
         }
     }
-    crate::pushdown::ensure_local_estimates(cluster.client()).await?;
     let ddl_triggers_refused = match shoal_ddl::install_coordinator(&mut client).await? {
         Triggers::Installed => None,
         Triggers::NotPermitted(reason) => Some(reason),

@@ -13,7 +13,6 @@
 //! new node, all without touching the distributed table's own lock. A distributed schema's table
 //! has the same shape with the table itself as the middle level.
 
-use crate::pushdown::Estimates;
 use shoal_ddl::definition::TableDef;
 use shoal_sql::{derived_name, quote_ident, quote_literal, QualifiedName};
 
@@ -34,7 +33,6 @@ pub fn hash_shard_ddl(
     remainder: i32,
     shard_table: &QualifiedName,
     fdw_server: &str,
-    estimates: Estimates,
 ) -> Vec<String> {
     let partition = shard_partition(shard_table);
     vec![
@@ -45,27 +43,25 @@ pub fn hash_shard_ddl(
             parent.quoted(),
             quote_ident(column)
         ),
-        placement_ddl(&partition, shard_table, fdw_server, estimates),
+        placement_ddl(&partition, shard_table, fdw_server),
     ]
 }
 
 /// The foreign table through which the coordinator reaches a placement: the only partition of
-/// `partition`, named like the shard table it points at, planned with `estimates`.
+/// `partition`, named like the shard table it points at.
 pub fn placement_ddl(
     partition: &QualifiedName,
     shard_table: &QualifiedName,
     fdw_server: &str,
-    estimates: Estimates,
 ) -> String {
     format!(
         "CREATE FOREIGN TABLE {} PARTITION OF {} FOR VALUES WITH (MODULUS 1, REMAINDER 0) \
-         SERVER {} OPTIONS (schema_name {}, table_name {}{})",
+         SERVER {} OPTIONS (schema_name {}, table_name {})",
         shard_table.quoted(),
         partition.quoted(),
         quote_ident(fdw_server),
         quote_literal(&shard_table.schema),
-        quote_literal(&shard_table.name),
-        estimates.table_options_sql()
+        quote_literal(&shard_table.name)
     )
 }
 
@@ -125,7 +121,6 @@ mod tests {
             5,
             &QualifiedName::new("public", "Orders_102009"),
             "shoal_node_2",
-            Estimates::Remote,
         );
         assert_eq!(
             ddl[0],
@@ -134,22 +129,6 @@ mod tests {
         assert_eq!(
             ddl[1],
             r#"CREATE FOREIGN TABLE "public"."Orders_102009" PARTITION OF "public"."Orders_102009_shard" FOR VALUES WITH (MODULUS 1, REMAINDER 0) SERVER "shoal_node_2" OPTIONS (schema_name 'public', table_name 'Orders_102009')"#
-        );
-    }
-
-    #[test]
-    fn a_partition_planned_on_local_estimates_says_so_in_its_options() {
-        let ddl = placement_ddl(
-            &QualifiedName::new("my s", "t_7_shard"),
-            &QualifiedName::new("my s", "t_7"),
-            "shoal_node_1",
-            Estimates::Local,
-        );
-        assert!(
-            ddl.ends_with(
-                r#"OPTIONS (schema_name 'my s', table_name 't_7', use_remote_estimate 'false')"#
-            ),
-            "{ddl}"
         );
     }
 }

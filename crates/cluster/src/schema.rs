@@ -12,7 +12,6 @@ use crate::cleanup::begin_operation;
 use crate::error::{ClusterError, PgContext};
 use crate::layout;
 use crate::placement::least_loaded;
-use crate::pushdown::Estimates;
 use crate::resolve::resolve_schema;
 use crate::switch::{copy_rows, move_owned_sequences, settle};
 use crate::Cluster;
@@ -208,9 +207,7 @@ async fn place_schema_tables(
             )
         })?;
 
-        let rows =
-            switch_to_foreign_tables(&tx, &defs, &shards, &node, !existing_tables.is_empty())
-                .await?;
+        let rows = switch_to_foreign_tables(&tx, &defs, &shards, &node).await?;
         let group = match &group {
             Some(g) => g.clone(),
             None => {
@@ -331,13 +328,10 @@ async fn switch_to_foreign_tables(
     defs: &[TableDef],
     shards: &[(i64, QualifiedName)],
     node: &Node,
-    group_has_tables: bool,
 ) -> Result<u64, ClusterError> {
     let mut rows = 0;
     let mut replacements = Vec::new();
-    for (index, (def, (_, shard))) in defs.iter().zip(shards).enumerate() {
-        // Tables are numbered in this order, so the first of a new group is first.
-        let estimates = Estimates::for_new_member(group_has_tables || index > 0);
+    for (def, (_, shard)) in defs.iter().zip(shards) {
         let key = partition_key(tx, def).await?;
         let parent = QualifiedName::new(&def.name.schema, format!("__shoal_new_{}", def.relid));
         tx.batch_execute(&format!(
@@ -346,7 +340,7 @@ async fn switch_to_foreign_tables(
             parent.quoted(),
             def.name.quoted(),
             quote_ident(&key),
-            layout::placement_ddl(&parent, shard, &node.fdw_server, estimates)
+            layout::placement_ddl(&parent, shard, &node.fdw_server)
         ))
         .await
         .context(|| format!("creating the distributed form of {}", def.name))?;

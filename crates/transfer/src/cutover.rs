@@ -15,7 +15,6 @@ use tokio_postgres::{Client, Transaction};
 use crate::engine::{applied_lsn, Transfer};
 use crate::{CancelToken, Context, TransferError};
 use shoal_catalog::model::{self, CleanupObject, CleanupPolicy};
-use shoal_cluster::pushdown::Estimates;
 use shoal_cluster::{fence, layout};
 use shoal_sql::QualifiedName;
 
@@ -291,22 +290,18 @@ impl<'a> Transfer<'a> {
         target_lsn: Option<&str>,
     ) -> Result<(), TransferError> {
         let target = self.target_ref().clone();
-        let members = &self.group_ref().members;
-        let ddl: Vec<String> = members
+        let ddl: Vec<String> = self
+            .group_ref()
+            .members
             .iter()
             .map(|member| {
-                let estimates = Estimates::for_member(
-                    member.table.table_id,
-                    members.iter().map(|m| m.table.table_id),
-                );
                 format!(
                     "DROP FOREIGN TABLE {leaf};\n{create}",
                     leaf = member.shard_table.quoted(),
                     create = layout::placement_ddl(
                         &member.partition,
                         &member.shard_table,
-                        &target.fdw_server,
-                        estimates
+                        &target.fdw_server
                     )
                 )
             })
