@@ -44,13 +44,16 @@ impl InProcess {
     }
 }
 
+/// An anchor's tps and one plain server's measured alongside it.
+type Anchor = (f64, f64);
+
 /// The three scripts of the query benchmark: label, script (`:orders` set by `-D`), and
-/// Citus's tps on this machine.
-const SCRIPTS: [(&str, &str, Option<f64>); 3] = [
+/// Citus's tps on this machine with one plain server's measured alongside (BRIEF.md).
+const SCRIPTS: [(&str, &str, Option<Anchor>); 3] = [
     (
         "key lookup",
         "\\set id random(1, :orders)\nSELECT * FROM orders WHERE id = :id;\n",
-        Some(3349.0),
+        Some((3349.0, 20573.0)),
     ),
     (
         "one shard group: 2 updates, 1 select",
@@ -58,14 +61,14 @@ const SCRIPTS: [(&str, &str, Option<f64>); 3] = [
          UPDATE orders SET amount = amount + 1 WHERE id = :id;\n\
          UPDATE order_items SET qty = qty + 1 WHERE order_id = :id;\n\
          SELECT sum(qty) FROM order_items WHERE order_id = :id;\nEND;\n",
-        Some(651.0),
+        Some((651.0, 3932.0)),
     ),
     (
         "two random orders (2PC when 2 workers)",
         "\\set a random(1, :orders)\n\\set b random(1, :orders)\nBEGIN;\n\
          UPDATE orders SET amount = amount - 1 WHERE id = :a;\n\
          UPDATE orders SET amount = amount + 1 WHERE id = :b;\nEND;\n",
-        Some(1052.0),
+        Some((1052.0, 5978.0)),
     ),
 ];
 
@@ -91,8 +94,16 @@ pub async fn scripts(
         "pgbench, {clients} clients, {seconds} s each, simple protocol; tps (failed transactions)"
     );
     println!(
-        "{:<40} {:>12} {:>18} {:>18} {:>9} {:>7}",
-        "workload", "one server", "coordinator", "endpoint", "end/coor", "Citus"
+        "{:<40} {:>12} {:>18} {:>18} {:>9} {:>7} {:>9} {:>9} {:>9}",
+        "workload",
+        "one server",
+        "coordinator",
+        "endpoint",
+        "end/coor",
+        "Citus",
+        "coor/one",
+        "end/one",
+        "Citus/one"
     );
     for (label, script, citus) in SCRIPTS {
         let file = dir.join(format!(
@@ -180,15 +191,20 @@ async fn tpc_b(seconds: u32, clients: u32) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_row(label: &str, one: &Run, coordinator: &Run, endpoint: &Run, citus: Option<f64>) {
+fn print_row(label: &str, one: &Run, coordinator: &Run, endpoint: &Run, citus: Option<(f64, f64)>) {
     let cell = |r: &Run| format!("{:.0} ({})", r.tps, r.failed);
+    let (citus_tps, citus_share) = match citus {
+        Some((tps, single)) => (format!("{tps:.0}"), format!("{:.3}", tps / single)),
+        None => ("-".to_string(), "-".to_string()),
+    };
     println!(
-        "{label:<40} {:>12} {:>18} {:>18} {:>8.2}x {:>7}",
+        "{label:<40} {:>12} {:>18} {:>18} {:>8.2}x {citus_tps:>7} {:>9.3} {:>9.3} {citus_share:>9}",
         cell(one),
         cell(coordinator),
         cell(endpoint),
         endpoint.tps / coordinator.tps,
-        citus.map_or("-".to_string(), |c| format!("{c:.0}"))
+        coordinator.tps / one.tps,
+        endpoint.tps / one.tps,
     );
 }
 

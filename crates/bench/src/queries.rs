@@ -1,8 +1,9 @@
 //! The query set of the reference data set (2 workers, 32 shards) through the coordinator,
 //! against the same rows on one plain server started alongside, in one run: medians in
 //! milliseconds, the ratio Shoal / one server, and Citus 13.2's figure measured on this machine
-//! (BRIEF.md) for comparison, and the same through Shoal's endpoint (aggregates split across
-//! the nodes there); then pgbench key lookups (4 clients) on all three.
+//! (BRIEF.md) with its own ratio to the one server measured alongside it, for comparison, and
+//! the same through Shoal's endpoint (aggregates split across the nodes there); then pgbench
+//! key lookups (4 clients) on all three.
 
 use std::time::Instant;
 
@@ -14,56 +15,67 @@ use crate::rebalance::dataset_sql;
 use shoal_cluster::Colocate;
 use shoal_testkit::TestCluster;
 
-/// Label, query, and Citus's median in ms on this machine.
-const QUERIES: &[(&str, &str, f64)] = &[
-    ("Q1 count(*)", "SELECT count(*) FROM orders", 144.0),
+/// Label, query, and the anchor's medians in ms (BRIEF.md): Citus, and one plain server
+/// measured with it. The machine's speed changes from run to run, so a goal "within 1.5x of
+/// Citus" is read both on the times and on the ratios to one server of each run.
+const QUERIES: &[(&str, &str, f64, f64)] = &[
+    ("Q1 count(*)", "SELECT count(*) FROM orders", 144.0, 141.0),
     (
         "Q2 sum, avg",
         "SELECT sum(amount), avg(amount) FROM orders",
         334.0,
+        363.0,
     ),
     (
         "Q3 GROUP BY customer_id % 100",
         "SELECT customer_id % 100, count(*), sum(amount) FROM orders GROUP BY 1",
+        504.0,
         504.0,
     ),
     (
         "Q4 colocated join, count",
         "SELECT count(*), sum(i.qty) FROM orders o JOIN order_items i ON i.order_id = o.id",
         1197.0,
+        1883.0,
     ),
     (
         "Q5 join GROUP BY o.id LIMIT",
         "SELECT o.id, sum(i.qty) FROM orders o JOIN order_items i ON i.order_id = o.id \
          GROUP BY o.id ORDER BY 2 DESC, 1 LIMIT 10",
         2699.0,
+        2932.0,
     ),
     (
         "Q6 key lookup",
         "SELECT * FROM orders WHERE id = 12345",
         0.96,
+        0.13,
     ),
     (
         "Q7 join of one key",
         "SELECT o.id, i.id, i.qty FROM orders o JOIN order_items i ON i.order_id = o.id \
          WHERE o.id = 12345",
         1.97,
+        0.16,
     ),
     (
         "Q8 reference join, LIKE",
         "SELECT count(*) FROM orders o JOIN products p ON p.id = o.customer_id \
          WHERE p.name LIKE 'product-1%'",
         838.0,
+        354.0,
     ),
     (
         "Q9 selective count",
         "SELECT count(*) FROM orders WHERE amount > 990",
         394.0,
+        232.0,
     ),
     (
         "Q10 ORDER BY LIMIT",
         "SELECT id, amount FROM orders ORDER BY amount DESC, id LIMIT 10",
         519.0,
+        447.0,
     ),
 ];
 
@@ -88,10 +100,10 @@ pub async fn run(
          the endpoint splits reads over {scatter_connections} connection(s) per node"
     );
     println!(
-        "{:<30} {:>11} {:>11} {:>8} {:>11} {:>8} {:>10}",
-        "query", "one server", "coordinator", "ratio", "endpoint", "ratio", "Citus"
+        "{:<30} {:>11} {:>11} {:>8} {:>11} {:>8} {:>10} {:>8}",
+        "query", "one server", "coordinator", "ratio", "endpoint", "ratio", "Citus", "ratio"
     );
-    for (label, query, citus) in QUERIES {
+    for (label, query, citus, citus_single) in QUERIES {
         if only.as_deref().is_some_and(|o| !label.starts_with(o)) {
             continue;
         }
@@ -114,9 +126,11 @@ pub async fn run(
         }
         let (one, shoal, through) = (median(&mut one), median(&mut shoal), median(&mut through));
         println!(
-            "{label:<30} {one:>11.2} {shoal:>11.2} {:>7.2}x {through:>11.2} {:>7.2}x {citus:>10.2}",
+            "{label:<30} {one:>11.2} {shoal:>11.2} {:>7.2}x {through:>11.2} {:>7.2}x {citus:>10.2} \
+             {:>7.2}x",
             shoal / one,
-            through / one
+            through / one,
+            citus / citus_single
         );
     }
     if only.is_none() {

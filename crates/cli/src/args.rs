@@ -243,7 +243,8 @@ pub struct ServeArgs {
     #[arg(long, default_value = "127.0.0.1:6432")]
     pub listen: String,
     /// Connections per node the endpoint uses at once for a read it splits across shards, each
-    /// answering for a share of the node's shards (about the node's cores the read may use)
+    /// answering for a share of the node's shards without PostgreSQL's parallel workers (about
+    /// the node's cores the read may use)
     #[arg(long, default_value_t = shoal_endpoint::Options::default().scatter_connections as u16,
           value_parser = clap::value_parser!(u16).range(1..=64))]
     pub scatter_connections: u16,

@@ -633,3 +633,98 @@ async fn split_reads_in_a_transaction_block_see_its_own_writes() {
         .get(0);
     assert_eq!(zeroed, 0, "ROLLBACK undid both updates");
 }
+
+/// A split read's parts run without parallel workers on the nodes (the split already runs
+/// several parts on each node at once), and a statement routed to one node afterwards gets the
+/// node's own setting back on the pooled connection the parts used: here a database-level
+/// one, read back from the nodes' statement logs per backend.
+#[tokio::test]
+async fn split_reads_run_without_parallel_workers_and_give_the_setting_back() {
+    let shoal = common::start(2).await;
+    let coordinator = shoal.coordinator().await;
+    coordinator
+        .batch_execute(
+            "CREATE TABLE orders (id bigint PRIMARY KEY, qty int);
+             INSERT INTO orders SELECT g, g % 10 FROM generate_series(1, 200) g;",
+        )
+        .await
+        .unwrap();
+    shoal.distribute("orders", "id", "8").await;
+    let mut log_start = Vec::new();
+    for (i, worker) in shoal.pg.workers.iter().enumerate() {
+        shoal
+            .worker(i)
+            .await
+            .batch_execute(
+                "ALTER DATABASE shoal SET max_parallel_workers_per_gather = 3;
+                 ALTER DATABASE shoal SET log_statement = 'all';",
+            )
+            .await
+            .unwrap();
+        log_start.push(std::fs::metadata(&worker.log_file).unwrap().len() as usize);
+    }
+    let endpoint = shoal.start_endpoint().await;
+    let app = endpoint.connect().await;
+    let scattered =
+        || async { endpoint.metrics().await["shoal_endpoint_statements_scattered_total"] };
+    for round in 0..3 {
+        let split = scattered().await;
+        let counted: i64 = app
+            .query_one("SELECT count(*) FROM orders", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(
+            scattered().await,
+            split + 1,
+            "round {round}: the read was split"
+        );
+        assert_eq!(counted, 200, "round {round}");
+        // Every key, so pooled connections of both nodes answer one.
+        for id in 1..=16i64 {
+            let qty: i32 = app
+                .query_one("SELECT qty FROM orders WHERE id = $1", &[&id])
+                .await
+                .unwrap()
+                .get(0);
+            assert_eq!(i64::from(qty), id % 10);
+        }
+    }
+    // Per backend, the setting its last set_config gave it, seen at each statement.
+    let (mut parts, mut routed) = (0, 0);
+    for (worker, start) in shoal.pg.workers.iter().zip(log_start) {
+        let log = std::fs::read_to_string(&worker.log_file).unwrap();
+        let mut setting: BTreeMap<String, &str> = BTreeMap::new();
+        for line in log[start..].lines() {
+            let Some(pid) = line
+                .split_once(" [")
+                .and_then(|(_, rest)| rest.split_once(']'))
+                .map(|(pid, _)| pid.to_string())
+            else {
+                continue;
+            };
+            if line.contains("set_config('max_parallel_workers_per_gather', '0'") {
+                setting.insert(pid, "0");
+            } else if line
+                .contains("set_config('max_parallel_workers_per_gather', (SELECT reset_val")
+            {
+                setting.insert(pid, "reset");
+            } else if line.contains("count(*)") && line.contains("public.orders_") {
+                parts += 1;
+                assert_eq!(
+                    setting.get(&pid),
+                    Some(&"0"),
+                    "a split part ran with parallel workers: {line}"
+                );
+            } else if line.contains("execute") && line.contains("qty FROM public.orders_") {
+                routed += 1;
+                assert_ne!(
+                    setting.get(&pid),
+                    Some(&"0"),
+                    "a routed statement kept the split's setting: {line}"
+                );
+            }
+        }
+    }
+    assert!(parts >= 3 && routed == 48, "parts {parts}, routed {routed}");
+}

@@ -79,8 +79,8 @@ impl Session {
                 Ok(pooled) => pooled,
                 Err(_) => return Ok(None),
             };
-            let settings = self.settings.apply_sql(&pooled.settings);
-            let values = self.settings.values.clone();
+            let values = self.settings.split_read_values();
+            let settings = super::settings::apply_sql(&values, &pooled.settings);
             let parameters = parameters.clone();
             running.push(tokio::spawn(async move {
                 if let Some(apply) = settings {

@@ -21,6 +21,41 @@ const COPIED: &[&str] = &[
     "standard_conforming_strings",
 ];
 
+/// Settings of Shoal's own connections while they answer a part of a read split across
+/// shards, outside a transaction block. The split already runs several parts on every node at
+/// once (about its cores); PostgreSQL's parallel workers on top of each part oversubscribe the
+/// node and, with their start-up, made `count(*)` of the reference data set twice as slow
+/// (BENCHMARKS.md).
+const SPLIT_READ: &[(&str, &str)] = &[("max_parallel_workers_per_gather", "0")];
+
+/// The statement that brings a connection with `applied` settings to `desired`, if any
+/// differ: changed values are set, and a setting applied before but not desired now goes back
+/// to the value `RESET` would give it (the server's, database's or role's).
+pub fn apply_sql(desired: &[(String, String)], applied: &[(String, String)]) -> Option<String> {
+    let set = desired
+        .iter()
+        .filter(|v| !applied.contains(v))
+        .map(|(name, value)| {
+            format!(
+                "pg_catalog.set_config({}, {}, false)",
+                quote_literal(name),
+                quote_literal(value)
+            )
+        });
+    let reset = applied
+        .iter()
+        .filter(|(name, _)| !desired.iter().any(|(n, _)| n == name))
+        .map(|(name, _)| {
+            format!(
+                "pg_catalog.set_config({name}, (SELECT reset_val FROM pg_catalog.pg_settings \
+                 WHERE name = {name}), false)",
+                name = quote_literal(name)
+            )
+        });
+    let changes: Vec<String> = set.chain(reset).collect();
+    (!changes.is_empty()).then(|| format!("SELECT {}", changes.join(", ")))
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SessionSettings {
     pub values: Vec<(String, String)>,
@@ -61,19 +96,18 @@ impl SessionSettings {
 
     /// The statement that brings a connection with `applied` settings to these, if any differ.
     pub fn apply_sql(&self, applied: &[(String, String)]) -> Option<String> {
-        let changes: Vec<String> = self
-            .values
-            .iter()
-            .filter(|v| !applied.contains(v))
-            .map(|(name, value)| {
-                format!(
-                    "pg_catalog.set_config({}, {}, false)",
-                    quote_literal(name),
-                    quote_literal(value)
-                )
-            })
-            .collect();
-        (!changes.is_empty()).then(|| format!("SELECT {}", changes.join(", ")))
+        apply_sql(&self.values, applied)
+    }
+
+    /// These settings plus those of a read split across shards ([`SPLIT_READ`]).
+    pub fn split_read_values(&self) -> Vec<(String, String)> {
+        let mut values = self.values.clone();
+        values.extend(
+            SPLIT_READ
+                .iter()
+                .map(|(name, value)| (name.to_string(), value.to_string())),
+        );
+        values
     }
 
     pub fn default_isolation(&self) -> Isolation {
@@ -116,5 +150,25 @@ mod tests {
             "{sql}"
         );
         assert!(!sql.contains("DateStyle"), "{sql}");
+    }
+
+    #[test]
+    fn split_read_settings_are_added_then_taken_back() {
+        let settings = SessionSettings {
+            values: vec![("TimeZone".into(), "UTC".into())],
+        };
+        let split = settings.split_read_values();
+        let sql = apply_sql(&split, &settings.values).unwrap();
+        assert_eq!(
+            sql,
+            "SELECT pg_catalog.set_config('max_parallel_workers_per_gather', '0', false)"
+        );
+        assert_eq!(apply_sql(&split, &split), None);
+        let back = settings.apply_sql(&split).unwrap();
+        assert_eq!(
+            back,
+            "SELECT pg_catalog.set_config('max_parallel_workers_per_gather', (SELECT reset_val \
+             FROM pg_catalog.pg_settings WHERE name = 'max_parallel_workers_per_gather'), false)"
+        );
     }
 }
