@@ -42,7 +42,8 @@ fn render(e: &Explanation, with_plan: bool) -> String {
         EndpointPath::Split { nodes, merge } => {
             out.push_str(&format!(
                 "Through Shoal's endpoint: split across {} nodes, their rows merged on the \
-                 coordinator session\n",
+                 coordinator session (each node answers on up to `shoal serve \
+                 --scatter-connections` connections, default 4, without parallel workers)\n",
                 nodes.len()
             ));
             for part in nodes {
