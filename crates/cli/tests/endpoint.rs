@@ -252,6 +252,95 @@ async fn total_balance(shoal: &common::Shoal) -> i64 {
         .get(0)
 }
 
+/// Two transactions that lock rows on two nodes in opposite orders wait for each other across
+/// the nodes, where neither node's own detector sees a cycle; the endpoint does, as one server
+/// would: the younger transaction fails with `deadlock detected` (40P01), the other commits.
+#[tokio::test]
+async fn a_deadlock_across_nodes_fails_one_transaction_as_postgresql_does() {
+    use tokio_postgres::error::SqlState;
+
+    let shoal = common::start(2).await;
+    let coordinator = shoal.coordinator().await;
+    coordinator
+        .batch_execute(
+            "CREATE TABLE accounts (id bigint PRIMARY KEY, balance bigint NOT NULL);
+             INSERT INTO accounts SELECT g, 1000 FROM generate_series(1, 100) g;",
+        )
+        .await
+        .unwrap();
+    shoal.distribute("accounts", "id", "8").await;
+    // Two accounts whose shards are on different nodes.
+    let mut first_on = std::collections::BTreeMap::new();
+    for id in 1..=100i64 {
+        let shard: String = coordinator
+            .query_one(
+                "SELECT tableoid::regclass::text FROM accounts WHERE id = $1",
+                &[&id],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        first_on
+            .entry(shoal.worker_of_shard(&format!("public.{shard}")).await)
+            .or_insert(id);
+    }
+    let (a, b) = (first_on[&0], first_on[&1]);
+    let endpoint = shoal.start_endpoint().await;
+    let (older, younger) = (endpoint.connect().await, endpoint.connect().await);
+    let update =
+        |id: i64, by: i64| format!("UPDATE accounts SET balance = balance + {by} WHERE id = {id}");
+    older.batch_execute("BEGIN").await.unwrap();
+    older.batch_execute(&update(a, 1)).await.unwrap();
+    younger.batch_execute("BEGIN").await.unwrap();
+    younger.batch_execute(&update(b, 10)).await.unwrap();
+    // Each now waits for the other, on the other node.
+    let second = |client: tokio_postgres::Client, sql: String| {
+        tokio::spawn(async move {
+            let result = client.batch_execute(&sql).await;
+            let end = if result.is_ok() { "COMMIT" } else { "ROLLBACK" };
+            client.batch_execute(end).await.unwrap();
+            result
+        })
+    };
+    let older = second(older, update(b, 1));
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let younger = second(younger, update(a, 10));
+    let within = std::time::Duration::from_secs(20);
+    let older = tokio::time::timeout(within, older)
+        .await
+        .expect("the older transaction ends")
+        .unwrap();
+    let younger = tokio::time::timeout(within, younger)
+        .await
+        .expect("the younger transaction ends")
+        .unwrap();
+    older.expect("the older transaction commits");
+    let error = younger.expect_err("the younger transaction is the deadlock's victim");
+    assert_eq!(
+        error.code(),
+        Some(&SqlState::T_R_DEADLOCK_DETECTED),
+        "{error:?}"
+    );
+    let db = error.as_db_error().expect("a server error");
+    assert_eq!(db.message(), "deadlock detected");
+    assert!(
+        db.detail().unwrap_or("").contains("another server"),
+        "{db:?}"
+    );
+    // Only the older transaction's changes, on both nodes.
+    let balances: Vec<i64> = coordinator
+        .query(
+            "SELECT balance FROM accounts WHERE id = ANY($1) ORDER BY id = $2 DESC",
+            &[&vec![a, b], &a],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(balances, [1001, 1001]);
+}
+
 #[tokio::test]
 async fn crashes_of_a_worker_the_coordinator_and_the_endpoint_lose_no_transfer_half() {
     use std::sync::atomic::{AtomicBool, Ordering};

@@ -84,6 +84,8 @@ pub struct Session {
     swallow_result: bool,
     /// Merging statements prepared so far (each gets a name of its own).
     merges: u64,
+    /// This session among the endpoint's, for deadlock detection across servers.
+    owner: crate::deadlock::Owner,
 }
 
 /// A statement's destination, decided before it is sent.
@@ -100,6 +102,7 @@ impl Session {
         shared: Arc<Shared>,
         running: Arc<Mutex<Option<CancelHandle>>>,
     ) -> Result<Session, EndpointError> {
+        let owner = shared.next_owner();
         let mut session = Session {
             client,
             coordinator,
@@ -120,6 +123,7 @@ impl Session {
             catalog_may_change: false,
             swallow_result: false,
             merges: 0,
+            owner,
         };
         session.refresh_settings().await?;
         Ok(session)
@@ -284,13 +288,53 @@ impl Session {
             if in_transaction.as_ref().is_some_and(|p| p.contains(&place)) {
                 continue;
             }
-            if let Some(pooled) = self.held.remove(&place) {
+            if let Some(pooled) = self.unhold(place) {
                 self.shared.pool.put(place, pooled);
             }
         }
     }
 
     // ---- connections
+
+    /// Keeps `pooled` for `place`, known to deadlock detection as this session's.
+    fn keep(&mut self, place: Place, pooled: Pooled) {
+        if let Some((pid, secret)) = pooled.conn.key {
+            let cancel = CancelHandle {
+                address: pooled.conn.address.clone(),
+                pid,
+                secret,
+            };
+            self.shared
+                .holds
+                .lock()
+                .expect("holds lock")
+                .insert((place, pid), (self.owner, cancel));
+        }
+        self.held.insert(place, pooled);
+    }
+
+    /// Takes back the connection kept for `place`; once the session keeps none, a deadlock
+    /// it was cancelled for is over.
+    fn unhold(&mut self, place: Place) -> Option<Pooled> {
+        let pooled = self.held.remove(&place)?;
+        if let Some((pid, _)) = pooled.conn.key {
+            let mut holds = self.shared.holds.lock().expect("holds lock");
+            if holds
+                .get(&(place, pid))
+                .is_some_and(|(o, _)| *o == self.owner)
+            {
+                holds.remove(&(place, pid));
+            }
+        }
+        if self.held.is_empty() {
+            self.shared
+                .deadlock_victims
+                .lock()
+                .expect("victims lock")
+                .remove(&self.owner);
+        }
+        Some(pooled)
+    }
 
     fn conn(&mut self, dest: Dest) -> &mut ServerConn {
         match dest {
@@ -313,7 +357,7 @@ impl Session {
             }
             pooled.settings = self.settings.values.clone();
         }
-        self.held.insert(place, pooled);
+        self.keep(place, pooled);
         Ok(())
     }
 

@@ -5,12 +5,13 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
+use crate::deadlock::Owner;
 use crate::gate::Gate;
 use crate::pool::Pool;
 use crate::server::CancelHandle;
 use crate::twophase;
 use shoal_catalog::ConnectParams;
-use shoal_route::Topology;
+use shoal_route::{Place, Topology};
 
 /// What a session runs now, for a cancel request to interrupt.
 pub type Running = Arc<Mutex<Option<CancelHandle>>>;
@@ -55,6 +56,13 @@ pub struct Shared {
     /// for `refreshed` to pass the generation it saw.
     pub refresh_wanted: tokio::sync::Notify,
     pub refreshed: tokio::sync::watch::Sender<u64>,
+    /// The session each of Shoal's held backends serves, by server and process id, and how to
+    /// cancel its statement: what deadlock detection across servers joins the servers' waits by.
+    pub holds: Mutex<HashMap<(Place, i32), (Owner, CancelHandle)>>,
+    /// Sessions whose statement was cancelled to break a deadlock across servers: the error
+    /// that cancellation brings is reported to the client as the deadlock it is.
+    pub deadlock_victims: Mutex<HashSet<Owner>>,
+    next_owner: AtomicU64,
 }
 
 impl Shared {
@@ -73,6 +81,9 @@ impl Shared {
             placements_epoch: AtomicU64::new(0),
             refresh_wanted: tokio::sync::Notify::new(),
             refreshed: tokio::sync::watch::channel(0).0,
+            holds: Mutex::new(HashMap::new()),
+            deadlock_victims: Mutex::new(HashSet::new()),
+            next_owner: AtomicU64::new(1),
         }
     }
 
@@ -89,6 +100,11 @@ impl Shared {
             }
         })
         .await;
+    }
+
+    /// A number for a new session, larger than every earlier one's.
+    pub fn next_owner(&self) -> Owner {
+        self.next_owner.fetch_add(1, Ordering::Relaxed)
     }
 
     pub fn next_transaction(&self) -> String {

@@ -328,7 +328,7 @@ impl Session {
 
     pub(super) fn release(&mut self, place: Place) {
         self.touched.retain(|d| *d != Dest::Shoal(place));
-        if let Some(pooled) = self.held.remove(&place) {
+        if let Some(pooled) = self.unhold(place) {
             self.shared.pool.put(place, pooled);
         }
     }
@@ -341,7 +341,7 @@ impl Session {
         self.leave_groups();
         let places: Vec<Place> = self.held.keys().copied().collect();
         for place in places {
-            if let Some(mut pooled) = self.held.remove(&place) {
+            if let Some(mut pooled) = self.unhold(place) {
                 pooled.reusable = false;
                 self.shared.pool.put(place, pooled);
             }

@@ -8,6 +8,7 @@ use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 
 use super::{Await, Dest, Session};
 use crate::error::EndpointError;
+use shoal_route::Place;
 
 /// Reserved names for statements the endpoint injects into a client's batch.
 const INJECTED: &str = "__shoal_injected";
@@ -124,7 +125,7 @@ impl Session {
                 return Ok(());
             }
             let mut message = self.conn(dest).framed.read_backend().await?;
-            if let (Dest::Shoal(_), PgWireBackendMessage::ErrorResponse(error)) =
+            if let (Dest::Shoal(place), PgWireBackendMessage::ErrorResponse(error)) =
                 (dest, &mut message)
             {
                 // A position in the node's statement (rewritten names) is not one in the
@@ -132,6 +133,7 @@ impl Session {
                 error
                     .fields
                     .retain(|(code, _)| !matches!(code, b'P' | b'p' | b'q'));
+                self.report_deadlock(place, &mut error.fields);
             }
             let front = self
                 .segment
@@ -321,5 +323,41 @@ impl Session {
     async fn set_running(&mut self, dest: Dest) {
         let handle = self.conn(dest).cancel_handle().await;
         *self.running.lock().expect("cancel lock") = handle;
+    }
+
+    /// A statement this session's deadlock across servers was broken by cancelling fails as
+    /// PostgreSQL reports a deadlock it detects (SQLSTATE 40P01, which applications retry),
+    /// not as a cancellation.
+    fn report_deadlock(&mut self, place: Place, fields: &mut Vec<(u8, String)>) {
+        let cancelled = fields
+            .iter()
+            .any(|(code, value)| *code == b'C' && value == "57014");
+        if !cancelled
+            || !self
+                .shared
+                .deadlock_victims
+                .lock()
+                .expect("victims lock")
+                .remove(&self.owner)
+        {
+            return;
+        }
+        fields.retain(|(code, _)| !matches!(code, b'C' | b'M' | b'D' | b'H'));
+        fields.push((b'C', "40P01".to_string()));
+        fields.push((b'M', "deadlock detected".to_string()));
+        fields.push((
+            b'D',
+            format!(
+                "This transaction waited on {} for a lock held by another transaction of \
+                 Shoal's endpoint, which waited for one of this transaction's locks on \
+                 another server.",
+                super::place_name(place)
+            ),
+        ));
+        fields.push((
+            b'H',
+            "Retry the transaction; taking rows in the same order everywhere avoids it."
+                .to_string(),
+        ));
     }
 }
