@@ -254,7 +254,8 @@ async fn total_balance(shoal: &common::Shoal) -> i64 {
 
 /// Two transactions that lock rows on two nodes in opposite orders wait for each other across
 /// the nodes, where neither node's own detector sees a cycle; the endpoint does, as one server
-/// would: the younger transaction fails with `deadlock detected` (40P01), the other commits.
+/// would: the transaction of the client that connected last fails with `deadlock detected`
+/// (40P01), the other commits.
 #[tokio::test]
 async fn a_deadlock_across_nodes_fails_one_transaction_as_postgresql_does() {
     use tokio_postgres::error::SqlState;
