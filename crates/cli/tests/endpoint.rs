@@ -328,6 +328,10 @@ async fn a_deadlock_across_nodes_fails_one_transaction_as_postgresql_does() {
         db.detail().unwrap_or("").contains("another server"),
         "{db:?}"
     );
+    assert_eq!(
+        endpoint.metrics().await["shoal_endpoint_deadlocks_broken_total"],
+        1
+    );
     // Only the older transaction's changes, on both nodes.
     let balances: Vec<i64> = coordinator
         .query(

@@ -371,6 +371,7 @@ async fn cancel_victim(shared: &Shared, victim: Victim) {
         .lock()
         .expect("victims lock")
         .insert(victim.owner);
+    shared.metrics.deadlock_broken();
     tracing::info!(
         place = ?victim.place,
         pid = victim.pid,

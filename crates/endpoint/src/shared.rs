@@ -159,6 +159,7 @@ pub struct Metrics {
     pub two_phase_commits: AtomicU64,
     pub in_doubt_committed: AtomicU64,
     pub in_doubt_rolled_back: AtomicU64,
+    pub deadlocks_broken: AtomicU64,
 }
 
 impl Metrics {
@@ -167,6 +168,9 @@ impl Metrics {
     }
     pub fn to_coordinator(&self) {
         self.statements_coordinator.fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn deadlock_broken(&self) {
+        self.deadlocks_broken.fetch_add(1, Ordering::Relaxed);
     }
     pub fn scattered(&self) {
         self.statements_scattered.fetch_add(1, Ordering::Relaxed);
@@ -194,6 +198,7 @@ impl Metrics {
             ("shoal_endpoint_two_phase_commits_total", "Transactions committed with two-phase commit", get(&self.two_phase_commits)),
             ("shoal_endpoint_in_doubt_committed_total", "Prepared transactions committed by recovery", get(&self.in_doubt_committed)),
             ("shoal_endpoint_in_doubt_rolled_back_total", "Prepared transactions rolled back by recovery", get(&self.in_doubt_rolled_back)),
+            ("shoal_endpoint_deadlocks_broken_total", "Deadlocks across servers broken by cancelling one of their statements", get(&self.deadlocks_broken)),
             ("shoal_endpoint_pool_connections_open", "Shoal's connections to the servers, open", pool.open.load(Ordering::Relaxed) as u64),
             ("shoal_endpoint_pool_connections_in_use", "Shoal's connections to the servers, in use by a session", pool.in_use.load(Ordering::Relaxed) as u64),
         ]
