@@ -191,7 +191,7 @@ async fn tpc_b(seconds: u32, clients: u32) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_row(label: &str, one: &Run, coordinator: &Run, endpoint: &Run, citus: Option<(f64, f64)>) {
+fn print_row(label: &str, one: &Run, coordinator: &Run, endpoint: &Run, citus: Option<Anchor>) {
     let cell = |r: &Run| format!("{:.0} ({})", r.tps, r.failed);
     let (citus_tps, citus_share) = match citus {
         Some((tps, single)) => (format!("{tps:.0}"), format!("{:.3}", tps / single)),

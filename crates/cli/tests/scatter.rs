@@ -469,27 +469,33 @@ fn difference(expected: &Answer, got: &Answer) -> String {
     out
 }
 
+/// Two workers and `orders (id, qty)` with ids 1 to `rows` (`qty` is `id % 10`), distributed
+/// by id into 8 shards; with a connection to the coordinator.
+async fn orders_on_two_workers(rows: i64) -> (common::Shoal, Client) {
+    let shoal = common::start(2).await;
+    let coordinator = shoal.coordinator().await;
+    coordinator
+        .batch_execute(&format!(
+            "CREATE TABLE orders (id bigint PRIMARY KEY, qty int);
+             INSERT INTO orders SELECT g, g % 10 FROM generate_series(1, {rows}) g;"
+        ))
+        .await
+        .unwrap();
+    shoal.distribute("orders", "id", "8").await;
+    (shoal, coordinator)
+}
+
 /// A split read in a transaction block on its participants runs on the transaction's own
 /// connections, so it sees the transaction's writes (the coordinator could not), joining the
 /// nodes it has not reached yet; what it cannot do fails the transaction as PostgreSQL's
 /// errors do, and leaves nothing behind.
 #[tokio::test]
 async fn split_reads_in_a_transaction_block_see_its_own_writes() {
-    let shoal = common::start(2).await;
-    let coordinator = shoal.coordinator().await;
-    coordinator
-        .batch_execute(
-            "CREATE TABLE orders (id bigint PRIMARY KEY, qty int);
-             INSERT INTO orders SELECT g, g % 10 FROM generate_series(1, 1000) g;",
-        )
-        .await
-        .unwrap();
-    shoal.distribute("orders", "id", "8").await;
+    let (shoal, coordinator) = orders_on_two_workers(1000).await;
     let endpoint = shoal.start_endpoint().await;
     let app = endpoint.connect().await;
     let totals = "SELECT count(*), sum(qty) FROM orders";
-    let scattered =
-        || async { endpoint.metrics().await["shoal_endpoint_statements_scattered_total"] };
+    let scattered = || async { endpoint.metrics().await[SCATTERED] };
     let simple_row = |messages: Vec<SimpleQueryMessage>| -> Vec<Option<String>> {
         messages
             .iter()
@@ -640,16 +646,7 @@ async fn split_reads_in_a_transaction_block_see_its_own_writes() {
 /// one, read back from the nodes' statement logs per backend.
 #[tokio::test]
 async fn split_reads_run_without_parallel_workers_and_give_the_setting_back() {
-    let shoal = common::start(2).await;
-    let coordinator = shoal.coordinator().await;
-    coordinator
-        .batch_execute(
-            "CREATE TABLE orders (id bigint PRIMARY KEY, qty int);
-             INSERT INTO orders SELECT g, g % 10 FROM generate_series(1, 200) g;",
-        )
-        .await
-        .unwrap();
-    shoal.distribute("orders", "id", "8").await;
+    let shoal = orders_on_two_workers(200).await.0;
     let mut log_start = Vec::new();
     for (i, worker) in shoal.pg.workers.iter().enumerate() {
         shoal
@@ -665,8 +662,7 @@ async fn split_reads_run_without_parallel_workers_and_give_the_setting_back() {
     }
     let endpoint = shoal.start_endpoint().await;
     let app = endpoint.connect().await;
-    let scattered =
-        || async { endpoint.metrics().await["shoal_endpoint_statements_scattered_total"] };
+    let scattered = || async { endpoint.metrics().await[SCATTERED] };
     for round in 0..3 {
         let split = scattered().await;
         let counted: i64 = app

@@ -319,25 +319,22 @@ fn spanning_places(holders: &deadlock::Holders) -> Vec<Place> {
 /// The lock waits of `places`, one server after the other; a server that cannot answer adds
 /// none (no cycle through it is seen this round).
 async fn lock_waits(shared: &Shared, servers: &mut Servers, places: &[Place]) -> Vec<Wait> {
-    servers.clients.retain(|_, c| !c.is_closed());
     let targets: HashMap<Place, ConnectParams> = shared.pool.nodes().into_iter().collect();
     let mut waits = Vec::new();
     for place in places {
-        if !servers.clients.contains_key(place) {
-            let Some(params) = targets.get(place) else {
+        let Some(params) = targets.get(place) else {
+            continue;
+        };
+        let client = match servers
+            .connect(*place, params, "shoal endpoint deadlocks")
+            .await
+        {
+            Ok(client) => client,
+            Err(error) => {
+                tracing::debug!(?place, %error, "deadlock detection cannot reach a server");
                 continue;
-            };
-            match shoal_catalog::connect(params, "shoal endpoint deadlocks").await {
-                Ok(client) => {
-                    servers.clients.insert(*place, client);
-                }
-                Err(error) => {
-                    tracing::debug!(?place, %error, "deadlock detection cannot reach a server");
-                    continue;
-                }
             }
-        }
-        let client = &servers.clients[place];
+        };
         let rows = client
             .query(
                 "SELECT pid, pg_catalog.pg_blocking_pids(pid) FROM pg_catalog.pg_stat_activity \
@@ -382,27 +379,42 @@ async fn cancel_victim(shared: &Shared, victim: Victim) {
     }
 }
 
-/// Shoal's connections for recovery, opened as needed.
+/// Shoal's connections to the servers for recovery or deadlock detection, opened as needed.
 #[derive(Default)]
 struct Servers {
     clients: HashMap<Place, Client>,
+}
+
+impl Servers {
+    /// The connection to `place`, opened now (as `application_name`) if there is none or the
+    /// last one broke.
+    async fn connect(
+        &mut self,
+        place: Place,
+        params: &ConnectParams,
+        application_name: &str,
+    ) -> Result<&Client, shoal_catalog::CatalogError> {
+        if self.clients.get(&place).is_none_or(Client::is_closed) {
+            let client = shoal_catalog::connect(params, application_name).await?;
+            self.clients.insert(place, client);
+        }
+        Ok(&self.clients[&place])
+    }
 }
 
 async fn recover(shared: &Arc<Shared>, coordinator: &Client, servers: &mut Servers) {
     servers.clients.retain(|_, c| !c.is_closed());
     let mut every_server = true;
     for (place, params) in shared.pool.nodes() {
-        if place == Place::Coordinator || servers.clients.contains_key(&place) {
+        if place == Place::Coordinator {
             continue;
         }
-        match shoal_catalog::connect(&params, "shoal endpoint recovery").await {
-            Ok(client) => {
-                servers.clients.insert(place, client);
-            }
-            Err(error) => {
-                every_server = false;
-                tracing::warn!(?place, %error, "recovery cannot reach a node");
-            }
+        if let Err(error) = servers
+            .connect(place, &params, "shoal endpoint recovery")
+            .await
+        {
+            every_server = false;
+            tracing::warn!(?place, %error, "recovery cannot reach a node");
         }
     }
     let mut list: Vec<(Place, &Client)> = vec![(Place::Coordinator, coordinator)];

@@ -375,7 +375,7 @@ impl ServerConn {
     }
 
     /// Sends a cancel request for whatever this connection runs now.
-    pub async fn cancel_handle(&self) -> Option<CancelHandle> {
+    pub fn cancel_handle(&self) -> Option<CancelHandle> {
         self.key.map(|(pid, secret)| CancelHandle {
             address: self.address.clone(),
             pid,

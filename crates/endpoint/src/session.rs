@@ -298,17 +298,12 @@ impl Session {
 
     /// Keeps `pooled` for `place`, known to deadlock detection as this session's.
     fn keep(&mut self, place: Place, pooled: Pooled) {
-        if let Some((pid, secret)) = pooled.conn.key {
-            let cancel = CancelHandle {
-                address: pooled.conn.address.clone(),
-                pid,
-                secret,
-            };
+        if let Some(cancel) = pooled.conn.cancel_handle() {
             self.shared
                 .holds
                 .lock()
                 .expect("holds lock")
-                .insert((place, pid), (self.owner, cancel));
+                .insert((place, cancel.pid), (self.owner, cancel));
         }
         self.held.insert(place, pooled);
     }

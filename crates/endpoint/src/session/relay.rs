@@ -321,7 +321,7 @@ impl Session {
     }
 
     async fn set_running(&mut self, dest: Dest) {
-        let handle = self.conn(dest).cancel_handle().await;
+        let handle = self.conn(dest).cancel_handle();
         *self.running.lock().expect("cancel lock") = handle;
     }
 
