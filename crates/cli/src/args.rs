@@ -80,7 +80,7 @@ pub enum Command {
     /// Start a local cluster with 2 workers, build a small shop on it and show where rows live
     Demo(DemoArgs),
     /// Run the daemon: the PostgreSQL endpoint for applications, background jobs, stream
-    /// refreshes, cleanup and metrics
+    /// refreshes, cleanup, deadlock detection across nodes and metrics
     Serve(ServeArgs),
     /// Stream tables: query results over distributed tables, kept up to date incrementally
     #[command(subcommand)]
@@ -219,6 +219,12 @@ pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
 /// on its node at the client's isolation level; transactions that write on several servers
 /// commit with two-phase commit (and are resolved after a crash); everything else runs on the
 /// coordinator.
+///
+/// Deadlocks across nodes (two transactions locking rows on two nodes in opposite orders,
+/// which no node sees) are broken within one to two seconds, for sessions through the endpoint
+/// and through the coordinator alike: the statement of the session that connected last fails
+/// (with 40P01 through the endpoint; through the coordinator with 57014, the only error
+/// PostgreSQL lets another session cause).
 #[derive(Debug, Args)]
 #[command(after_help = "Examples:\n  \
     shoal serve\n  \

@@ -87,11 +87,20 @@ pub async fn run(params: ConnectParams, args: &ServeArgs) -> anyhow::Result<()> 
     ));
     eprintln!(
         "shoal serve: cleanup every {} s, planner statistics checked every {} s, stream tables \
-         refreshed on their schedules; Ctrl-C or SIGTERM stops it",
+         refreshed on their schedules, deadlocks across nodes looked for every second; Ctrl-C or \
+         SIGTERM stops it",
         args.cleanup_interval, args.statistics_interval
     );
     let mut endpoint = None;
-    if args.listen != "off" {
+    if args.listen == "off" {
+        // The endpoint watches its sessions and the coordinator's together; without it, the
+        // coordinator's sessions still need their deadlocks across nodes broken.
+        duties.spawn(shoal_cluster::deadlock::watch(
+            params.clone(),
+            shoal_cluster::deadlock::CoordinatorOnly,
+            shutdown.clone(),
+        ));
+    } else {
         let options = shoal_endpoint::Options {
             scatter_connections: usize::from(args.scatter_connections),
         };

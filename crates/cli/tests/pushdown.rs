@@ -111,13 +111,16 @@ async fn colocated_joins_run_on_the_workers() {
         .unwrap()
         .get::<_, Vec<String>>(0)
     };
-    sql.batch_execute("ALTER SERVER shoal_node_1 OPTIONS (DROP use_remote_estimate)")
-        .await
-        .unwrap();
+    sql.batch_execute(
+        "ALTER SERVER shoal_node_1 OPTIONS (DROP use_remote_estimate, DROP application_name)",
+    )
+    .await
+    .unwrap();
     shoal.cli(&["init"]).await.assert_ok();
-    assert!(server_options()
-        .await
-        .contains(&"use_remote_estimate=true".to_string()));
+    let options = server_options().await;
+    assert!(options.contains(&"use_remote_estimate=true".to_string()));
+    // The name deadlock detection knows a coordinator session's node connections by.
+    assert!(options.contains(&"application_name=shoal coordinator %p".to_string()));
     sql.batch_execute("ALTER SERVER shoal_node_1 OPTIONS (SET use_remote_estimate 'false')")
         .await
         .unwrap();

@@ -18,6 +18,7 @@ pub mod capture;
 pub mod check;
 mod checks;
 pub mod cleanup;
+pub mod deadlock;
 pub mod distribute;
 mod error;
 pub mod explain;

@@ -383,7 +383,10 @@ mod tests {
         };
         let tls = [("sslmode", "verify-full".to_string())];
         let ddl = fdw_server_ddl(&node, Some("pa'ss"), &tls);
-        assert!(ddl.contains("use_remote_estimate 'true', sslmode 'verify-full')"));
+        assert!(ddl.contains(
+            "use_remote_estimate 'true', application_name 'shoal coordinator %p', \
+             sslmode 'verify-full')"
+        ));
         assert!(ddl.contains(r#"CREATE SERVER "shoal_node_3" FOREIGN DATA WRAPPER postgres_fdw"#));
         assert!(ddl.contains("host 'db''host', port '5433', dbname 'my db'"));
         assert!(ddl.contains("user 'alice', password 'pa''ss'"));

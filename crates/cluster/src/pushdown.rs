@@ -22,8 +22,16 @@ use crate::error::{ClusterError, PgContext};
 use shoal_catalog::model::Node;
 use shoal_sql::{quote_ident, quote_literal};
 
-/// Options every node's foreign server carries besides its address.
-pub(crate) const SERVER_OPTIONS: [(&str, &str); 1] = [("use_remote_estimate", "true")];
+/// Options every node's foreign server carries besides its address: the pushdown's, and the
+/// name a coordinator session's connections carry on the node, which deadlock detection across
+/// servers knows them by (`deadlock::watch`).
+pub(crate) const SERVER_OPTIONS: [(&str, &str); 2] = [
+    ("use_remote_estimate", "true"),
+    (
+        "application_name",
+        crate::deadlock::COORDINATOR_APPLICATION_NAME,
+    ),
+];
 
 /// Database-level settings of the coordinator database, for every session that opens after.
 const DATABASE_SETTINGS: [(&str, &str); 1] = [("enable_partitionwise_join", "on")];

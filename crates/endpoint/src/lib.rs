@@ -6,15 +6,13 @@
 //!
 //! - pure: `control` (what a statement means for the transaction), `transaction` (the path a
 //!   transaction takes and its participants), `twophase`'s naming and resolution rules,
-//!   `gate` (shard groups closed by a move's fence), `deadlock` (cycles of waits across
-//!   servers), `session::settings`;
+//!   `gate` (shard groups closed by a move's fence), `session::settings`;
 //! - the shell: `wire` (framing with `pgwire`'s message types), `server` (connections to the
 //!   servers), `pool`, `session` (one client), `listener` (accepting clients, cancel
-//!   requests), `twophase::recover`, `runtime` (start, topology refresh, recovery loop,
-//!   deadlock detection across servers).
+//!   requests), `twophase::recover`, `runtime` (start, topology refresh, recovery loop, and
+//!   its sessions handed to `shoal_cluster::deadlock` for detection across servers).
 
 pub mod control;
-pub mod deadlock;
 pub mod error;
 pub mod gate;
 pub mod listener;

@@ -11,12 +11,12 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_postgres::Client;
 
-use crate::deadlock::{self, Detection, Victim, Wait};
 use crate::error::EndpointError;
 use crate::gate::Group;
 use crate::shared::{Options, Shared};
 use crate::{listener, twophase};
 use shoal_catalog::{model, ConnectParams};
+use shoal_cluster::deadlock::{self, Victim};
 use shoal_cluster::fence;
 use shoal_route::Place;
 
@@ -24,9 +24,6 @@ use shoal_route::Place;
 const TOPOLOGY_INTERVAL: Duration = Duration::from_millis(500);
 /// How often recovery looks for in-doubt prepared transactions.
 const RECOVERY_INTERVAL: Duration = Duration::from_secs(5);
-/// How often the servers' lock waits are joined to look for deadlocks across servers: about
-/// PostgreSQL's own `deadlock_timeout`, so such a deadlock ends in one to two of these.
-const DEADLOCK_INTERVAL: Duration = Duration::from_secs(1);
 
 /// A running endpoint.
 pub struct Endpoint {
@@ -57,7 +54,11 @@ pub async fn start(
     // Moves wait for this endpoint from now on: its fence watcher runs before any client.
     let advertised = address.to_string();
     fence::register_instance(&lock, instance, &advertised).await?;
-    tokio::spawn(watch_deadlocks(shared.clone(), shutdown.clone()));
+    tokio::spawn(deadlock::watch(
+        params.clone(),
+        EndpointSessions(shared.clone()),
+        shutdown.clone(),
+    ));
     tokio::spawn(watch_fences(
         shared.clone(),
         params.clone(),
@@ -264,122 +265,45 @@ async fn tables_version(shared: &Shared, node: i32) -> Result<i64, EndpointError
         .ok_or_else(|| EndpointError::Protocol("no tables version".into()))
 }
 
-/// Breaks deadlocks across servers ([`deadlock`]): every [`DEADLOCK_INTERVAL`], while some
-/// session holds connections on two servers or more, reads every such server's lock waits,
-/// and cancels one statement of a cycle seen in two rounds in a row.
-async fn watch_deadlocks(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
-    let mut servers = Servers::default();
-    let mut previous: Option<Victim> = None;
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(DEADLOCK_INTERVAL) => {}
-            _ = shutdown.changed() => return,
-        }
-        let holders: deadlock::Holders = {
+/// The endpoint's sessions as deadlock detection across servers sees them
+/// ([`shoal_cluster::deadlock`]).
+struct EndpointSessions(Arc<Shared>);
+
+impl deadlock::Sessions for EndpointSessions {
+    fn holders(&self) -> deadlock::Holders {
+        let holds = self.0.holds.lock().expect("holds lock");
+        holds.iter().map(|(k, (owner, _))| (*k, *owner)).collect()
+    }
+
+    /// Cancels the victim's waiting statement, if that backend still serves the victim's
+    /// session; the session reports the error as the deadlock it is.
+    async fn cancel(&self, victim: Victim) {
+        let shared = &self.0;
+        let cancel = {
             let holds = shared.holds.lock().expect("holds lock");
-            holds.iter().map(|(k, (owner, _))| (*k, *owner)).collect()
-        };
-        let places = spanning_places(&holders);
-        if places.is_empty() {
-            previous = None;
-            continue;
-        }
-        let waits = lock_waits(&shared, &mut servers, &places).await;
-        previous = match deadlock::detect(&waits, &holders, previous) {
-            Detection::Clear => None,
-            Detection::Suspect(victim) => Some(victim),
-            Detection::Cancel(victim) => {
-                cancel_victim(&shared, victim).await;
-                None
+            match holds.get(&(victim.place, victim.pid)) {
+                Some((owner, cancel)) if *owner == victim.owner => cancel.clone(),
+                _ => return,
             }
         };
-    }
-}
-
-/// The servers where sessions that hold connections on two servers or more hold one: only
-/// such sessions can be in a deadlock no server sees.
-fn spanning_places(holders: &deadlock::Holders) -> Vec<Place> {
-    let mut by_owner: HashMap<deadlock::Owner, Vec<Place>> = HashMap::new();
-    for ((place, _), owner) in holders {
-        let places = by_owner.entry(*owner).or_default();
-        if !places.contains(place) {
-            places.push(*place);
+        shared
+            .deadlock_victims
+            .lock()
+            .expect("victims lock")
+            .insert(victim.owner);
+        shared.metrics.deadlock_broken();
+        tracing::info!(
+            place = ?victim.place,
+            pid = victim.pid,
+            "a deadlock across servers: cancelling one of its statements"
+        );
+        if let Err(error) = cancel.cancel().await {
+            tracing::warn!(%error, "cancelling a deadlocked statement");
         }
     }
-    let mut places: Vec<Place> = by_owner
-        .into_values()
-        .filter(|p| p.len() > 1)
-        .flatten()
-        .collect();
-    places.sort();
-    places.dedup();
-    places
 }
 
-/// The lock waits of `places`, one server after the other; a server that cannot answer adds
-/// none (no cycle through it is seen this round).
-async fn lock_waits(shared: &Shared, servers: &mut Servers, places: &[Place]) -> Vec<Wait> {
-    let targets: HashMap<Place, ConnectParams> = shared.pool.nodes().into_iter().collect();
-    let mut waits = Vec::new();
-    for place in places {
-        let Some(params) = targets.get(place) else {
-            continue;
-        };
-        let client = match servers
-            .connect(*place, params, "shoal endpoint deadlocks")
-            .await
-        {
-            Ok(client) => client,
-            Err(error) => {
-                tracing::debug!(?place, %error, "deadlock detection cannot reach a server");
-                continue;
-            }
-        };
-        let rows = client
-            .query(
-                "SELECT pid, pg_catalog.pg_blocking_pids(pid) FROM pg_catalog.pg_stat_activity \
-                 WHERE wait_event_type = 'Lock' AND datname = pg_catalog.current_database()",
-                &[],
-            )
-            .await;
-        match rows {
-            Ok(rows) => waits.extend(rows.iter().map(|row| Wait {
-                place: *place,
-                waiter: row.get(0),
-                holders: row.get(1),
-            })),
-            Err(error) => tracing::debug!(?place, %error, "reading a server's lock waits"),
-        }
-    }
-    waits
-}
-
-/// Cancels the victim's waiting statement, if that backend still serves the victim's session.
-async fn cancel_victim(shared: &Shared, victim: Victim) {
-    let cancel = {
-        let holds = shared.holds.lock().expect("holds lock");
-        match holds.get(&(victim.place, victim.pid)) {
-            Some((owner, cancel)) if *owner == victim.owner => cancel.clone(),
-            _ => return,
-        }
-    };
-    shared
-        .deadlock_victims
-        .lock()
-        .expect("victims lock")
-        .insert(victim.owner);
-    shared.metrics.deadlock_broken();
-    tracing::info!(
-        place = ?victim.place,
-        pid = victim.pid,
-        "a deadlock across servers: cancelling one of its statements"
-    );
-    if let Err(error) = cancel.cancel().await {
-        tracing::warn!(%error, "cancelling a deadlocked statement");
-    }
-}
-
-/// Shoal's connections to the servers for recovery or deadlock detection, opened as needed.
+/// Shoal's connections to the servers for recovery, opened as needed.
 #[derive(Default)]
 struct Servers {
     clients: HashMap<Place, Client>,

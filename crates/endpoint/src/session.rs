@@ -85,7 +85,7 @@ pub struct Session {
     /// Merging statements prepared so far (each gets a name of its own).
     merges: u64,
     /// This session among the endpoint's, for deadlock detection across servers.
-    owner: crate::deadlock::Owner,
+    owner: shoal_cluster::deadlock::Owner,
 }
 
 /// A statement's destination, decided before it is sent.

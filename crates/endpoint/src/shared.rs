@@ -5,12 +5,12 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
-use crate::deadlock::Owner;
 use crate::gate::Gate;
 use crate::pool::Pool;
 use crate::server::CancelHandle;
 use crate::twophase;
 use shoal_catalog::ConnectParams;
+use shoal_cluster::deadlock::{self, Owner, Session};
 use shoal_route::{Place, Topology};
 
 /// What a session runs now, for a cancel request to interrupt.
@@ -102,9 +102,13 @@ impl Shared {
         .await;
     }
 
-    /// A number for a new session, larger than every earlier one's.
+    /// Who a new session is to deadlock detection: connected now, numbered after every
+    /// earlier one.
     pub fn next_owner(&self) -> Owner {
-        self.next_owner.fetch_add(1, Ordering::Relaxed)
+        Owner {
+            connected_us: deadlock::watch::now_us(),
+            session: Session::Endpoint(self.next_owner.fetch_add(1, Ordering::Relaxed)),
+        }
     }
 
     pub fn next_transaction(&self) -> String {

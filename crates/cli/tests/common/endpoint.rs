@@ -8,6 +8,11 @@ use tokio_postgres::Client;
 
 use super::Shoal;
 
+/// A running `shoal serve` without its endpoint; killed when dropped.
+pub struct Daemon {
+    _child: Child,
+}
+
 /// A running `shoal serve` with its PostgreSQL endpoint; killed when dropped.
 pub struct Endpoint {
     pub child: Child,
@@ -56,22 +61,7 @@ impl Shoal {
 
     /// Starts `shoal serve` with its endpoint on `port` (and HTTP on `http_port`).
     pub async fn start_endpoint_at(&self, port: u16, http_port: u16) -> Endpoint {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_shoal"))
-            .args([
-                "serve",
-                "--http",
-                &format!("127.0.0.1:{http_port}"),
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-            ])
-            .env("SHOAL_COORDINATOR", self.pg.coordinator_uri())
-            .env_remove("SHOAL_CONFIG")
-            .env("SHOAL_LOG", "shoal_endpoint=debug")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("shoal serve starts");
+        let mut child = self.spawn_serve(&format!("127.0.0.1:{port}"), http_port);
         let coordinator = url::Url::parse(&self.pg.coordinator_uri()).unwrap();
         let mut uri = coordinator.clone();
         uri.set_port(Some(port)).unwrap();
@@ -101,6 +91,46 @@ impl Shoal {
 }
 
 impl Shoal {
+    /// `shoal serve --listen LISTEN --http 127.0.0.1:HTTP_PORT` for this cluster.
+    fn spawn_serve(&self, listen: &str, http_port: u16) -> Child {
+        Command::new(env!("CARGO_BIN_EXE_shoal"))
+            .args([
+                "serve",
+                "--http",
+                &format!("127.0.0.1:{http_port}"),
+                "--listen",
+                listen,
+            ])
+            .env("SHOAL_COORDINATOR", self.pg.coordinator_uri())
+            .env_remove("SHOAL_CONFIG")
+            .env("SHOAL_LOG", "shoal_endpoint=debug,shoal_cluster=info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("shoal serve starts")
+    }
+
+    /// Starts `shoal serve` without its endpoint (`--listen off`) and waits until its HTTP
+    /// endpoint accepts: its duties run from then on.
+    pub async fn start_daemon(&self) -> Daemon {
+        let http_port = shoal_testkit::ports::reserve();
+        let mut child = self.spawn_serve("off", http_port);
+        for _ in 0..200 {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("shoal serve exited: {status}");
+            }
+            if tokio::net::TcpStream::connect(("127.0.0.1", http_port))
+                .await
+                .is_ok()
+            {
+                return Daemon { _child: child };
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("shoal serve did not start listening on {http_port}");
+    }
+
     /// The ids of `table` (distributed by `id`) each worker holds.
     pub async fn ids_by_worker(&self, table: &str) -> Vec<Vec<i64>> {
         let mut by_worker = Vec::new();
