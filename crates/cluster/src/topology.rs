@@ -94,6 +94,7 @@ pub async fn load_topology(
                     by_index.push(Shard {
                         node: p.node_id,
                         table: p.shard_table.clone(),
+                        shard_id: p.shard_id,
                     });
                 }
                 if by_index.len() != table.shard_count as usize {

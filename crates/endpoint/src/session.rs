@@ -519,8 +519,16 @@ impl Session {
                     Err(reason) => Err(reason.clone()),
                 };
                 let target = routed.as_ref().ok().map(|(t, _)| t.clone());
+                // What the coordinator would run otherwise than one server fails there at
+                // once, explained ([`shoal_route::coordinator`]).
+                let refusal = match &routed {
+                    Err(_) => shoal_route::coordinator_differs(sql, &self.topology())
+                        .map(|d| d.raise_sql()),
+                    Ok(_) => None,
+                };
                 let route = self.route(routed).await?;
-                self.simple_routed(route, sql, target).await?;
+                self.simple_routed(route, refusal.as_deref().unwrap_or(sql), target)
+                    .await?;
             }
             Control::ConcurrentIndex {
                 create,
@@ -535,10 +543,13 @@ impl Session {
             }
             Control::Unparsed | Control::CoordinatorOnly => {
                 self.catalog_may_change = true;
+                let refusal =
+                    shoal_route::coordinator_differs(sql, &self.topology()).map(|d| d.raise_sql());
                 let route = self
                     .route(Err(NotRoutable("it is not a routable statement".into())))
                     .await?;
-                self.simple_routed(route, sql, None).await?;
+                self.simple_routed(route, refusal.as_deref().unwrap_or(sql), None)
+                    .await?;
             }
             control => {
                 if self.run_control(&control, sql).await? {

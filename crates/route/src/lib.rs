@@ -13,12 +13,14 @@
 //! Pure: no I/O. Checked against `satisfies_hash_partition` on real servers
 //! (`tests/partition_hash.rs`).
 
+pub mod coordinator;
 mod hash;
 mod key;
 pub mod scatter;
 pub mod statement;
 pub mod topology;
 
+pub use coordinator::{coordinator_differs, Difference};
 pub use hash::{hash_bytes_extended, hash_combine64, hash_uint32_extended, PARTITION_SEED};
 pub use key::{KeyError, KeyType, KeyValue};
 pub use scatter::{plan_scatter, Scatter};

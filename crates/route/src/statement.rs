@@ -773,7 +773,7 @@ impl Plan {
                 place: Place::Coordinator,
                 colocation: -1,
                 shard_index: 0,
-                sql: rewrite::rewrite(&self.statement, &self.relations, &names)?,
+                sql: rewrite::rewrite(&self.statement, &self.relations, &names, None)?,
                 guard: None,
             });
         }
@@ -802,6 +802,8 @@ impl Plan {
         }
         let index = index.unwrap_or(0);
         let mut names = Vec::with_capacity(self.relations.len());
+        // The first relation is the one a write writes.
+        let mut written_shard = None;
         let mut node = None;
         for relation in &self.relations {
             let placed = topology.tables.get(&relation.name).map(|t| &t.placement);
@@ -815,13 +817,16 @@ impl Plan {
                         return refuse("its shards are on different nodes (a move is finishing)");
                     }
                     node = Some(shard.node);
+                    if names.is_empty() {
+                        written_shard = Some(shard.shard_id);
+                    }
                     shard.table.clone()
                 }
                 _ => return refuse("the tables changed since the statement was planned"),
             };
             names.push(name);
         }
-        let sql = rewrite::rewrite(&self.statement, &self.relations, &names)?;
+        let sql = rewrite::rewrite(&self.statement, &self.relations, &names, written_shard)?;
         let node = node.expect("a plan has a distributed table");
         let guard = match self.omits_columns {
             None => None,

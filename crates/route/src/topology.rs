@@ -59,6 +59,9 @@ pub struct Shard {
     pub node: i32,
     /// The shard table's name on its node.
     pub table: QualifiedName,
+    /// The shard's id, which suffixes the names of its constraints and indexes
+    /// (`shoal_sql::derived_name`).
+    pub shard_id: i64,
 }
 
 impl Topology {

@@ -223,6 +223,7 @@ mod tests {
                     .map(|i| Shard {
                         node: 1 + (i % 2),
                         table: name(&format!("orders_{}", 100 + i)),
+                        shard_id: 100 + i64::from(i),
                     })
                     .collect(),
             }),

@@ -17,6 +17,7 @@ fn topology() -> Topology {
                 .map(|i| Shard {
                     node: 1 + (i % 2),
                     table: name(&format!("orders_{}", 100 + i)),
+                    shard_id: 100 + i64::from(i),
                 })
                 .collect(),
         }),
@@ -31,6 +32,7 @@ fn topology() -> Topology {
                 .map(|i| Shard {
                     node: 1 + (i % 2),
                     table: name(&format!("{stem}_{}", 200 + i)),
+                    shard_id: 200 + i64::from(i),
                 })
                 .collect(),
         }),

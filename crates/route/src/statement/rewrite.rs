@@ -1,17 +1,21 @@
 //! The statement with every relation renamed to what its node calls it: the shard table for a
 //! distributed table, the replica for a reference table. A relation without an alias gets its
-//! old name as one, so `orders.id` still means the same column.
+//! old name as one, so `orders.id` still means the same column. `ON CONFLICT ON CONSTRAINT`
+//! names the shard's copy of the constraint.
 
 use pg_query::protobuf::{Alias, RangeVar};
 use pg_query::{Node, NodeEnum};
 
 use super::{NotRoutable, Relation};
-use shoal_sql::QualifiedName;
+use shoal_sql::{derived_name, QualifiedName};
 
+/// `statement` with `relations` renamed to `names`; `shard_id` is the written shard's, whose
+/// constraint names carry it (`None` where names stay as they are).
 pub(super) fn rewrite(
     statement: &NodeEnum,
     relations: &[Relation],
     names: &[QualifiedName],
+    shard_id: Option<i64>,
 ) -> Result<String, NotRoutable> {
     let mut statement = statement.clone();
     let mut renames = relations.iter().zip(names);
@@ -33,6 +37,15 @@ pub(super) fn rewrite(
         NodeEnum::InsertStmt(insert) => {
             if let Some(range) = insert.relation.as_mut() {
                 rename(range);
+            }
+            let infer = insert
+                .on_conflict_clause
+                .as_mut()
+                .and_then(|c| c.infer.as_mut());
+            if let (Some(infer), Some(shard_id)) = (infer, shard_id) {
+                if !infer.conname.is_empty() {
+                    infer.conname = derived_name(&infer.conname, &shard_id.to_string());
+                }
             }
         }
         NodeEnum::UpdateStmt(update) => {

@@ -277,6 +277,11 @@ impl<'a> Shardwise<'a> {
         statement: &NodeEnum,
         index: usize,
     ) -> Result<String, NotRoutable> {
-        rewrite::rewrite(statement, &self.planner.relations, &self.shards[index].1)
+        rewrite::rewrite(
+            statement,
+            &self.planner.relations,
+            &self.shards[index].1,
+            None,
+        )
     }
 }

@@ -21,6 +21,7 @@ fn distributed(
         .map(|i| Shard {
             node: 1 + (i % 2) as i32,
             table: name(schema, &format!("{table}_{}", first_shard + i)),
+            shard_id: first_shard + i,
         })
         .collect();
     (
@@ -406,6 +407,30 @@ fn inserts_go_to_the_shard_of_their_rows() {
              ON CONFLICT (customer_id, id) DO UPDATE SET amount = excluded.amount RETURNING id",
             100 + index
         )
+    );
+    // A constraint named in ON CONFLICT is the shard's copy there, whose name carries the
+    // shard id; a reference table's is its own (on the coordinator).
+    let target = routed(
+        "INSERT INTO orders VALUES (5, 1, 9.5, 'new') ON CONFLICT ON CONSTRAINT \"Orders pkey\" \
+         DO NOTHING",
+        &[],
+    );
+    assert!(
+        target.sql.ends_with(&format!(
+            "ON CONFLICT ON CONSTRAINT \"Orders pkey_{}\" DO NOTHING",
+            100 + index
+        )),
+        "{}",
+        target.sql
+    );
+    let target = routed(
+        "INSERT INTO kinds VALUES (1, 'a') ON CONFLICT ON CONSTRAINT kinds_pkey DO NOTHING",
+        &[],
+    );
+    assert!(
+        target.sql.ends_with("ON CONSTRAINT kinds_pkey DO NOTHING"),
+        "{}",
+        target.sql
     );
     // Without a column list the table's order applies.
     routed("INSERT INTO items VALUES (5, 1, 2, 3)", &[]);
