@@ -47,6 +47,7 @@ pub async fn serve(
                 Ok(cluster) => match path {
                     "/metrics" => match metrics(&cluster).await {
                         Ok(mut text) => {
+                            text.push_str(&daemon_metrics());
                             if let Some(endpoint) = &endpoint {
                                 text.push_str(&endpoint_metrics(endpoint));
                             }
@@ -80,6 +81,17 @@ pub async fn serve(
             let _ = socket.write_all(response.as_bytes()).await;
         });
     }
+}
+
+/// This daemon's own counters since it started, besides its endpoint's.
+fn daemon_metrics() -> String {
+    let cancelled = shoal_cluster::deadlock::watch::COORDINATOR_SESSIONS_CANCELLED
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let name = "shoal_coordinator_deadlocks_broken_total";
+    format!(
+        "# HELP {name} Deadlocks across nodes broken by cancelling a coordinator session's \
+         statement.\n# TYPE {name} counter\n{name} {cancelled}\n"
+    )
 }
 
 /// This daemon's endpoint: counters since it started.

@@ -137,12 +137,16 @@ async fn a_deadlock_across_nodes_through_the_endpoint_fails_one_transaction_as_p
 async fn a_deadlock_across_nodes_through_the_coordinator_is_broken_by_shoal_serve() {
     let shoal = common::start(2).await;
     let ids = accounts_on_two_nodes(&shoal).await;
-    let _daemon = shoal.start_daemon().await;
+    let daemon = shoal.start_daemon().await;
     let (older, younger) = (shoal.coordinator().await, shoal.coordinator().await);
     let (older, younger) = deadlock(older, younger, ids).await;
     older.expect("the older transaction commits");
     let error = younger.expect_err("the younger transaction is the victim");
     assert_eq!(error.code(), Some(&SqlState::QUERY_CANCELED), "{error:?}");
+    assert_eq!(
+        daemon.metrics().await["shoal_coordinator_deadlocks_broken_total"],
+        1
+    );
     assert_only_older_applied(&shoal, ids).await;
 }
 
@@ -160,5 +164,8 @@ async fn a_deadlock_between_an_endpoint_session_and_a_coordinator_session_is_bro
     let (older, younger) = deadlock(older, younger, ids).await;
     older.expect("the coordinator's transaction commits");
     assert_deadlock_detected(&younger.expect_err("the endpoint's transaction is the victim"));
+    let metrics = endpoint.metrics().await;
+    assert_eq!(metrics["shoal_endpoint_deadlocks_broken_total"], 1);
+    assert_eq!(metrics["shoal_coordinator_deadlocks_broken_total"], 0);
     assert_only_older_applied(&shoal, ids).await;
 }

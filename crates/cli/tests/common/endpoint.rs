@@ -11,6 +11,35 @@ use super::Shoal;
 /// A running `shoal serve` without its endpoint; killed when dropped.
 pub struct Daemon {
     _child: Child,
+    http_port: u16,
+}
+
+impl Daemon {
+    /// The daemon's metrics without labels, by name.
+    pub async fn metrics(&self) -> std::collections::HashMap<String, u64> {
+        metrics(self.http_port).await
+    }
+}
+
+/// The metrics without labels that `/metrics` on `http_port` shows, by name.
+async fn metrics(http_port: u16) -> std::collections::HashMap<String, u64> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut socket = tokio::net::TcpStream::connect(("127.0.0.1", http_port))
+        .await
+        .expect("the HTTP endpoint answers");
+    socket
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut body = String::new();
+    socket.read_to_string(&mut body).await.unwrap();
+    body.lines()
+        .filter(|l| l.starts_with("shoal_") && !l.contains('{'))
+        .filter_map(|l| {
+            let (name, value) = l.split_once(' ')?;
+            Some((name.to_string(), value.trim().parse().ok()?))
+        })
+        .collect()
 }
 
 /// A running `shoal serve` with its PostgreSQL endpoint; killed when dropped.
@@ -124,7 +153,10 @@ impl Shoal {
                 .await
                 .is_ok()
             {
-                return Daemon { _child: child };
+                return Daemon {
+                    _child: child,
+                    http_port,
+                };
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -190,25 +222,9 @@ impl Endpoint {
         );
     }
 
-    /// The endpoint's counters from `/metrics`, by name.
+    /// The daemon's metrics without labels (the endpoint's among them), by name.
     pub async fn metrics(&self) -> std::collections::HashMap<String, u64> {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut socket = tokio::net::TcpStream::connect(("127.0.0.1", self.http_port))
-            .await
-            .expect("the HTTP endpoint answers");
-        socket
-            .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
-            .await
-            .unwrap();
-        let mut body = String::new();
-        socket.read_to_string(&mut body).await.unwrap();
-        body.lines()
-            .filter(|l| l.starts_with("shoal_endpoint_"))
-            .filter_map(|l| {
-                let (name, value) = l.split_once(' ')?;
-                Some((name.to_string(), value.trim().parse().ok()?))
-            })
-            .collect()
+        metrics(self.http_port).await
     }
 
     /// Kills the process at once with SIGKILL, as a crash would.

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::watch;
@@ -22,6 +23,10 @@ pub const INTERVAL: Duration = Duration::from_secs(1);
 /// node's backend is known to work for a coordinator session.
 pub const COORDINATOR_APPLICATION_NAME: &str = "shoal coordinator %p";
 const COORDINATOR_LABEL: &str = "shoal coordinator ";
+
+/// Coordinator sessions' statements this process cancelled to break deadlocks across servers
+/// (an endpoint counts its own sessions' apart), for `/metrics`.
+pub static COORDINATOR_SESSIONS_CANCELLED: AtomicU64 = AtomicU64::new(0);
 
 /// The sessions a process serves itself (an endpoint's), which deadlock detection joins with
 /// the coordinator's.
@@ -261,12 +266,15 @@ async fn cancel_coordinator_session(servers: &Servers, victim: Victim) {
         )
         .await;
     match cancelled {
-        Ok(Some(row)) if row.get::<_, bool>(0) => tracing::info!(
-            place = ?victim.place,
-            pid = victim.pid,
-            session = ?victim.owner.session,
-            "a deadlock across servers: cancelled a coordinator session's waiting statement"
-        ),
+        Ok(Some(row)) if row.get::<_, bool>(0) => {
+            COORDINATOR_SESSIONS_CANCELLED.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(
+                place = ?victim.place,
+                pid = victim.pid,
+                session = ?victim.owner.session,
+                "a deadlock across servers: cancelled a coordinator session's waiting statement"
+            )
+        }
         Ok(_) => {}
         Err(error) => tracing::warn!(
             place = ?victim.place,
