@@ -43,20 +43,28 @@ fn update(id: i64, by: i64) -> String {
     format!("UPDATE accounts SET balance = balance + {by} WHERE id = {id}")
 }
 
-/// `older` adds 1 to `a` then `b`, `younger` 10 to `b` then `a`, each in one transaction, so
-/// that each ends up waiting for the other on the other's node; each commits if its second
-/// update succeeds, rolls back otherwise. Their second updates' results, older's first.
+/// How a transaction begins: on the path its first statement picks.
+const BEGIN: &str = "BEGIN";
+/// Through the endpoint, a block begun in one query string with another statement is the
+/// coordinator's: its updates go through the coordinator's postgres_fdw.
+const BEGIN_ON_COORDINATOR: &str = "BEGIN; SELECT count(*) FROM pg_catalog.pg_class";
+
+/// `older` adds 1 to `a` then `b`, `younger` 10 to `b` then `a`, each in one transaction
+/// begun with `begin` (older's, younger's), so that each ends up waiting for the other on the
+/// other's node; each commits if its second update succeeds, rolls back otherwise. Their
+/// second updates' results, older's first.
 async fn deadlock(
     older: Client,
     younger: Client,
     (a, b): (i64, i64),
+    begin: [&str; 2],
 ) -> (
     Result<(), tokio_postgres::Error>,
     Result<(), tokio_postgres::Error>,
 ) {
-    older.batch_execute("BEGIN").await.unwrap();
+    older.batch_execute(begin[0]).await.unwrap();
     older.batch_execute(&update(a, 1)).await.unwrap();
-    younger.batch_execute("BEGIN").await.unwrap();
+    younger.batch_execute(begin[1]).await.unwrap();
     younger.batch_execute(&update(b, 10)).await.unwrap();
     let second = |client: Client, sql: String| {
         tokio::spawn(async move {
@@ -120,7 +128,7 @@ async fn a_deadlock_across_nodes_through_the_endpoint_fails_one_transaction_as_p
     let ids = accounts_on_two_nodes(&shoal).await;
     let endpoint = shoal.start_endpoint().await;
     let (older, younger) = (endpoint.connect().await, endpoint.connect().await);
-    let (older, younger) = deadlock(older, younger, ids).await;
+    let (older, younger) = deadlock(older, younger, ids, [BEGIN, BEGIN]).await;
     older.expect("the older transaction commits");
     assert_deadlock_detected(&younger.expect_err("the younger transaction is the victim"));
     assert_eq!(
@@ -139,7 +147,7 @@ async fn a_deadlock_across_nodes_through_the_coordinator_is_broken_by_shoal_serv
     let ids = accounts_on_two_nodes(&shoal).await;
     let daemon = shoal.start_daemon().await;
     let (older, younger) = (shoal.coordinator().await, shoal.coordinator().await);
-    let (older, younger) = deadlock(older, younger, ids).await;
+    let (older, younger) = deadlock(older, younger, ids, [BEGIN, BEGIN]).await;
     older.expect("the older transaction commits");
     let error = younger.expect_err("the younger transaction is the victim");
     assert_eq!(error.code(), Some(&SqlState::QUERY_CANCELED), "{error:?}");
@@ -161,11 +169,30 @@ async fn a_deadlock_between_an_endpoint_session_and_a_coordinator_session_is_bro
     // Later by far more than clocks disagree between the coordinator and this process.
     tokio::time::sleep(Duration::from_millis(50)).await;
     let younger = endpoint.connect().await;
-    let (older, younger) = deadlock(older, younger, ids).await;
+    let (older, younger) = deadlock(older, younger, ids, [BEGIN, BEGIN]).await;
     older.expect("the coordinator's transaction commits");
     assert_deadlock_detected(&younger.expect_err("the endpoint's transaction is the victim"));
     let metrics = endpoint.metrics().await;
     assert_eq!(metrics["shoal_endpoint_deadlocks_broken_total"], 1);
     assert_eq!(metrics["shoal_coordinator_deadlocks_broken_total"], 0);
+    assert_only_older_applied(&shoal, ids).await;
+}
+
+/// An endpoint session whose transaction is on the coordinator's path (its updates reach the
+/// nodes through the coordinator's postgres_fdw) is still the endpoint's: as the victim it fails
+/// with 40P01.
+#[tokio::test]
+async fn an_endpoint_transaction_on_the_coordinators_path_fails_with_deadlock_detected() {
+    let shoal = common::start(2).await;
+    let ids = accounts_on_two_nodes(&shoal).await;
+    let endpoint = shoal.start_endpoint().await;
+    let older = shoal.coordinator().await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let younger = endpoint.connect().await;
+    let (older, younger) = deadlock(older, younger, ids, [BEGIN, BEGIN_ON_COORDINATOR]).await;
+    older.expect("the coordinator's transaction commits");
+    assert_deadlock_detected(&younger.expect_err("the endpoint's transaction is the victim"));
+    let metrics = endpoint.metrics().await;
+    assert_eq!(metrics["shoal_endpoint_deadlocks_broken_total"], 1);
     assert_only_older_applied(&shoal, ids).await;
 }

@@ -275,23 +275,27 @@ impl deadlock::Sessions for EndpointSessions {
         holds.iter().map(|(k, (owner, _))| (*k, *owner)).collect()
     }
 
-    /// Cancels the victim's waiting statement, if that backend still serves the victim's
-    /// session; the session reports the error as the deadlock it is.
-    async fn cancel(&self, victim: Victim) {
+    /// Marks the victim's session, if it is one of this endpoint's, so that the cancellation
+    /// reaches its client as a deadlock, and cancels the statement if the backend is one of
+    /// the session's kept connections.
+    async fn cancel(&self, victim: Victim) -> bool {
         let shared = &self.0;
-        let cancel = {
-            let holds = shared.holds.lock().expect("holds lock");
-            match holds.get(&(victim.place, victim.pid)) {
-                Some((owner, cancel)) if *owner == victim.owner => cancel.clone(),
-                _ => return,
-            }
-        };
+        if !matches!(victim.owner.session, deadlock::Session::Endpoint(_)) {
+            return false;
+        }
         shared
             .deadlock_victims
             .lock()
             .expect("victims lock")
             .insert(victim.owner);
         shared.metrics.deadlock_broken();
+        let cancel = {
+            let holds = shared.holds.lock().expect("holds lock");
+            match holds.get(&(victim.place, victim.pid)) {
+                Some((owner, cancel)) if *owner == victim.owner => cancel.clone(),
+                _ => return false,
+            }
+        };
         tracing::info!(
             place = ?victim.place,
             pid = victim.pid,
@@ -300,6 +304,7 @@ impl deadlock::Sessions for EndpointSessions {
         if let Err(error) = cancel.cancel().await {
             tracing::warn!(%error, "cancelling a deadlocked statement");
         }
+        true
     }
 }
 

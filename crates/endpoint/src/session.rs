@@ -125,6 +125,16 @@ impl Session {
             merges: 0,
             owner,
         };
+        // Its coordinator session's postgres_fdw connections work for it on the nodes: deadlock
+        // detection knows them as this session's by that backend.
+        if let Some(cancel) = session.coordinator.cancel_handle() {
+            session
+                .shared
+                .holds
+                .lock()
+                .expect("holds lock")
+                .insert((Place::Coordinator, cancel.pid), (owner, cancel));
+        }
         session.refresh_settings().await?;
         Ok(session)
     }
@@ -219,6 +229,12 @@ impl Session {
     }
 
     async fn ready(&mut self) -> Result<(), EndpointError> {
+        // A deadlock's cancellation that found no statement waiting any more is over.
+        self.shared
+            .deadlock_victims
+            .lock()
+            .expect("victims lock")
+            .remove(&self.owner);
         if self.txn.is_none() && matches!(self.coordinator.status, b'T' | b'E') {
             // The coordinator session entered a transaction block the endpoint did not see
             // begin (a BEGIN among several statements of one query string): the block is

@@ -33,9 +33,11 @@ pub static COORDINATOR_SESSIONS_CANCELLED: AtomicU64 = AtomicU64::new(0);
 pub trait Sessions: Send + Sync + 'static {
     /// Which of its sessions each of its backends serves now, by server and process id.
     fn holders(&self) -> Holders;
-    /// Cancels the waiting statement of `victim`, one of its sessions, and reports the failure
-    /// to that session's client as a deadlock.
-    fn cancel(&self, victim: Victim) -> impl Future<Output = ()> + Send;
+    /// Takes `victim`'s statement as a deadlock's, to report it so to the client if `victim`
+    /// is one of its sessions, and cancels it if the waiting backend is one of its own: `false`
+    /// when it is not (a backend that works for its session's coordinator connection), which
+    /// the caller then cancels on the server.
+    fn cancel(&self, victim: Victim) -> impl Future<Output = bool> + Send;
 }
 
 /// No sessions of one's own: only coordinator sessions are watched.
@@ -46,7 +48,9 @@ impl Sessions for CoordinatorOnly {
         Holders::new()
     }
 
-    async fn cancel(&self, _victim: Victim) {}
+    async fn cancel(&self, _victim: Victim) -> bool {
+        false
+    }
 }
 
 /// The coordinator process id in a node backend's `application_name`, if a coordinator
@@ -127,9 +131,8 @@ pub async fn watch<S: Sessions>(
             Ok(Detection::Clear) => None,
             Ok(Detection::Suspect(victim)) => Some(victim),
             Ok(Detection::Cancel(victim)) => {
-                match victim.owner.session {
-                    Session::Endpoint(_) => sessions.cancel(victim).await,
-                    Session::Coordinator(_) => cancel_coordinator_session(&servers, victim).await,
+                if !sessions.cancel(victim).await {
+                    cancel_on_server(&servers, victim).await;
                 }
                 None
             }
@@ -251,10 +254,10 @@ async fn connected_at(
     Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
 }
 
-/// Cancels a coordinator session's waiting statement where it waits (on a node, postgres_fdw
-/// passes the error on to the coordinator session, whose transaction fails), if that backend
-/// still waits for a lock.
-async fn cancel_coordinator_session(servers: &Servers, victim: Victim) {
+/// Cancels the victim's waiting statement where it waits (on a node, postgres_fdw passes the
+/// error on to the coordinator session, whose transaction fails), if that backend still waits
+/// for a lock.
+async fn cancel_on_server(servers: &Servers, victim: Victim) {
     let Some(client) = servers.clients.get(&victim.place) else {
         return;
     };
@@ -267,12 +270,14 @@ async fn cancel_coordinator_session(servers: &Servers, victim: Victim) {
         .await;
     match cancelled {
         Ok(Some(row)) if row.get::<_, bool>(0) => {
-            COORDINATOR_SESSIONS_CANCELLED.fetch_add(1, Ordering::Relaxed);
+            if matches!(victim.owner.session, Session::Coordinator(_)) {
+                COORDINATOR_SESSIONS_CANCELLED.fetch_add(1, Ordering::Relaxed);
+            }
             tracing::info!(
                 place = ?victim.place,
                 pid = victim.pid,
                 session = ?victim.owner.session,
-                "a deadlock across servers: cancelled a coordinator session's waiting statement"
+                "a deadlock across servers: cancelled a waiting statement"
             )
         }
         Ok(_) => {}

@@ -338,6 +338,13 @@ impl Session {
         if let Some(txn) = self.txn.take() {
             self.end_participants(&txn).await;
         }
+        if let Some((pid, _)) = self.coordinator.key {
+            self.shared
+                .holds
+                .lock()
+                .expect("holds lock")
+                .remove(&(Place::Coordinator, pid));
+        }
         self.leave_groups();
         let places: Vec<Place> = self.held.keys().copied().collect();
         for place in places {

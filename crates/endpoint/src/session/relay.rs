@@ -125,15 +125,19 @@ impl Session {
                 return Ok(());
             }
             let mut message = self.conn(dest).framed.read_backend().await?;
-            if let (Dest::Shoal(place), PgWireBackendMessage::ErrorResponse(error)) =
-                (dest, &mut message)
-            {
-                // A position in the node's statement (rewritten names) is not one in the
-                // client's text.
-                error
-                    .fields
-                    .retain(|(code, _)| !matches!(code, b'P' | b'p' | b'q'));
-                self.report_deadlock(place, &mut error.fields);
+            if let PgWireBackendMessage::ErrorResponse(error) = &mut message {
+                match dest {
+                    Dest::Shoal(place) => {
+                        // A position in the node's statement (rewritten names) is not one in
+                        // the client's text.
+                        error
+                            .fields
+                            .retain(|(code, _)| !matches!(code, b'P' | b'p' | b'q'));
+                        self.report_deadlock(Some(place), &mut error.fields);
+                    }
+                    // Cancelled on a node, through the coordinator's postgres_fdw.
+                    Dest::Session => self.report_deadlock(None, &mut error.fields),
+                }
             }
             let front = self
                 .segment
@@ -328,7 +332,7 @@ impl Session {
     /// A statement this session's deadlock across servers was broken by cancelling fails as
     /// PostgreSQL reports a deadlock it detects (SQLSTATE 40P01, which applications retry),
     /// not as a cancellation.
-    fn report_deadlock(&mut self, place: Place, fields: &mut Vec<(u8, String)>) {
+    fn report_deadlock(&mut self, place: Option<Place>, fields: &mut Vec<(u8, String)>) {
         let cancelled = fields
             .iter()
             .any(|(code, value)| *code == b'C' && value == "57014");
@@ -342,16 +346,15 @@ impl Session {
         {
             return;
         }
-        fields.retain(|(code, _)| !matches!(code, b'C' | b'M' | b'D' | b'H'));
+        fields.retain(|(code, _)| !matches!(code, b'C' | b'M' | b'D' | b'H' | b'W'));
         fields.push((b'C', "40P01".to_string()));
         fields.push((b'M', "deadlock detected".to_string()));
+        let on = place.map_or_else(String::new, |p| format!(" on {}", super::place_name(p)));
         fields.push((
             b'D',
             format!(
-                "This transaction waited on {} for a lock held by another transaction of \
-                 Shoal's endpoint, which waited for one of this transaction's locks on \
-                 another server.",
-                super::place_name(place)
+                "This transaction waited{on} for a lock held by another transaction, which \
+                 waited for one of this transaction's locks on another server."
             ),
         ));
         fields.push((
