@@ -88,7 +88,7 @@ pub enum Command {
     /// Run DDL, including what the coordinator refuses on distributed tables
     Ddl(DdlArgs),
     /// Show where a query runs: through Shoal's endpoint (one node, split across the nodes,
-    /// or the coordinator, and why) and through the coordinator (what each worker runs, how
+    /// the coordinator, or refused, and why) and through the coordinator (what each worker runs, how
     /// many rows it ships, what the coordinator does itself)
     Explain(ExplainArgs),
     // Its help is `AnalyzeArgs`'s (the methods by version).

@@ -63,6 +63,16 @@ fn render(e: &Explanation, with_plan: bool) -> String {
             "Through Shoal's endpoint: relayed to the coordinator (below)\n  not on one node: \
              {not_routed}\n  not split across the nodes: {not_split}\n"
         )),
+        EndpointPath::Refused { reason, hint } => out.push_str(&format!(
+            "Through Shoal's endpoint: refused before anything runs (SQLSTATE 0A000): \
+             {reason}\n  hint: {hint}\n"
+        )),
+    }
+    if let Some(error) = &e.coordinator_error {
+        out.push_str(&format!(
+            "\nThrough the coordinator: PostgreSQL refuses it: {error}\n"
+        ));
+        return out;
     }
     let figures = if e.analyzed {
         "rows counted"

@@ -94,6 +94,23 @@ async fn explain_shows_each_paths_work_by_node() {
     assert!(text.contains("node 1 (127.0.0.1:"), "{text}");
     assert!(text.contains("rows estimated"), "{text}");
 
+    // A statement the endpoint refuses: its explanation, and the coordinator's own refusal.
+    let upsert = format!("INSERT INTO {table} VALUES (1, 1), (2, 2) ON CONFLICT (id) DO NOTHING");
+    let e = explained(&shoal, &[&upsert]).await;
+    assert_eq!(e["endpoint"]["path"], "refused", "{e}");
+    assert!(e["endpoint"]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("one shard group"));
+    assert!(e["coordinator_error"]
+        .as_str()
+        .unwrap()
+        .contains("ON CONFLICT"));
+    let text = shoal.cli(&["explain", &upsert]).await;
+    let text = text.assert_ok();
+    assert!(text.contains("refused before anything runs"), "{text}");
+    assert!(text.contains("PostgreSQL refuses it"), "{text}");
+
     // A query the coordinator refuses: its error, nothing else.
     shoal
         .cli(&["explain", "SELECT nope FROM nowhere"])

@@ -22,6 +22,9 @@ pub struct Explanation {
     pub analyzed: bool,
     /// The coordinator's plan as EXPLAIN VERBOSE writes it.
     pub coordinator_plan: String,
+    /// What the coordinator answered instead of a plan, for a statement the endpoint refuses
+    /// (its EXPLAIN fails as the statement would).
+    pub coordinator_error: Option<String>,
     pub nodes: Vec<NodeAddress>,
 }
 
@@ -92,7 +95,19 @@ pub async fn explain(
     }
     .await;
     client.batch_execute("ROLLBACK").await?;
-    let (json, text) = result?;
+    let (json, text) = match result {
+        Err(error) if matches!(endpoint, EndpointPath::Refused { .. }) => {
+            return Ok(Explanation {
+                endpoint,
+                coordinator: CoordinatorPlan::default(),
+                analyzed: analyze,
+                coordinator_plan: String::new(),
+                coordinator_error: Some(error.to_string()),
+                nodes: Vec::new(),
+            });
+        }
+        other => other?,
+    };
     let json: serde_json::Value = serde_json::from_str(&json).map_err(|e| {
         ClusterError::Unsupported(format!("EXPLAIN's output could not be read: {e}"))
     })?;
@@ -101,6 +116,7 @@ pub async fn explain(
         coordinator: summarize(&json, &foreign_tables),
         analyzed: analyze,
         coordinator_plan: text,
+        coordinator_error: None,
         nodes: nodes
             .iter()
             .map(|n| NodeAddress {

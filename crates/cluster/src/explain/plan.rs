@@ -28,6 +28,9 @@ pub enum EndpointPath {
         nodes: Vec<SplitPart>,
         merge: String,
     },
+    /// Refused before anything runs: the coordinator would run it otherwise than one server
+    /// (`shoal_route::coordinator`).
+    Refused { reason: String, hint: String },
     /// Relayed to the coordinator.
     Coordinator {
         /// Why one node cannot answer it.
@@ -78,9 +81,15 @@ pub fn endpoint_path(sql: &str, topology: &Topology) -> EndpointPath {
                 .collect(),
             merge: scatter.merge_shown(),
         },
-        Err(reason) => EndpointPath::Coordinator {
-            not_routed,
-            not_split: reason.0,
+        Err(reason) => match shoal_route::coordinator_differs(sql, topology) {
+            Some(difference) => EndpointPath::Refused {
+                reason: difference.message,
+                hint: difference.hint,
+            },
+            None => EndpointPath::Coordinator {
+                not_routed,
+                not_split: reason.0,
+            },
         },
     }
 }
@@ -271,6 +280,14 @@ mod tests {
         };
         assert!(not_routed.contains("not pinned"), "{not_routed}");
         assert!(not_split.contains("without an aggregate"), "{not_split}");
+        let EndpointPath::Refused { reason, hint } = endpoint_path(
+            "INSERT INTO orders VALUES (1, 2), (2, 3) ON CONFLICT (id) DO NOTHING",
+            &t,
+        ) else {
+            panic!("an upsert over several shards is refused");
+        };
+        assert!(reason.contains("public.orders"), "{reason}");
+        assert!(!hint.is_empty());
     }
 
     #[test]
