@@ -34,6 +34,7 @@ pub mod pushdown;
 pub mod reference;
 mod resolve;
 mod schema;
+pub mod servers;
 pub mod statistics;
 mod switch;
 pub mod topology;

@@ -18,6 +18,7 @@ use crate::{listener, twophase};
 use shoal_catalog::{model, ConnectParams};
 use shoal_cluster::deadlock::{self, Victim};
 use shoal_cluster::fence;
+use shoal_cluster::servers::Servers;
 use shoal_route::Place;
 
 /// How often the router's view is read again from the catalog.
@@ -308,31 +309,7 @@ impl deadlock::Sessions for EndpointSessions {
     }
 }
 
-/// Shoal's connections to the servers for recovery, opened as needed.
-#[derive(Default)]
-struct Servers {
-    clients: HashMap<Place, Client>,
-}
-
-impl Servers {
-    /// The connection to `place`, opened now (as `application_name`) if there is none or the
-    /// last one broke.
-    async fn connect(
-        &mut self,
-        place: Place,
-        params: &ConnectParams,
-        application_name: &str,
-    ) -> Result<&Client, shoal_catalog::CatalogError> {
-        if self.clients.get(&place).is_none_or(Client::is_closed) {
-            let client = shoal_catalog::connect(params, application_name).await?;
-            self.clients.insert(place, client);
-        }
-        Ok(&self.clients[&place])
-    }
-}
-
 async fn recover(shared: &Arc<Shared>, coordinator: &Client, servers: &mut Servers) {
-    servers.clients.retain(|_, c| !c.is_closed());
     let mut every_server = true;
     for (place, params) in shared.pool.nodes() {
         if place == Place::Coordinator {
@@ -347,7 +324,7 @@ async fn recover(shared: &Arc<Shared>, coordinator: &Client, servers: &mut Serve
         }
     }
     let mut list: Vec<(Place, &Client)> = vec![(Place::Coordinator, coordinator)];
-    list.extend(servers.clients.iter().map(|(p, c)| (*p, c)));
+    list.extend(servers.open());
     let in_flight = |transaction: &str| shared.is_in_flight(transaction);
     match twophase::recover(
         coordinator,

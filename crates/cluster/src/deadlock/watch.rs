@@ -11,6 +11,7 @@ use tokio::sync::watch;
 use tokio_postgres::Client;
 
 use super::graph::{self, Detection, Holders, Owner, Session, Victim, Wait};
+use crate::servers::Servers;
 use shoal_catalog::{model, ConnectParams};
 use shoal_route::Place;
 
@@ -152,7 +153,7 @@ async fn round<S: Sessions>(
     previous: Option<Victim>,
 ) -> Result<Detection, tokio_postgres::Error> {
     let mut targets = vec![(Place::Coordinator, params.clone())];
-    if let Some(coordinator) = servers.connect(Place::Coordinator, params).await {
+    if let Some(coordinator) = connect(servers, Place::Coordinator, params).await {
         let nodes = model::list_nodes(coordinator).await.unwrap_or_default();
         targets.extend(nodes.iter().map(|n| {
             (
@@ -164,7 +165,7 @@ async fn round<S: Sessions>(
     let mut waits = Vec::new();
     let mut labelled = Vec::new();
     for (place, target) in &targets {
-        let Some(client) = servers.connect(*place, target).await else {
+        let Some(client) = connect(servers, *place, target).await else {
             continue;
         };
         match read_server(client, *place).await {
@@ -187,12 +188,28 @@ async fn round<S: Sessions>(
     let mut coordinator_pids: Vec<i32> = labelled.iter().map(|l| l.coordinator_pid).collect();
     coordinator_pids.sort_unstable();
     coordinator_pids.dedup();
-    let connected_us = match servers.clients.get(&Place::Coordinator) {
+    let connected_us = match servers.get(Place::Coordinator) {
         Some(coordinator) => connected_at(coordinator, &coordinator_pids).await?,
         None => HashMap::new(),
     };
     let holders = with_coordinator_sessions(holders, &labelled, &connected_us);
     Ok(graph::detect(&waits, &holders, previous))
+}
+
+/// The connection to `place`, opened if needed; `None`, logged, when the server cannot be
+/// reached (no cycle through it is seen this round).
+async fn connect<'a>(
+    servers: &'a mut Servers,
+    place: Place,
+    params: &ConnectParams,
+) -> Option<&'a Client> {
+    match servers.connect(place, params, "shoal deadlocks").await {
+        Ok(client) => Some(client),
+        Err(error) => {
+            tracing::debug!(?place, %error, "deadlock detection cannot reach a server");
+            None
+        }
+    }
 }
 
 /// A server's lock waits, and its backends that work for coordinator sessions.
@@ -258,7 +275,7 @@ async fn connected_at(
 /// error on to the coordinator session, whose transaction fails), if that backend still waits
 /// for a lock.
 async fn cancel_on_server(servers: &Servers, victim: Victim) {
-    let Some(client) = servers.clients.get(&victim.place) else {
+    let Some(client) = servers.get(victim.place) else {
         return;
     };
     let cancelled = client
@@ -296,30 +313,6 @@ pub fn now_us() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_micros() as i64)
         .unwrap_or(0)
-}
-
-/// Connections to the servers, opened as needed and again once broken.
-#[derive(Default)]
-struct Servers {
-    clients: HashMap<Place, Client>,
-}
-
-impl Servers {
-    async fn connect(&mut self, place: Place, params: &ConnectParams) -> Option<&Client> {
-        if self.clients.get(&place).is_none_or(Client::is_closed) {
-            match shoal_catalog::connect(params, "shoal deadlocks").await {
-                Ok(client) => {
-                    self.clients.insert(place, client);
-                }
-                Err(error) => {
-                    tracing::debug!(?place, %error, "deadlock detection cannot reach a server");
-                    self.clients.remove(&place);
-                    return None;
-                }
-            }
-        }
-        self.clients.get(&place)
-    }
 }
 
 #[cfg(test)]
