@@ -158,10 +158,10 @@ async fn a_deadlock_across_nodes_through_the_coordinator_is_broken_by_shoal_serv
     assert_only_older_applied(&shoal, ids).await;
 }
 
-/// A session through the endpoint and one through the coordinator deadlocked with each other:
-/// the endpoint's, whose client connected last, fails with 40P01.
-#[tokio::test]
-async fn a_deadlock_between_an_endpoint_session_and_a_coordinator_session_is_broken() {
+/// A session through the coordinator, then one through the endpoint begun with `begin`,
+/// deadlocked with each other: the endpoint's, whose client connected last, fails with 40P01,
+/// counted as the endpoint's.
+async fn coordinator_session_then_endpoint_session(begin: &str) {
     let shoal = common::start(2).await;
     let ids = accounts_on_two_nodes(&shoal).await;
     let endpoint = shoal.start_endpoint().await;
@@ -169,7 +169,7 @@ async fn a_deadlock_between_an_endpoint_session_and_a_coordinator_session_is_bro
     // Later by far more than clocks disagree between the coordinator and this process.
     tokio::time::sleep(Duration::from_millis(50)).await;
     let younger = endpoint.connect().await;
-    let (older, younger) = deadlock(older, younger, ids, [BEGIN, BEGIN]).await;
+    let (older, younger) = deadlock(older, younger, ids, [BEGIN, begin]).await;
     older.expect("the coordinator's transaction commits");
     assert_deadlock_detected(&younger.expect_err("the endpoint's transaction is the victim"));
     let metrics = endpoint.metrics().await;
@@ -178,21 +178,14 @@ async fn a_deadlock_between_an_endpoint_session_and_a_coordinator_session_is_bro
     assert_only_older_applied(&shoal, ids).await;
 }
 
+#[tokio::test]
+async fn a_deadlock_between_an_endpoint_session_and_a_coordinator_session_is_broken() {
+    coordinator_session_then_endpoint_session(BEGIN).await;
+}
+
 /// An endpoint session whose transaction is on the coordinator's path (its updates reach the
-/// nodes through the coordinator's postgres_fdw) is still the endpoint's: as the victim it fails
-/// with 40P01.
+/// nodes through the coordinator's postgres_fdw) is still the endpoint's.
 #[tokio::test]
 async fn an_endpoint_transaction_on_the_coordinators_path_fails_with_deadlock_detected() {
-    let shoal = common::start(2).await;
-    let ids = accounts_on_two_nodes(&shoal).await;
-    let endpoint = shoal.start_endpoint().await;
-    let older = shoal.coordinator().await;
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    let younger = endpoint.connect().await;
-    let (older, younger) = deadlock(older, younger, ids, [BEGIN, BEGIN_ON_COORDINATOR]).await;
-    older.expect("the coordinator's transaction commits");
-    assert_deadlock_detected(&younger.expect_err("the endpoint's transaction is the victim"));
-    let metrics = endpoint.metrics().await;
-    assert_eq!(metrics["shoal_endpoint_deadlocks_broken_total"], 1);
-    assert_only_older_applied(&shoal, ids).await;
+    coordinator_session_then_endpoint_session(BEGIN_ON_COORDINATOR).await;
 }

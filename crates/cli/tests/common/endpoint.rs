@@ -94,29 +94,34 @@ impl Shoal {
         let coordinator = url::Url::parse(&self.pg.coordinator_uri()).unwrap();
         let mut uri = coordinator.clone();
         uri.set_port(Some(port)).unwrap();
-        for _ in 0..200 {
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!("shoal serve exited: {status}");
-            }
-            if tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .is_ok()
-            {
-                let endpoint = Endpoint {
-                    child,
-                    port,
-                    http_port,
-                    uri: uri.to_string(),
-                };
-                // `shoal serve` binds its HTTP port after the endpoint's: metrics read at once
-                // must find it.
-                endpoint.wait_for_http().await;
-                return endpoint;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        wait_for_port(&mut child, port, "the endpoint").await;
+        // `shoal serve` binds its HTTP port after the endpoint's: metrics read at once must
+        // find it.
+        wait_for_port(&mut child, http_port, "the HTTP endpoint").await;
+        Endpoint {
+            child,
+            port,
+            http_port,
+            uri: uri.to_string(),
         }
-        panic!("the endpoint did not start listening on {port}");
     }
+}
+
+/// Waits until `shoal serve` (`child`) accepts on `port`, where it serves `what`.
+async fn wait_for_port(child: &mut Child, port: u16, what: &str) {
+    for _ in 0..200 {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("shoal serve exited: {status}");
+        }
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{what} did not start listening on {port}");
 }
 
 impl Shoal {
@@ -145,22 +150,11 @@ impl Shoal {
     pub async fn start_daemon(&self) -> Daemon {
         let http_port = shoal_testkit::ports::reserve();
         let mut child = self.spawn_serve("off", http_port);
-        for _ in 0..200 {
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!("shoal serve exited: {status}");
-            }
-            if tokio::net::TcpStream::connect(("127.0.0.1", http_port))
-                .await
-                .is_ok()
-            {
-                return Daemon {
-                    _child: child,
-                    http_port,
-                };
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        wait_for_port(&mut child, http_port, "the HTTP endpoint").await;
+        Daemon {
+            _child: child,
+            http_port,
         }
-        panic!("shoal serve did not start listening on {http_port}");
     }
 
     /// The ids of `table` (distributed by `id`) each worker holds.
@@ -203,23 +197,6 @@ impl Endpoint {
             .expect("connect through the endpoint");
         tokio::spawn(connection);
         client
-    }
-
-    /// Waits until the HTTP endpoint accepts.
-    async fn wait_for_http(&self) {
-        for _ in 0..200 {
-            if tokio::net::TcpStream::connect(("127.0.0.1", self.http_port))
-                .await
-                .is_ok()
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!(
-            "the HTTP endpoint did not start listening on {}",
-            self.http_port
-        );
     }
 
     /// The daemon's metrics without labels (the endpoint's among them), by name.
