@@ -128,12 +128,7 @@ impl Session {
         // Its coordinator session's postgres_fdw connections work for it on the nodes: deadlock
         // detection knows them as this session's by that backend.
         if let Some(cancel) = session.coordinator.cancel_handle() {
-            session
-                .shared
-                .holds
-                .lock()
-                .expect("holds lock")
-                .insert((Place::Coordinator, cancel.pid), (owner, cancel));
+            session.known_as_mine(Place::Coordinator, cancel);
         }
         session.refresh_settings().await?;
         Ok(session)
@@ -315,13 +310,25 @@ impl Session {
     /// Keeps `pooled` for `place`, known to deadlock detection as this session's.
     fn keep(&mut self, place: Place, pooled: Pooled) {
         if let Some(cancel) = pooled.conn.cancel_handle() {
-            self.shared
-                .holds
-                .lock()
-                .expect("holds lock")
-                .insert((place, cancel.pid), (self.owner, cancel));
+            self.known_as_mine(place, cancel);
         }
         self.held.insert(place, pooled);
+    }
+
+    /// Tells deadlock detection that the backend `cancel` reaches on `place` works for this
+    /// session.
+    fn known_as_mine(&self, place: Place, cancel: CancelHandle) {
+        self.shared
+            .holds
+            .lock()
+            .expect("holds lock")
+            .insert((place, cancel.pid), (self.owner, cancel));
+    }
+
+    /// The statement that fails on the coordinator session in place of `sql`, if the
+    /// coordinator would run `sql` otherwise than one server ([`shoal_route::coordinator`]).
+    fn coordinator_refusal(&self, sql: &str) -> Option<String> {
+        shoal_route::coordinator_differs(sql, &self.topology()).map(|d| d.raise_sql())
     }
 
     /// Takes back the connection kept for `place`; once the session keeps none, a deadlock
@@ -538,8 +545,7 @@ impl Session {
                 // What the coordinator would run otherwise than one server fails there at
                 // once, explained ([`shoal_route::coordinator`]).
                 let refusal = match &routed {
-                    Err(_) => shoal_route::coordinator_differs(sql, &self.topology())
-                        .map(|d| d.raise_sql()),
+                    Err(_) => self.coordinator_refusal(sql),
                     Ok(_) => None,
                 };
                 let route = self.route(routed).await?;
@@ -559,8 +565,7 @@ impl Session {
             }
             Control::Unparsed | Control::CoordinatorOnly => {
                 self.catalog_may_change = true;
-                let refusal =
-                    shoal_route::coordinator_differs(sql, &self.topology()).map(|d| d.raise_sql());
+                let refusal = self.coordinator_refusal(sql);
                 let route = self
                     .route(Err(NotRoutable("it is not a routable statement".into())))
                     .await?;

@@ -240,10 +240,10 @@ impl Session {
                 }
                 // What the coordinator would run otherwise than one server fails there at
                 // once, explained, and the batch with it ([`shoal_route::coordinator`]).
-                let refusal = self.statements.get(&statement).and_then(|p| {
-                    shoal_route::coordinator_differs(&p.sql, &self.topology())
-                        .map(|d| d.raise_sql())
-                });
+                let refusal = self
+                    .statements
+                    .get(&statement)
+                    .and_then(|p| self.coordinator_refusal(&p.sql));
                 if let Some(refusal) = refusal {
                     self.portals.insert(portal, Portal::Server(Dest::Session));
                     return self.inject(Dest::Session, &refusal).await;
